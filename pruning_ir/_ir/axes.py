@@ -1,0 +1,57 @@
+"""From layouts to indices: which entries of an axis survive, and which slot of a
+group each entry belongs to. Used by scoring, slicing and the masking oracle."""
+
+from __future__ import annotations
+
+import torch
+
+from .spaces import Layout, SpaceTable, term_size
+
+
+def keep_mask(sp: SpaceTable, layout: Layout, removed: dict[int, torch.Tensor]) -> torch.Tensor | None:
+    """Boolean mask of the axis' surviving entries, or ``None`` when all survive.
+
+    ``removed`` maps a group leaf to a bool vector (True = slot removed).
+    """
+    norm = sp.normalize(layout)
+    if not any(leaf in removed for t in norm for leaf, _, _ in t):
+        return None
+    parts: list[torch.Tensor] = []
+    for t in norm:
+        m = torch.ones(1, dtype=torch.bool)
+        for leaf, s, e in t:
+            r = removed.get(leaf)
+            f = torch.ones(e - s, dtype=torch.bool) if r is None else ~r[s:e]
+            m = (m[:, None] & f[None, :]).reshape(-1)
+        parts.append(m)
+    mask = torch.cat(parts) if parts else torch.ones(0, dtype=torch.bool)
+    return None if bool(mask.all()) else mask
+
+
+def slot_map(sp: SpaceTable, layout: Layout, leaf: int) -> torch.Tensor:
+    """For every entry of the axis, its slot in group ``leaf`` (``-1`` if none)."""
+    norm = sp.normalize(layout)
+    parts: list[torch.Tensor] = []
+    for t in norm:
+        n = term_size(t)
+        out = torch.full((n,), -1, dtype=torch.long)
+        stride = n
+        idx = torch.arange(n)
+        for lf, s, e in t:
+            stride //= e - s
+            if lf == leaf:
+                out = (idx // stride) % (e - s) + s
+        parts.append(out)
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+
+
+def kept_size(sp: SpaceTable, layout: Layout, kept: dict[int, torch.Tensor]) -> int:
+    """Size of the axis after removal (``kept`` maps leaf -> bool vector of kept slots)."""
+    total = 0
+    for t in sp.normalize(layout):
+        n = 1
+        for leaf, s, e in t:
+            k = kept.get(leaf)
+            n *= (e - s) if k is None else int(k[s:e].sum())
+        total += n
+    return total

@@ -1,0 +1,105 @@
+"""The traced graph: plain, picklable records of values and ATen-level nodes.
+
+A :class:`Graph` is what the recorder (``pruning_ir._trace``) produces and what
+label inference (``pruning_ir._ir.infer``) annotates with channel layouts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .spaces import Layout
+
+
+@dataclass(frozen=True)
+class ValueRef:
+    """Placeholder for a tensor argument inside a node's ``args``/``kwargs``."""
+
+    vid: int
+
+
+@dataclass
+class Value:
+    """One tensor value (one version of a tensor: in-place ops make a new value).
+
+    ``kind`` is ``"input"`` (a model input), ``"param"``, ``"buffer"``, ``"const"``
+    (a tensor the trace did not see being made) or ``"op"`` (a node's output).
+    ``axes`` holds one layout per dimension once labels are inferred.
+    """
+
+    vid: int
+    shape: tuple[int, ...]
+    dtype: str
+    kind: str
+    name: str = ""
+    producer: int = -1
+    axes: list[Layout] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Fact:
+    """An integer argument of a node that depends on channel sizes.
+
+    ``kind="size"``: the int equals the kept size of ``layout``;
+    ``kind="offset"``: it equals the kept size of the prefix ``layout``.
+    ``path`` locates the int inside ``(args, kwargs)``.
+    """
+
+    path: tuple[Any, ...]
+    kind: str
+    layout: Layout
+    old: int
+
+
+@dataclass
+class Node:
+    """One recorded ATen op (or one leaf-module call when ``leaf`` is set)."""
+
+    nid: int
+    op: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    outputs: list[int]
+    out_spec: Any
+    module_stack: tuple[str, ...]
+    leaf: str = ""
+    facts: list[Fact] = field(default_factory=list)
+
+    @property
+    def module(self) -> str:
+        return self.module_stack[-1] if self.module_stack else ""
+
+    def tensor_args(self) -> list[int]:
+        out: list[int] = []
+        _collect(self.args, out)
+        _collect(self.kwargs, out)
+        return out
+
+
+def _collect(obj: Any, out: list[int]) -> None:
+    if isinstance(obj, ValueRef):
+        out.append(obj.vid)
+    elif isinstance(obj, (list, tuple)):
+        for o in obj:
+            _collect(o, out)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            _collect(o, out)
+
+
+@dataclass
+class Graph:
+    """Values, nodes in execution order, and the model's input/output values."""
+
+    values: list[Value] = field(default_factory=list)
+    nodes: list[Node] = field(default_factory=list)
+    inputs: list[int] = field(default_factory=list)
+    outputs: list[int] = field(default_factory=list)
+    params: dict[str, int] = field(default_factory=dict)
+    """Canonical parameter/buffer name -> value id (only those the trace touched)."""
+    aliases: dict[str, str] = field(default_factory=dict)
+    """Every other name of a shared (tied) parameter -> its canonical name."""
+
+    def value(self, vid: int) -> Value:
+        return self.values[vid]

@@ -1,0 +1,144 @@
+"""Label inference: run every node's rule over the graph to couple channel spaces."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from .._rules import RULES, Ctx, load_all
+from ..errors import TraceError
+from .graph import Graph, Node
+from .spaces import Layout, Misaligned, SpaceTable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Issue:
+    """Something the engine could not reason about (kept in the IR's report)."""
+
+    kind: str
+    module: str
+    op: str
+    detail: str
+
+
+@dataclass
+class InferResult:
+    spaces: SpaceTable
+    issues: list[Issue] = field(default_factory=list)
+
+
+def _init_value_axes(graph: Graph, sp: SpaceTable, keep_inputs: bool) -> None:
+    for v in graph.values:
+        if v.kind == "op" or v.axes:
+            continue
+        if v.kind in ("param", "buffer"):
+            v.axes = [sp.new_leaf(s, f"{v.name}.shape[{d}]") for d, s in enumerate(v.shape)]
+        elif v.kind == "input":
+            reason = "model input (keeps its shape)" if keep_inputs else None
+            v.axes = [sp.new_leaf(s, f"{v.name}.shape[{d}]", reason) for d, s in enumerate(v.shape)]
+        else:
+            v.axes = [sp.new_leaf(s, f"const#{v.vid}.shape[{d}]", "tensor made outside the traced forward")
+                      for d, s in enumerate(v.shape)]
+
+
+def _rigid_node(ctx: Ctx, node: Node, reason: str) -> None:
+    for vid in node.tensor_args():
+        for ax in ctx.graph.values[vid].axes:
+            ctx.rigid(ax, reason)
+    for i, vid in enumerate(node.outputs):
+        if vid >= 0:
+            v = ctx.graph.values[vid]
+            if v.axes:
+                for ax in v.axes:
+                    ctx.rigid(ax, reason)
+            else:
+                ctx.set_out(i, [ctx.fresh(s, f"out{i}", reason) for s in v.shape])
+
+
+def infer(graph: Graph, *, soft_tracing: bool = True, keep_io: bool = True) -> InferResult:
+    """Annotate every value's axes with layouts; return the space table and issues."""
+    load_all()
+    from .leaves import LEAF_HANDLERS
+
+    sp = SpaceTable()
+    res = InferResult(sp)
+    _init_value_axes(graph, sp, keep_io)
+    for node in graph.nodes:
+        ctx = Ctx(graph, sp, node)
+        if node.leaf:
+            handler = LEAF_HANDLERS.get(node.leaf)
+            if handler is None:
+                res.issues.append(Issue("leaf", node.module, node.leaf, "leaf module without a handler: "
+                                        "its inputs, outputs and parameters are unprunable"))
+                _rigid_node(ctx, node, f"leaf module {node.leaf} '{node.module}' has no handler")
+            else:
+                _run(ctx, node, handler, res)
+        else:
+            rule = RULES.get(node.op)
+            if rule is None:
+                if not soft_tracing:
+                    raise TraceError(
+                        f"op {node.op} in module '{node.module or '<root>'}' has no channel rule. "
+                        "Pass soft_tracing=True to make the channels it touches unprunable, or "
+                        "list that module in leaf_modules=[...]."
+                    )
+                res.issues.append(Issue("unknown_op", node.module, node.op,
+                                        "no channel rule: every axis it touches is unprunable"))
+                _rigid_node(ctx, node, f"unknown op {node.op} in '{node.module or '<root>'}'")
+            else:
+                _run(ctx, node, rule, res)
+        alias = node.kwargs.get("__alias_write__")
+        if alias:
+            res.issues.append(Issue("alias_write", node.module, node.op, "in-place write into a view"))
+            _rigid_node(ctx, node, "in-place write into a view")
+            for ref in alias:
+                for ax in graph.values[ref.vid].axes:
+                    ctx.rigid(ax, "base of a view written in place")
+        for i, vid in enumerate(node.outputs):
+            if vid >= 0 and len(graph.values[vid].axes) != len(graph.values[vid].shape):
+                ctx.set_out(i, [ctx.fresh(s, f"out{i}", f"{node.op} gave no layout") for s in graph.values[vid].shape])
+    if keep_io:
+        for vid in graph.outputs:
+            for ax in graph.values[vid].axes:
+                sp.mark_rigid(ax, "model output (keeps its shape)")
+    return res
+
+
+def _run(ctx: Ctx, node: Node, fn: object, res: InferResult) -> None:
+    try:
+        fn(ctx)  # type: ignore[operator]
+    except Misaligned as exc:
+        res.issues.append(Issue("misaligned", node.module, node.leaf or node.op, str(exc)))
+        _rigid_node(ctx, node, f"cannot align channels: {exc}")
+    except Exception as exc:  # noqa: BLE001 - a rule bug must never give a wrong slice
+        log.warning("rule for %s in '%s' failed (%s: %s); its channels are made unprunable",
+                    node.op, node.module, type(exc).__name__, exc)
+        res.issues.append(Issue("rule_error", node.module, node.leaf or node.op, f"{type(exc).__name__}: {exc}"))
+        _rigid_node(ctx, node, f"rule error in {node.op}")
+
+
+def param_leaves(graph: Graph, sp: SpaceTable) -> dict[int, list[tuple[str, int]]]:
+    """Group leaf -> the (parameter name, axis) pairs whose layout mentions it."""
+    out: dict[int, list[tuple[str, int]]] = {}
+    for name, vid in graph.params.items():
+        for d, ax in enumerate(graph.values[vid].axes):
+            for leaf in sp.leaves_of(ax):
+                out.setdefault(leaf, []).append((name, d))
+    return out
+
+
+def structured_leaves(graph: Graph, sp: SpaceTable) -> set[int]:
+    """Leaves that appear as an outer factor of a product in a parameter axis (heads, groups)."""
+    out: set[int] = set()
+    for vid in graph.params.values():
+        for ax in graph.values[vid].axes:
+            for term in sp.normalize(ax):
+                for leaf, s, e in term[:-1]:
+                    if e - s > 1:
+                        out.add(leaf)
+    return out
+
+
+_ = Layout  # re-exported type for rule authors

@@ -1,0 +1,41 @@
+"""A named snapshot: the traced graph of one model state with its label groups."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .graph import Graph
+from .infer import Issue
+from .labels import Label, LabelGroup
+from .spaces import SpaceTable
+
+
+@dataclass
+class Snapshot:
+    """Graph + space table + label groups (+ scores once a criterion ran).
+
+    ``owner`` is a random id stamped into every :class:`Label` of this snapshot,
+    so labels of another IR (or of a stale, pre-prune snapshot) are refused.
+    ``example`` holds the example ``(args, kwargs)`` used to trace and verify.
+    """
+
+    name: str
+    graph: Graph
+    spaces: SpaceTable
+    groups: list[LabelGroup]
+    issues: list[Issue]
+    example: tuple[tuple[Any, ...], dict[str, Any]]
+    output_shapes: list[tuple[int, ...]]
+    owner: int = field(default_factory=lambda: random.getrandbits(62))
+    scores: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def prunable_groups(self) -> list[LabelGroup]:
+        return [g for g in self.groups if g.prunable]
+
+    def labels(self, group: LabelGroup) -> list[Label]:
+        return [Label(self.owner, group.gid, i) for i in range(group.size)]

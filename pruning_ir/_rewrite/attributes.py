@@ -1,0 +1,136 @@
+"""Update module attributes after slicing so the user's own classes keep working.
+
+Two mechanisms:
+
+1. Known module types (``nn.Linear``, convolutions, norms, ``nn.Embedding``,
+   HF ``Conv1D``) read their new sizes off their sliced weights and the facts
+   recorded for their own ops (``groups``, ``normalized_shape``).
+2. Any other module: the trace recorded, for every integer argument that
+   depends on channel sizes (``view`` shapes, ``expand`` sizes, split sizes), its
+   old and new value (a *fact*). An integer attribute of the module that ran the
+   op whose name looks like a size (``num_heads``, ``head_dim``, ``hidden_size``,
+   ...) and whose value equals the old value is set to the new one when all facts
+   agree. The rewrite is then verified by a forward pass.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._ir.axes import kept_size
+from .._ir.snapshot import Snapshot
+
+_SIZE_NAME = re.compile(r"(head|dim|size|hidden|channel|feature|group|width|embed|inner|split|^n_|num_|heads|nf$|nx$)",
+                        re.I)
+_NOT_SIZE = re.compile(r"(idx|index|layer|_id$|position|vocab|max_|min_|seed|eps|stride|pad|kernel|dilation)", re.I)
+
+
+def fact_changes(snap: Snapshot, kept: dict[int, torch.Tensor]) -> dict[str, list[tuple[str, int, int]]]:
+    """Module path -> [(op, old, new)] for every size fact of the ops it ran itself."""
+    out: dict[str, list[tuple[str, int, int]]] = {}
+    for node in snap.graph.nodes:
+        for f in node.facts:
+            new = kept_size(snap.spaces, f.layout, kept)
+            out.setdefault(node.module, []).append((node.op, f.old, new))
+    return out
+
+
+def _conv_groups(changes: list[tuple[str, int, int]], old: int) -> int:
+    for op, o, n in changes:
+        if op in ("aten.convolution", "aten._convolution") and o == old:
+            return n
+    return old
+
+
+def update_known(mod: nn.Module, changes: list[tuple[str, int, int]], log: list[str], path: str) -> set[str]:
+    """Update the attributes of well-known module types; returns attribute names handled."""
+    def setattr_(name: str, value: Any) -> None:
+        old = getattr(mod, name)
+        if old != value:
+            setattr(mod, name, value)
+            log.append(f"{path or '<root>'}.{name}: {old} -> {value}")
+
+    if isinstance(mod, nn.Linear):
+        setattr_("out_features", mod.weight.shape[0])
+        setattr_("in_features", mod.weight.shape[1])
+        return {"in_features", "out_features"}
+    if isinstance(mod, nn.modules.conv._ConvNd):
+        g = _conv_groups(changes, mod.groups)
+        setattr_("groups", g)
+        if mod.transposed:
+            setattr_("in_channels", mod.weight.shape[0])
+            setattr_("out_channels", mod.weight.shape[1] * g)
+        else:
+            setattr_("out_channels", mod.weight.shape[0])
+            setattr_("in_channels", mod.weight.shape[1] * g)
+        return {"groups", "in_channels", "out_channels"}
+    if isinstance(mod, nn.modules.batchnorm._NormBase):
+        t = mod.weight if mod.weight is not None else mod.running_mean
+        if t is not None:
+            setattr_("num_features", t.shape[0])
+        return {"num_features"}
+    if isinstance(mod, (nn.LayerNorm, nn.RMSNorm)):
+        ns = list(mod.normalized_shape)
+        if mod.weight is not None:
+            ns = list(mod.weight.shape)
+        else:
+            olds = {o: n for op, o, n in changes if op in ("aten.native_layer_norm", "aten.rms_norm",
+                                                            "aten._fused_rms_norm")}
+            ns = [olds.get(s, s) for s in ns]
+        setattr_("normalized_shape", tuple(ns))
+        return {"normalized_shape"}
+    if isinstance(mod, nn.GroupNorm):
+        for op, o, n in changes:
+            if op == "aten.native_group_norm" and o == mod.num_groups:
+                setattr_("num_groups", n)
+        if mod.weight is not None:
+            setattr_("num_channels", mod.weight.shape[0])
+        return {"num_groups", "num_channels"}
+    if isinstance(mod, nn.Embedding):
+        setattr_("num_embeddings", mod.weight.shape[0])
+        setattr_("embedding_dim", mod.weight.shape[1])
+        return {"num_embeddings", "embedding_dim"}
+    if type(mod).__name__ == "Conv1D" and hasattr(mod, "nf"):  # HF GPT-2 style (in, out) weight
+        setattr_("nf", mod.weight.shape[1])
+        if hasattr(mod, "nx"):
+            setattr_("nx", mod.weight.shape[0])
+        return {"nf", "nx"}
+    return set()
+
+
+def update_generic(mod: nn.Module, changes: list[tuple[str, int, int]], handled: set[str], log: list[str],
+                   unresolved: list[str], path: str) -> None:
+    """Set size-like int attributes whose old value a fact of this module changed."""
+    by_old: dict[int, set[int]] = {}
+    for _, o, n in changes:
+        by_old.setdefault(o, set()).add(n)
+    for name, value in list(vars(mod).items()):
+        if name.startswith("_") or name in handled or type(value) is not int:
+            continue
+        if value not in by_old or not _SIZE_NAME.search(name) or _NOT_SIZE.search(name):
+            continue
+        news = by_old[value]
+        if len(news) == 1:
+            (new,) = news
+            if new != value:
+                setattr(mod, name, new)
+                log.append(f"{path or '<root>'}.{name}: {value} -> {new}")
+        elif any(n != value for n in news):
+            unresolved.append(f"{path or '<root>'}.{name}={value} could become any of {sorted(news)}")
+
+
+def update_attributes(model: nn.Module, snap: Snapshot, kept: dict[int, torch.Tensor]) -> tuple[list[str], list[str]]:
+    """Update every module of ``model``; returns (changes made, ambiguities left)."""
+    facts = fact_changes(snap, kept)
+    log: list[str] = []
+    unresolved: list[str] = []
+    for path, mod in model.named_modules():
+        changes = facts.get(path, [])
+        handled = update_known(mod, changes, log, path)
+        if any(o != n for _, o, n in changes):
+            update_generic(mod, changes, handled, log, unresolved, path)
+    return log, unresolved

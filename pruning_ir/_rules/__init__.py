@@ -1,0 +1,115 @@
+"""Per-op channel rules, registered by ATen overload packet (``"aten.add"``).
+
+A rule reads its node's input layouts through :class:`Ctx`, declares couplings
+(``ctx.unify``), gives every output axis a layout (``ctx.set_out``) and records
+the integer arguments that depend on channel sizes (``ctx.fact``) so that the
+rewrite can update them. A rule that cannot express an index mapping marks the
+axes rigid (``ctx.rigid``): unprunable, never wrongly sliced.
+
+Adding an op = one rule here (its slicing follows from the layouts) + one toy
+model in ``tests/toy_zoo.py``. See ``README.md`` in this folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .._ir.graph import Fact, Graph, Node, ValueRef
+from .._ir.spaces import ONE, Layout, SpaceTable
+
+Rule = Callable[["Ctx"], None]
+RULES: dict[str, Rule] = {}
+
+
+def rule(*names: str) -> Callable[[Rule], Rule]:
+    """Register ``fn`` as the rule of every op packet in ``names``."""
+
+    def deco(fn: Rule) -> Rule:
+        for n in names:
+            RULES[n] = fn
+        return fn
+
+    return deco
+
+
+class Ctx:
+    """What a rule sees: its node, the graph's layouts and the space table."""
+
+    def __init__(self, graph: Graph, spaces: SpaceTable, node: Node) -> None:
+        self.graph = graph
+        self.spaces = spaces
+        self.node = node
+
+    # ---------------------------------------------------------------- inputs
+    def a(self, name: str, default: Any = None) -> Any:
+        """Argument ``name`` (schema name) of the node."""
+        return self.node.kwargs.get(name, default)
+
+    def axes(self, ref: ValueRef) -> list[Layout]:
+        return self.graph.values[ref.vid].axes
+
+    def shape(self, ref: ValueRef) -> tuple[int, ...]:
+        return self.graph.values[ref.vid].shape
+
+    def out_shape(self, i: int = 0) -> tuple[int, ...]:
+        return self.graph.values[self.node.outputs[i]].shape
+
+    @property
+    def n_out(self) -> int:
+        return len(self.node.outputs)
+
+    def where(self) -> str:
+        return f"{self.node.op} in '{self.node.module or '<root>'}'"
+
+    # ---------------------------------------------------------------- effects
+    def set_out(self, i: int, axes: list[Layout]) -> None:
+        vid = self.node.outputs[i]
+        if vid >= 0:
+            self.graph.values[vid].axes = list(axes)
+
+    def unify(self, x: Layout, y: Layout) -> None:
+        self.spaces.unify(x, y)
+
+    def fresh(self, size: int, what: str, rigid: str | None = None) -> Layout:
+        return self.spaces.new_leaf(size, f"{what}@{self.node.op}#{self.node.nid}", rigid)
+
+    def rigid(self, layout: Layout, reason: str) -> None:
+        self.spaces.mark_rigid(layout, f"{reason} ({self.where()})")
+
+    def note(self, layout: Layout, note: str) -> None:
+        self.spaces.add_note(layout, f"{note} ({self.where()})")
+
+    def fact(self, path: tuple[Any, ...], layout: Layout, old: int, kind: str = "size") -> None:
+        self.node.facts.append(Fact(path, kind, layout, old))
+
+
+def norm_dim(d: int, ndim: int) -> int:
+    return d + ndim if d < 0 else d
+
+
+def broadcast(ctx: Ctx, refs: list[Any], out_shape: tuple[int, ...]) -> list[Layout]:
+    """Unify the broadcast-aligned axes of tensor inputs; layouts of the output."""
+    nd = len(out_shape)
+    out: list[Layout] = []
+    for i in range(nd):
+        group: list[Layout] = []
+        for r in refs:
+            if not isinstance(r, ValueRef):
+                continue
+            sh = ctx.shape(r)
+            j = i - (nd - len(sh))
+            if j >= 0 and sh[j] == out_shape[i] and out_shape[i] != 1:
+                group.append(ctx.axes(r)[j])
+        if not group:
+            out.append(ONE if out_shape[i] == 1 else ctx.fresh(out_shape[i], f"bcast{i}", "broadcast"))
+            continue
+        for g in group[1:]:
+            ctx.unify(group[0], g)
+        out.append(group[0])
+    return out
+
+
+def load_all() -> None:
+    """Import the rule modules (they register themselves)."""
+    from . import elementwise, index, linalg, misc, norm, reduce, shape  # noqa: F401

@@ -1,0 +1,239 @@
+"""Record a model's forward pass as a :class:`~pruning_ir._ir.graph.Graph` of ATen ops.
+
+Why a dispatch-level recorder and not ``torch.fx.symbolic_trace`` or
+``torch.export``: the model really runs (on its own device: ``meta`` tensors
+cost no memory), so data-dependent Python control flow, HF ``transformers``
+models and custom ``autograd.Function`` s need no special support; every op
+arrives below autograd as ATen, a closed vocabulary that a few rule files
+cover; module paths come from forward hooks; and ``leaf_modules`` are honoured
+by recording one opaque node per call. ``benchmarks/engine_speed.py`` measures
+the build time against Torch-Pruning's dependency graph.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from ..errors import TraceError
+from .._ir.graph import Graph, Node, Value, ValueRef
+
+log = logging.getLogger(__name__)
+
+# Ops that only manage autograd or profiling state; they are not recorded.
+_SKIP = {"aten.detach", "aten._has_compatible_shallow_copy_type", "profiler._record_function_enter_new",
+         "profiler._record_function_exit", "aten.lift_fresh"}
+
+
+def op_name(func: Any) -> str:
+    """``aten.add.Tensor`` -> ``"aten.add"`` (the overload packet)."""
+    packet = getattr(func, "overloadpacket", func)
+    return f"{getattr(packet, '__module__', 'torch.ops.aten').rsplit('.', 1)[-1]}.{packet.__name__}"
+
+
+class _Recorder(TorchDispatchMode):
+    def __init__(self, graph: Graph, names: dict[int, tuple[str, str]]) -> None:
+        super().__init__()
+        self.graph = graph
+        self.names = names
+        self.current: dict[int, int] = {}  # id(tensor) -> current value id
+        self.keep: list[torch.Tensor] = []  # keeps ids unique while tracing
+        self.stack: list[str] = []
+        self.suppress = 0
+
+    # ------------------------------------------------------------------ values
+    def new_value(self, t: torch.Tensor, kind: str, name: str = "", producer: int = -1) -> int:
+        vid = len(self.graph.values)
+        self.graph.values.append(Value(vid, tuple(int(s) for s in t.shape), str(t.dtype), kind, name, producer))
+        self.current[id(t)] = vid
+        self.keep.append(t)
+        return vid
+
+    def value_of(self, t: torch.Tensor) -> int:
+        vid = self.current.get(id(t))
+        if vid is not None:
+            return vid
+        named = self.names.get(id(t))
+        if named is not None:
+            kind, name = named
+            vid = self.new_value(t, kind, name)
+            self.graph.params[name] = vid
+            return vid
+        return self.new_value(t, "const")
+
+    def encode(self, obj: Any) -> Any:
+        if isinstance(obj, torch.Tensor):
+            return ValueRef(self.value_of(obj))
+        if isinstance(obj, (list, tuple)):
+            return type(obj)(self.encode(o) for o in obj) if isinstance(obj, list) else tuple(self.encode(o) for o in obj)
+        if isinstance(obj, dict):
+            return {k: self.encode(v) for k, v in obj.items()}
+        if isinstance(obj, (torch.dtype, torch.device, torch.layout, torch.memory_format)):
+            return str(obj)
+        return obj
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if self.suppress:
+            return func(*args, **kwargs)
+        name = op_name(func)
+        if name in _SKIP:
+            out = func(*args, **kwargs)
+            if name == "aten.detach" and isinstance(out, torch.Tensor) and isinstance(args[0], torch.Tensor):
+                src = self.current.get(id(args[0]))
+                if src is not None:
+                    self.current[id(out)] = src
+                    self.keep.append(out)
+            return out
+        # encode inputs before running: an in-place op must see the old version
+        bound = self.encode(bind(func, args, kwargs))
+        alias_write = _writes_to_view(func, args, kwargs)
+        out = func(*args, **kwargs)
+        nid = len(self.graph.nodes)
+        flat, _ = pytree.tree_flatten(out)
+        outputs = [self.new_value(o, "op", producer=nid) if isinstance(o, torch.Tensor) else -1 for o in flat]
+        node = Node(nid, name, (), bound, outputs, None, tuple(self.stack))
+        if alias_write:
+            node.facts = []
+            node.kwargs["__alias_write__"] = [ValueRef(self.value_of(b)) for b in alias_write]
+        self.graph.nodes.append(node)
+        return out
+
+
+def bind(func: Any, args: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """All arguments of an ATen call by schema name, defaults filled in."""
+    schema = getattr(func, "_schema", None)
+    if schema is None:
+        return {**{f"arg{i}": a for i, a in enumerate(args)}, **kwargs}
+    bound: dict[str, Any] = {}
+    for i, a in enumerate(schema.arguments):
+        if i < len(args) and not a.kwarg_only:
+            bound[a.name] = args[i]
+        elif a.name in kwargs:
+            bound[a.name] = kwargs[a.name]
+        elif a.has_default_value():
+            bound[a.name] = a.default_value
+    return bound
+
+
+def _writes_to_view(func: Any, args: Any, kwargs: dict[str, Any]) -> list[torch.Tensor]:
+    """Bases of the views an in-place op writes to (aliased mutation)."""
+    schema = getattr(func, "_schema", None)
+    if schema is None or not schema.is_mutable:
+        return []
+    bases: list[torch.Tensor] = []
+    for i, a in enumerate(schema.arguments):
+        if a.alias_info is None or not a.alias_info.is_write:
+            continue
+        t = args[i] if i < len(args) else kwargs.get(a.name)
+        if isinstance(t, torch.Tensor) and t._base is not None:
+            bases.append(t._base)
+    return bases
+
+
+def _leaf_match(module: nn.Module, leaves: list[Any]) -> bool:
+    for leaf in leaves:
+        if isinstance(leaf, type):
+            if isinstance(module, leaf):
+                return True
+        elif module is leaf:
+            return True
+    return False
+
+
+def record(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
+           leaf_modules: list[Any] | None = None) -> Graph:
+    """Run ``model(*args, **kwargs)`` once and return the recorded graph."""
+    graph = Graph()
+    names: dict[int, tuple[str, str]] = {}
+    for pname, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in names:
+            graph.aliases[pname] = names[id(p)][1]
+        else:
+            names[id(p)] = ("param", pname)
+    for bname, b in model.named_buffers(remove_duplicate=False):
+        if id(b) in names:
+            graph.aliases[bname] = names[id(b)][1]
+        else:
+            names[id(b)] = ("buffer", bname)
+    rec = _Recorder(graph, names)
+    leaves = list(leaf_modules or [])
+    handles = []
+    for mname, mod in model.named_modules():
+        is_leaf = bool(leaves) and mod is not model and _leaf_match(mod, leaves)
+
+        def pre(m: nn.Module, a: Any, kw: Any, _n: str = mname, _leaf: bool = is_leaf) -> None:
+            rec.stack.append(_n)
+            if _leaf and not rec.suppress:
+                rec.leaf_inputs = (rec.encode(tuple(a)), rec.encode(dict(kw)))  # type: ignore[attr-defined]
+            if _leaf:
+                rec.suppress += 1
+
+        def post(m: nn.Module, a: Any, kw: Any, out: Any, _n: str = mname, _leaf: bool = is_leaf) -> None:
+            if _leaf:
+                rec.suppress -= 1
+                if not rec.suppress:
+                    enc_a, enc_kw = rec.leaf_inputs  # type: ignore[attr-defined]
+                    params = {f"{_n}.{k}" if _n else k: rec.encode(p) for k, p in
+                              list(m.named_parameters()) + list(m.named_buffers())}
+                    enc_kw = dict(enc_kw, __params__=params)
+                    nid = len(rec.graph.nodes)
+                    flat, spec = pytree.tree_flatten(out)
+                    outputs = [rec.new_value(o, "op", producer=nid) if isinstance(o, torch.Tensor) else -1
+                               for o in flat]
+                    rec.graph.nodes.append(Node(nid, "leaf_module", enc_a, enc_kw, outputs, None,
+                                                tuple(rec.stack), leaf=type(m).__qualname__))
+            if rec.stack and rec.stack[-1] == _n:
+                rec.stack.pop()
+
+        handles.append(mod.register_forward_pre_hook(pre, with_kwargs=True))
+        handles.append(mod.register_forward_hook(post, with_kwargs=True, always_call=True))
+    try:
+        flat_in, _ = pytree.tree_flatten((args, kwargs))
+        for i, t in enumerate(flat_in):
+            if isinstance(t, torch.Tensor):
+                graph.inputs.append(rec.new_value(t, "input", name=f"input[{i}]"))
+        with torch.enable_grad() if _any_grad(model) else torch.no_grad(), rec:
+            out = model(*args, **kwargs)
+        flat_out, _ = pytree.tree_flatten(_to_pytree(out))
+        for t in flat_out:
+            if isinstance(t, torch.Tensor) and id(t) in rec.current:
+                graph.outputs.append(rec.current[id(t)])
+    except TraceError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - re-raised with the module named
+        where = rec.stack[-1] if rec.stack else type(model).__name__
+        raise TraceError(
+            f"running {type(model).__name__} on the example inputs failed inside module "
+            f"'{where or '<root>'}': {type(exc).__name__}: {exc}. Check that example_inputs "
+            "run the model (model(*example_inputs) must work), or pass that module in "
+            "leaf_modules=[...] to keep it opaque."
+        ) from exc
+    finally:
+        for h in handles:
+            h.remove()
+        rec.keep.clear()
+    return graph
+
+
+def _any_grad(model: nn.Module) -> bool:
+    return any(p.requires_grad for p in model.parameters())
+
+
+def _to_pytree(out: Any) -> Any:
+    """HF ``ModelOutput`` and other dict-likes flatten through their values."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, dict):
+        return {k: _to_pytree(v) for k, v in out.items()}
+    if isinstance(out, (list, tuple)):
+        return [_to_pytree(o) for o in out]
+    if hasattr(out, "to_tuple"):
+        return [_to_pytree(o) for o in out.to_tuple()]
+    return out

@@ -1,0 +1,37 @@
+"""Exception hierarchy. Every error the library raises on purpose derives from
+:class:`PruningIRError`; messages name the object at fault and say what to do."""
+
+from __future__ import annotations
+
+__all__ = [
+    "PruningIRError",
+    "TraceError",
+    "InvalidInputError",
+    "LabelError",
+    "RewriteError",
+    "SnapshotVersionError",
+]
+
+
+class PruningIRError(Exception):
+    """Base class of every error raised by ``pruning_ir``."""
+
+
+class TraceError(PruningIRError):
+    """The model could not be lowered to the IR (names the module and the op)."""
+
+
+class InvalidInputError(PruningIRError, ValueError):
+    """An argument has the wrong type or value (a ratio out of range, a non-module, ...)."""
+
+
+class LabelError(PruningIRError, ValueError):
+    """Labels that do not belong to this IR, or that cannot be removed."""
+
+
+class RewriteError(PruningIRError):
+    """The slim module could not be built or failed its verification forward pass."""
+
+
+class SnapshotVersionError(PruningIRError):
+    """A saved IR was written by an incompatible snapshot format version."""

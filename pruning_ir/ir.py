@@ -1,0 +1,282 @@
+"""``PruningIR``: the object users hold. Trace once, select many times, prune."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils import _pytree as pytree
+
+from ._ir.graph import Graph
+from ._ir.infer import infer
+from ._ir.labels import Label, LabelGroup, build_groups
+from ._ir.lint import lint_snapshot
+from ._ir.remap import remap_snapshot
+from ._ir.snapshot import Snapshot
+from ._rewrite.attributes import update_attributes
+from ._rewrite.slim import apply_slices, sliced_tensors
+from ._rewrite.verify import verify_forward
+from ._trace.recorder import _to_pytree, record
+from .errors import InvalidInputError, LabelError, SnapshotVersionError
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_FORMAT = 1
+"""Version of the pickled IR layout; bumped whenever it changes incompatibly."""
+
+DEFAULT = "main"
+
+
+def _as_call(example_inputs: Any, example_kwargs: dict[str, Any] | None) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if example_inputs is None:
+        args: tuple[Any, ...] = ()
+    elif isinstance(example_inputs, torch.Tensor):
+        args = (example_inputs,)
+    elif isinstance(example_inputs, dict):
+        return (), {**example_inputs, **(example_kwargs or {})}
+    elif isinstance(example_inputs, (list, tuple)):
+        args = tuple(example_inputs)
+    else:
+        raise InvalidInputError(
+            f"example_inputs must be a tensor, a tuple of positional inputs or a dict of keyword "
+            f"inputs, not {type(example_inputs).__name__}. Example: PruningIR(model, example_inputs=(x,))."
+        )
+    return args, dict(example_kwargs or {})
+
+
+class PruningIR:
+    """Graph IR of a model with its coupled channel labels.
+
+    Args:
+        model: the module to prune. It is never modified unless ``prune(..., inplace=True)``.
+        example_inputs: what ``model`` is called with while tracing: a tensor, a tuple of
+            positional inputs, or a dict of keyword inputs. Tensors on the ``meta`` device
+            (with a ``meta`` model) trace without allocating memory.
+        example_kwargs: extra keyword inputs (e.g. ``{"use_cache": False}``).
+        leaf_modules: module types or instances recorded as one opaque node each; their
+            channels are unprunable unless a leaf handler is registered for the class.
+        soft_tracing: with ``True`` an op without a channel rule makes the channels it
+            touches unprunable (listed in :meth:`report`); with ``False`` it raises
+            :class:`~pruning_ir.errors.TraceError` naming the module and the op.
+        keep_io_shapes: keep the model's inputs and outputs at their shapes (default).
+        name: name of the first snapshot.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from pruning_ir import PruningIR, UniformLabelSelector
+        >>> model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
+        >>> ir = PruningIR(model, example_inputs=(torch.randn(2, 4),))
+        >>> [g.size for g in ir.prunable_label_groups()]
+        [16]
+        >>> slim = ir.prune(labels=UniformLabelSelector(0.25).select(ir)).model
+        >>> slim[0].out_features, slim[2].in_features
+        (12, 12)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        example_inputs: Any = None,
+        example_kwargs: dict[str, Any] | None = None,
+        leaf_modules: Sequence[type[nn.Module] | nn.Module] | None = None,
+        soft_tracing: bool = True,
+        keep_io_shapes: bool = True,
+        name: str = DEFAULT,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise InvalidInputError(
+                f"PruningIR needs a torch.nn.Module, got {type(model).__name__}. "
+                "Wrap a function in an nn.Module whose forward calls it."
+            )
+        if example_inputs is None and not example_kwargs:
+            raise InvalidInputError(
+                f"PruningIR({type(model).__name__}) needs example_inputs to trace the model: "
+                "PruningIR(model, example_inputs=(x,)) where model(x) runs."
+            )
+        self._model = model
+        self.leaf_modules = list(leaf_modules or [])
+        self.soft_tracing = soft_tracing
+        self.keep_io_shapes = keep_io_shapes
+        self._snapshots: dict[str, Snapshot] = {}
+        self.create_snapshot(name, example_inputs=example_inputs, example_kwargs=example_kwargs)
+
+    # ------------------------------------------------------------------ building
+    def create_snapshot(self, name: str = DEFAULT, *, example_inputs: Any = None,
+                        example_kwargs: dict[str, Any] | None = None) -> Snapshot:
+        """Trace the model on the example inputs and infer its labels as snapshot ``name``."""
+        args, kwargs = _as_call(example_inputs, example_kwargs)
+        t0 = time.perf_counter()
+        graph = record(self._model, args, kwargs, self.leaf_modules)
+        t1 = time.perf_counter()
+        res = infer(graph, soft_tracing=self.soft_tracing, keep_io=self.keep_io_shapes)
+        groups = build_groups(graph, res.spaces)
+        t2 = time.perf_counter()
+        out_shapes = [graph.values[v].shape for v in graph.outputs]
+        snap = Snapshot(name, graph, res.spaces, groups, res.issues, (args, kwargs), out_shapes)
+        self._snapshots[name] = snap
+        log.info("traced %s: %d nodes in %.3fs, labels inferred in %.3fs", type(self._model).__name__,
+                 len(graph.nodes), t1 - t0, t2 - t1)
+        return snap
+
+    @classmethod
+    def _from_snapshot(cls, model: nn.Module, snap: Snapshot, like: PruningIR) -> PruningIR:
+        new = cls.__new__(cls)
+        new._model = model
+        new.leaf_modules = list(like.leaf_modules)
+        new.soft_tracing = like.soft_tracing
+        new.keep_io_shapes = like.keep_io_shapes
+        new._snapshots = {snap.name: snap}
+        return new
+
+    # ------------------------------------------------------------------ access
+    @property
+    def model(self) -> nn.Module:
+        """The model this IR describes (after ``prune``: the slim model)."""
+        return self._model
+
+    def snapshot(self, name: str = DEFAULT) -> Snapshot:
+        try:
+            return self._snapshots[name]
+        except KeyError:
+            raise InvalidInputError(
+                f"no snapshot named {name!r}; this IR has {sorted(self._snapshots)}. "
+                "Create one with ir.create_snapshot(name, example_inputs=...)."
+            ) from None
+
+    @property
+    def graph(self) -> Graph:
+        return self.snapshot().graph
+
+    def label_groups(self, name: str = DEFAULT) -> list[LabelGroup]:
+        """All label groups that touch a parameter (prunable or not)."""
+        return list(self.snapshot(name).groups)
+
+    def prunable_label_groups(self, name: str = DEFAULT) -> list[LabelGroup]:
+        return self.snapshot(name).prunable_groups
+
+    def labels(self, group: LabelGroup | int, name: str = DEFAULT) -> list[Label]:
+        snap = self.snapshot(name)
+        g = snap.groups[group] if isinstance(group, int) else group
+        return snap.labels(g)
+
+    def selector_label_groups(self, name: str = DEFAULT) -> list[list[Label]]:
+        """Prunable labels per group, in ascending score order (ENOT's contract)."""
+        from ._ir.measure import group_l1, named_tensors
+
+        snap = self.snapshot(name)
+        tensors = named_tensors(self._model)
+        out = []
+        for g in snap.prunable_groups:
+            score = snap.scores.get(g.gid)
+            if score is None:
+                score = group_l1(snap, g, tensors)
+            order = torch.argsort(score, stable=True).tolist()
+            out.append([Label(snap.owner, g.gid, i) for i in order])
+        return out
+
+    # ------------------------------------------------------------------ pruning
+    def check_labels(self, labels: Sequence[Label], name: str = DEFAULT) -> dict[int, torch.Tensor]:
+        """Validate ``labels``; return group leaf -> bool mask of removed slots."""
+        snap = self.snapshot(name)
+        removed: dict[int, torch.Tensor] = {}
+        for lab in labels:
+            if not isinstance(lab, Label):
+                raise LabelError(f"expected pruning_ir Labels, got {type(lab).__name__} ({lab!r}). "
+                                 "Get labels from a selector or ir.labels(group).")
+            if lab.owner != snap.owner:
+                raise LabelError(
+                    f"{lab!r} belongs to another IR or snapshot (labels are tied to the snapshot that "
+                    "made them; after prune() select again from the returned IR)."
+                )
+            if not 0 <= lab.group < len(snap.groups) or not 0 <= lab.index < snap.groups[lab.group].size:
+                raise LabelError(f"{lab!r} is out of range for snapshot {name!r}.")
+            g = snap.groups[lab.group]
+            if not g.prunable:
+                raise LabelError(f"{lab!r}: group g{g.gid} ({g.describe()}) is not prunable: {g.reason}.")
+            mask = removed.setdefault(g.leaf, torch.zeros(g.size, dtype=torch.bool))
+            mask[lab.index] = True
+        for g in snap.groups:
+            m = removed.get(g.leaf)
+            if m is not None and bool(m.all()):
+                raise LabelError(f"the labels remove every channel of group g{g.gid} ({g.describe()}); "
+                                 "keep at least one.")
+        return removed
+
+    def prune(self, name: str = DEFAULT, *, labels: Sequence[Label], inplace: bool = False,
+              skip_label_checking: bool = False, verify: bool = True) -> PruningIR:
+        """Remove ``labels``; return a new IR whose ``.model`` is the slim module.
+
+        ``inplace=True`` slices this IR's model itself (saves memory). With empty
+        ``labels`` and ``inplace=False`` a copy is returned. ``verify`` runs the slim
+        model on the example inputs and checks that output shapes are kept.
+        ``skip_label_checking`` skips validation of the labels (trusted callers).
+        """
+        snap = self.snapshot(name)
+        if skip_label_checking:
+            removed: dict[int, torch.Tensor] = {}
+            by_gid = snap.groups
+            for lab in labels:
+                g = by_gid[lab.group]
+                removed.setdefault(g.leaf, torch.zeros(g.size, dtype=torch.bool))[lab.index] = True
+        else:
+            removed = self.check_labels(labels, name)
+        kept = {leaf: ~m for leaf, m in removed.items()}
+        new_tensors = sliced_tensors(snap, self._model, removed)
+        slim = apply_slices(self._model, new_tensors, inplace)
+        changes, unresolved = update_attributes(slim, snap, kept)
+        for c in changes:
+            log.debug("updated %s", c)
+        new_snap = remap_snapshot(snap, kept)
+        new_snap.issues = list(snap.issues)
+        if verify and removed:
+            verify_forward(slim, new_snap, unresolved)
+        out = PruningIR._from_snapshot(slim, new_snap, self)
+        out.rewrite_log = changes  # type: ignore[attr-defined]
+        return out
+
+    # ------------------------------------------------------------------ inspection
+    def lint(self, name: str = DEFAULT) -> None:
+        """Check the IR's invariants; raises ``AssertionError`` naming what is broken."""
+        lint_snapshot(self.snapshot(name), self._model)
+
+    def report(self, name: str = DEFAULT) -> str:
+        """What is prunable, what is not and why, and what the engine could not reason about."""
+        from ._ir.printing import format_report
+
+        return format_report(self.snapshot(name), self._model)
+
+    def __str__(self) -> str:
+        from ._ir.printing import format_ir
+
+        return format_ir(self.snapshot(), self._model)
+
+    def __repr__(self) -> str:
+        snap = self.snapshot()
+        return (f"PruningIR({type(self._model).__name__}: {len(snap.graph.nodes)} nodes, "
+                f"{len(snap.groups)} label groups, {len(snap.prunable_groups)} prunable)")
+
+    # ------------------------------------------------------------------ pickling
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["__format__"] = SNAPSHOT_FORMAT
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        fmt = state.pop("__format__", None)
+        if fmt != SNAPSHOT_FORMAT:
+            raise SnapshotVersionError(
+                f"this IR was saved with snapshot format {fmt}, but pruning_ir reads format "
+                f"{SNAPSHOT_FORMAT}. Re-create it with PruningIR(model, ...) under this version."
+            )
+        self.__dict__.update(state)
+
+
+def output_tensors(out: Any) -> list[torch.Tensor]:
+    flat, _ = pytree.tree_flatten(_to_pytree(out))
+    return [t for t in flat if isinstance(t, torch.Tensor)]
