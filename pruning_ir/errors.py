@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 __all__ = [
-    "PruningIRError",
-    "TraceError",
     "InvalidInputError",
     "LabelError",
+    "PruningIRError",
     "RewriteError",
     "SnapshotVersionError",
+    "TraceError",
 ]
 
 

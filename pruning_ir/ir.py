@@ -15,13 +15,15 @@ from ._ir.graph import Graph
 from ._ir.infer import infer
 from ._ir.labels import Label, LabelGroup, build_groups
 from ._ir.lint import lint_snapshot
+from ._ir.modules import apply_module_constraints
 from ._ir.remap import remap_snapshot
 from ._ir.snapshot import Snapshot
-from ._rewrite.attributes import update_attributes
+from ._rewrite.attributes import edits_for, update_attributes
+from ._rewrite.patch import install
 from ._rewrite.slim import apply_slices, sliced_tensors
 from ._rewrite.verify import verify_forward
 from ._trace.recorder import _to_pytree, record
-from .errors import InvalidInputError, LabelError, SnapshotVersionError
+from .errors import InvalidInputError, LabelError, RewriteError, SnapshotVersionError
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +106,7 @@ class PruningIR:
         self.soft_tracing = soft_tracing
         self.keep_io_shapes = keep_io_shapes
         self._snapshots: dict[str, Snapshot] = {}
+        self.rewrite_log: list[str] = []
         self.create_snapshot(name, example_inputs=example_inputs, example_kwargs=example_kwargs)
 
     # ------------------------------------------------------------------ building
@@ -115,6 +118,7 @@ class PruningIR:
         graph = record(self._model, args, kwargs, self.leaf_modules)
         t1 = time.perf_counter()
         res = infer(graph, soft_tracing=self.soft_tracing, keep_io=self.keep_io_shapes)
+        apply_module_constraints(self._model, graph, res)
         groups = build_groups(graph, res.spaces)
         t2 = time.perf_counter()
         out_shapes = [graph.values[v].shape for v in graph.outputs]
@@ -132,6 +136,7 @@ class PruningIR:
         new.soft_tracing = like.soft_tracing
         new.keep_io_shapes = like.keep_io_shapes
         new._snapshots = {snap.name: snap}
+        new.rewrite_log = []
         return new
 
     # ------------------------------------------------------------------ access
@@ -235,10 +240,31 @@ class PruningIR:
         new_snap = remap_snapshot(snap, kept)
         new_snap.issues = list(snap.issues)
         if verify and removed:
-            verify_forward(slim, new_snap, unresolved)
+            try:
+                verify_forward(slim, new_snap, unresolved)
+            except RewriteError:
+                patched = self._patch_literals(slim, snap, kept)
+                if not patched:
+                    raise
+                changes += [f"{m or '<root>'}: literal sizes in forward patched by hooks" for m in patched]
+                log.warning("slim %s: modules %s hold channel sizes as literals in forward; their ops are "
+                            "patched at run time by forward hooks", type(slim).__name__, patched)
+                verify_forward(slim, new_snap, unresolved)
         out = PruningIR._from_snapshot(slim, new_snap, self)
-        out.rewrite_log = changes  # type: ignore[attr-defined]
+        out.rewrite_log = changes
         return out
+
+    @staticmethod
+    def _patch_literals(slim: nn.Module, snap: Snapshot, kept: dict[int, torch.Tensor]) -> list[str]:
+        """Install :mod:`~pruning_ir._rewrite.patch` hooks where facts changed; modules patched."""
+        patched = []
+        modules = dict(slim.named_modules())
+        for path in sorted({n.module for n in snap.graph.nodes if n.facts}):
+            edits = edits_for(snap, kept, path)
+            if edits and path in modules:
+                install(modules[path], edits)
+                patched.append(path)
+        return patched
 
     # ------------------------------------------------------------------ inspection
     def lint(self, name: str = DEFAULT) -> None:

@@ -10,14 +10,14 @@ group is that label. A group is *structured* when its labels stand for blocks
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 from .graph import Graph
 from .infer import param_leaves, structured_leaves
 from .spaces import SpaceTable
 
 
-class Label(NamedTuple):
+@dataclass(frozen=True, slots=True, order=True)
+class Label:
     """One channel unit: slot ``index`` of group ``group`` of the snapshot ``owner``."""
 
     owner: int

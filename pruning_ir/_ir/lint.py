@@ -39,7 +39,7 @@ def lint_snapshot(snap: Snapshot, model: nn.Module) -> None:
             raise AssertionError(f"label group g{grp.gid} is not a representative leaf")
         if sp.size[grp.leaf] != grp.size:
             raise AssertionError(f"label group g{grp.gid} size {grp.size} != leaf size {sp.size[grp.leaf]}")
-    for n in g.nodes:
-        for vid in n.outputs:
+    for node in g.nodes:
+        for vid in node.outputs:
             if vid >= len(g.values):
-                raise AssertionError(f"node #{n.nid} {n.op} names missing output %{vid}")
+                raise AssertionError(f"node #{node.nid} {node.op} names missing output %{vid}")

@@ -76,10 +76,10 @@ def remap_snapshot(snap: Snapshot, kept: dict[int, torch.Tensor]) -> Snapshot:
         kwargs = n.kwargs
         facts = []
         for f in n.facts:
-            new = kept_size(sp, f.layout, kept)
-            if new != f.old:
-                kwargs = _set_path(kwargs, f.path, new)
-            facts.append(Fact(f.path, f.kind, _remap_layout(sp, f.layout, ranks), new))
+            size = kept_size(sp, f.layout, kept)
+            if size != f.old:
+                kwargs = _set_path(kwargs, f.path, size)
+            facts.append(Fact(f.path, f.kind, _remap_layout(sp, f.layout, ranks), size))
         nodes.append(Node(n.nid, n.op, n.args, kwargs, n.outputs, n.out_spec, n.module_stack, n.leaf, facts))
     graph = Graph(values, nodes, list(g.inputs), list(g.outputs), dict(g.params), dict(g.aliases))
     groups = build_groups(graph, nsp)

@@ -152,6 +152,10 @@ class SpaceTable:
             return tuple(t + b[0] for t in a)
         if a == ONE:
             return b
+        if self.all_rigid(b):
+            # a rigid axis is never sliced, so its inner structure does not matter
+            rigid_term = self._rigid_like(b)
+            return tuple(t + rigid_term for t in a)
         total = sum(term_size(t) for t in a) * len(b)
         if total > _MAX_TERMS:
             raise Misaligned(f"flattening would need {total} terms")
@@ -219,6 +223,9 @@ class SpaceTable:
                 return x, ONE
             if a == 1:
                 return ONE, x
+            if len(x) > 1 and self.all_rigid(x):
+                reason = self._rigid_reason(x)
+                return (self.new_leaf(a, "rigid-split", reason), self.new_leaf(b, "rigid-split", reason))
             zs: list[Term] = []
             ws: list[Term] = []
             refined = False
@@ -290,8 +297,26 @@ class SpaceTable:
         """Unify two equal-size products; True when a refinement forces a restart."""
         i = j = 0
         while i < len(tx) and j < len(ty):
+            # runs of rigid factors of equal extent need no structure: they are never sliced
+            ri, pi = i, 1
+            while ri < len(tx) and tx[ri][0] in self.rigid:
+                pi *= tx[ri][2] - tx[ri][1]
+                ri += 1
+            rj, pj = j, 1
+            while rj < len(ty) and ty[rj][0] in self.rigid:
+                pj *= ty[rj][2] - ty[rj][1]
+                rj += 1
+            if (ri > i or rj > j) and pi == pj:
+                i, j = ri, rj
+                continue
             f, g = tx[i], ty[j]
             nf, ng = f[2] - f[1], g[2] - g[1]
+            if nf == ng and (f[0] in self.rigid) != (g[0] in self.rigid):
+                reason = self.rigid.get(f[0]) or self.rigid[g[0]]
+                self.rigid.setdefault(f[0], reason)
+                self.rigid.setdefault(g[0], reason)
+                i, j = i + 1, j + 1
+                continue
             if nf == ng:
                 if self.find(f[0]) == self.find(g[0]) and f[1] == g[1]:
                     i, j = i + 1, j + 1
@@ -327,6 +352,20 @@ class SpaceTable:
             self.notes.setdefault(b, []).extend(n for n in self.notes[a] if n not in self.notes[b])
 
     # --------------------------------------------------------------- flags
+    def all_rigid(self, layout: Layout) -> bool:
+        """True when every leaf of the (normalised) layout is rigid."""
+        return all(leaf in self.rigid for t in self.normalize(layout) for leaf, _, _ in t)
+
+    def _rigid_reason(self, layout: Layout) -> str:
+        for t in self.normalize(layout):
+            for leaf, _, _ in t:
+                return self.rigid[leaf]
+        return "rigid"
+
+    def _rigid_like(self, layout: Layout) -> Term:
+        n = layout_size(layout)
+        return self.new_leaf(n, "rigid-merge", self._rigid_reason(layout))[0]
+
     def leaves_of(self, layout: Layout) -> set[int]:
         return {leaf for t in self.normalize(layout) for leaf, _, _ in t}
 

@@ -39,6 +39,39 @@ def fact_changes(snap: Snapshot, kept: dict[int, torch.Tensor]) -> dict[str, lis
     return out
 
 
+def list_changes(snap: Snapshot, kept: dict[int, torch.Tensor]) -> dict[str, list[tuple[list[int], list[int]]]]:
+    """Module path -> [(old list, new list)] for list arguments (split sizes, view shapes)."""
+    out: dict[str, list[tuple[list[int], list[int]]]] = {}
+    for node in snap.graph.nodes:
+        by_arg: dict[str, list[tuple[int, int]]] = {}
+        for f in node.facts:
+            if len(f.path) == 2:
+                by_arg.setdefault(f.path[0], []).append((f.path[1], kept_size(snap.spaces, f.layout, kept)))
+        for arg, items in by_arg.items():
+            old = list(node.kwargs[arg])
+            new = list(old)
+            for i, v in items:
+                new[i] = v
+            if new != old:
+                out.setdefault(node.module, []).append((old, new))
+    return out
+
+
+def edits_for(snap: Snapshot, kept: dict[int, torch.Tensor], module: str) -> dict[str, list[list[Any]]]:
+    """Per op name, per occurrence in ``module``'s own code: the (path, old, new) edits."""
+    edits: dict[str, list[list[Any]]] = {}
+    for node in snap.graph.nodes:
+        if node.module != module or node.leaf:
+            continue
+        row = []
+        for f in node.facts:
+            new = kept_size(snap.spaces, f.layout, kept)
+            if new != f.old:
+                row.append((f.path, f.old, new))
+        edits.setdefault(node.op, []).append(row)
+    return {op: rows for op, rows in edits.items() if any(rows)}
+
+
 def _conv_groups(changes: list[tuple[str, int, int]], old: int) -> int:
     for op, o, n in changes:
         if op in ("aten.convolution", "aten._convolution") and o == old:
@@ -94,22 +127,45 @@ def update_known(mod: nn.Module, changes: list[tuple[str, int, int]], log: list[
         setattr_("num_embeddings", mod.weight.shape[0])
         setattr_("embedding_dim", mod.weight.shape[1])
         return {"num_embeddings", "embedding_dim"}
-    if type(mod).__name__ == "Conv1D" and hasattr(mod, "nf"):  # HF GPT-2 style (in, out) weight
-        setattr_("nf", mod.weight.shape[1])
+    weight = getattr(mod, "weight", None)
+    if type(mod).__name__ == "Conv1D" and hasattr(mod, "nf") and isinstance(weight, torch.Tensor):
+        setattr_("nf", weight.shape[1])  # HF GPT-2 style (in, out) weight
         if hasattr(mod, "nx"):
-            setattr_("nx", mod.weight.shape[0])
+            setattr_("nx", weight.shape[0])
         return {"nf", "nx"}
     return set()
 
 
-def update_generic(mod: nn.Module, changes: list[tuple[str, int, int]], handled: set[str], log: list[str],
-                   unresolved: list[str], path: str) -> None:
+def _candidates(mod: nn.Module) -> dict[str, Any]:
+    """Instance attributes and plain class attributes (ints, lists of ints) of a module."""
+    out: dict[str, Any] = {}
+    for cls in reversed(type(mod).__mro__):
+        if cls in (nn.Module, object) or issubclass(nn.Module, cls):
+            continue
+        for k, v in vars(cls).items():
+            if type(v) is int or (isinstance(v, (list, tuple)) and v and all(type(x) is int for x in v)):
+                out[k] = v
+    out.update({k: v for k, v in vars(mod).items() if not k.startswith("_")})
+    return out
+
+
+def update_generic(mod: nn.Module, changes: list[tuple[str, int, int]], lists: list[tuple[list[int], list[int]]],
+                   handled: set[str], log: list[str], unresolved: list[str], path: str) -> None:
     """Set size-like int attributes whose old value a fact of this module changed."""
     by_old: dict[int, set[int]] = {}
     for _, o, n in changes:
         by_old.setdefault(o, set()).add(n)
-    for name, value in list(vars(mod).items()):
-        if name.startswith("_") or name in handled or type(value) is not int:
+    for name, value in _candidates(mod).items():
+        if name.startswith("_") or name in handled:
+            continue
+        if isinstance(value, (list, tuple)) and value and all(type(x) is int for x in value):
+            news_l = {tuple(n) for o, n in lists if list(value) == o}
+            if len(news_l) == 1:
+                (nl,) = news_l
+                setattr(mod, name, type(value)(nl))
+                log.append(f"{path or '<root>'}.{name}: {list(value)} -> {list(nl)}")
+            continue
+        if type(value) is not int:
             continue
         if value not in by_old or not _SIZE_NAME.search(name) or _NOT_SIZE.search(name):
             continue
@@ -126,11 +182,12 @@ def update_generic(mod: nn.Module, changes: list[tuple[str, int, int]], handled:
 def update_attributes(model: nn.Module, snap: Snapshot, kept: dict[int, torch.Tensor]) -> tuple[list[str], list[str]]:
     """Update every module of ``model``; returns (changes made, ambiguities left)."""
     facts = fact_changes(snap, kept)
+    lists = list_changes(snap, kept)
     log: list[str] = []
     unresolved: list[str] = []
     for path, mod in model.named_modules():
         changes = facts.get(path, [])
         handled = update_known(mod, changes, log, path)
         if any(o != n for _, o, n in changes):
-            update_generic(mod, changes, handled, log, unresolved, path)
+            update_generic(mod, changes, lists.get(path, []), handled, log, unresolved, path)
     return log, unresolved

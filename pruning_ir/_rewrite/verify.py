@@ -23,7 +23,7 @@ def verify_forward(model: nn.Module, snap: Snapshot, unresolved: list[str]) -> N
     hint = ("; ambiguous attributes: " + "; ".join(unresolved)) if unresolved else ""
     try:
         outs = run_model(model, snap)
-    except Exception as exc:  # noqa: BLE001 - re-raised with context
+    except Exception as exc:
         raise RewriteError(
             f"the slim {type(model).__name__} does not run on the example inputs: {type(exc).__name__}: {exc}"
             f"{hint}. Some Python code holds a shape the engine could not update: pass that module in "

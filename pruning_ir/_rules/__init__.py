@@ -20,6 +20,8 @@ from .._ir.spaces import ONE, Layout, SpaceTable
 
 Rule = Callable[["Ctx"], None]
 RULES: dict[str, Rule] = {}
+_VIEWS = {"aten.t", "aten.transpose", "aten.permute", "aten.view", "aten._unsafe_view", "aten.reshape",
+          "aten.expand", "aten.clone", "aten._to_copy", "aten.alias", "aten.unsqueeze", "aten.squeeze"}
 
 
 def rule(*names: str) -> Callable[[Rule], Rule]:
@@ -51,6 +53,24 @@ class Ctx:
 
     def shape(self, ref: ValueRef) -> tuple[int, ...]:
         return self.graph.values[ref.vid].shape
+
+    def from_params(self, ref: ValueRef) -> bool:
+        """True when ``ref`` is a parameter/buffer seen through view-like ops (a weight)."""
+        vid = ref.vid
+        for _ in range(64):
+            v = self.graph.values[vid]
+            if v.kind in ("param", "buffer"):
+                return True
+            if v.kind != "op" or v.producer < 0:
+                return False
+            node = self.graph.nodes[v.producer]
+            if node.op not in _VIEWS:
+                return False
+            src = node.kwargs.get("self")
+            if not isinstance(src, ValueRef):
+                return False
+            vid = src.vid
+        return False
 
     def out_shape(self, i: int = 0) -> tuple[int, ...]:
         return self.graph.values[self.node.outputs[i]].shape

@@ -218,7 +218,8 @@ def index(ctx: Ctx) -> None:
       "aten.scatter_add_", "aten.masked_scatter", "aten.masked_scatter_", "aten.masked_select",
       "aten.nonzero", "aten.take", "aten.put_", "aten.index_fill", "aten.index_fill_",
       "aten.slice_scatter", "aten.select_scatter", "aten.as_strided", "aten.as_strided_",
-      "aten.unfold", "aten.diagonal", "aten.diag", "aten.unique_dim", "aten._unique2", "aten.bincount", "aten.histc", "aten.kthvalue", "aten.mode")
+      "aten.unfold", "aten.diagonal", "aten.diag", "aten.unique_dim", "aten._unique2", "aten.bincount",
+      "aten.histc", "aten.kthvalue", "aten.mode")
 def data_indexed(ctx: Ctx) -> None:
     _all_rigid(ctx, f"{ctx.node.op} moves or indexes entries by position")
 

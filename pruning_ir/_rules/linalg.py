@@ -41,6 +41,9 @@ def matmul(ctx: Ctx) -> None:
         return
     xa, xb = ctx.axes(a), ctx.axes(b)
     ctx.unify(xa[-1], xb[-2])
+    if not ctx.from_params(a) and not ctx.from_params(b) and sa[-1] > 1:
+        ctx.note(xa[-1], "contraction of two activations (attention q·kᵀ): a scale that Python computes "
+                 "from this width (1/sqrt(head_dim)) changes when it is pruned")
     out_shape = ctx.out_shape(0)
     if ctx.node.op == "aten.addbmm":
         _bcast_batch(ctx, [(a, 1), (b, 1)], (sa[0],))

@@ -49,11 +49,18 @@ def reshape_layouts(ctx: Ctx, in_axes: list[Layout], in_shape: tuple[int, ...],
                 j += 1
                 gj.append(j)
                 pj *= out_shape[j]
-        merged: Layout = ONE
-        for k in gi:
-            merged = sp.product(merged, in_axes[k])
         sizes = [out_shape[k] for k in gj]
-        parts = sp.unflatten(merged, sizes) if len(sizes) > 1 else [merged]
+        try:
+            merged: Layout = ONE
+            for k in gi:
+                merged = sp.product(merged, in_axes[k])
+            parts = sp.unflatten(merged, sizes) if len(sizes) > 1 else [merged]
+        except Misaligned as exc:
+            # only this run of axes is unaligned: the others keep their channels
+            reason = f"reshape {list(in_shape)} -> {list(out_shape)} is not channel-aligned: {exc}"
+            for k in gi:
+                ctx.rigid(in_axes[k], reason)
+            parts = [ctx.fresh(s, "view", reason) for s in sizes]
         out.extend(parts)
         i, j = gi[-1] + 1, gj[-1] + 1
     return out

@@ -13,7 +13,6 @@ the build time against Torch-Pruning's dependency graph.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -21,8 +20,8 @@ from torch import nn
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ..errors import TraceError
 from .._ir.graph import Graph, Node, Value, ValueRef
+from ..errors import TraceError
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +70,8 @@ class _Recorder(TorchDispatchMode):
         if isinstance(obj, torch.Tensor):
             return ValueRef(self.value_of(obj))
         if isinstance(obj, (list, tuple)):
-            return type(obj)(self.encode(o) for o in obj) if isinstance(obj, list) else tuple(self.encode(o) for o in obj)
+            enc = [self.encode(o) for o in obj]
+            return enc if isinstance(obj, list) else tuple(enc)
         if isinstance(obj, dict):
             return {k: self.encode(v) for k, v in obj.items()}
         if isinstance(obj, (torch.dtype, torch.device, torch.layout, torch.memory_format)):
@@ -184,7 +184,7 @@ def record(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
                               list(m.named_parameters()) + list(m.named_buffers())}
                     enc_kw = dict(enc_kw, __params__=params)
                     nid = len(rec.graph.nodes)
-                    flat, spec = pytree.tree_flatten(out)
+                    flat, _ = pytree.tree_flatten(out)
                     outputs = [rec.new_value(o, "op", producer=nid) if isinstance(o, torch.Tensor) else -1
                                for o in flat]
                     rec.graph.nodes.append(Node(nid, "leaf_module", enc_a, enc_kw, outputs, None,
@@ -207,7 +207,7 @@ def record(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
                 graph.outputs.append(rec.current[id(t)])
     except TraceError:
         raise
-    except Exception as exc:  # noqa: BLE001 - re-raised with the module named
+    except Exception as exc:
         where = rec.stack[-1] if rec.stack else type(model).__name__
         raise TraceError(
             f"running {type(model).__name__} on the example inputs failed inside module "

@@ -1,0 +1,114 @@
+"""Fallback for sizes written as literals in a module's ``forward``.
+
+When ``forward`` holds a channel size the engine cannot reach through an
+attribute (``torch.split(x, [5, 8])``), the slim module gets a pair of forward
+hooks that, while *that module's own code* runs (not its children's), rewrite
+the integer arguments of the recorded ops from their old to their new values,
+occurrence by occurrence in trace order. The user's classes are kept; the
+rewrite log says which modules carry such a patch, and they run a little
+slower (a dispatch mode is active during their forward).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from .._trace.recorder import bind, op_name
+
+Edit = tuple[tuple[Any, ...], int, int]  # (path in the bound arguments, old, new)
+
+
+def _get(obj: Any, path: tuple[Any, ...]) -> Any:
+    for k in path:
+        obj = obj[k]
+    return obj
+
+
+def _set(obj: Any, path: tuple[Any, ...], value: Any) -> Any:
+    if not path:
+        return value
+    k, rest = path[0], path[1:]
+    if isinstance(obj, dict):
+        return {**obj, k: _set(obj[k], rest, value)}
+    seq = list(obj)
+    seq[k] = _set(seq[k], rest, value)
+    return tuple(seq) if isinstance(obj, tuple) else seq
+
+
+class _Mode(TorchDispatchMode):
+    def __init__(self, patch: LiteralShapePatch) -> None:
+        super().__init__()
+        self.patch = patch
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        p = self.patch
+        if p.depth:
+            return func(*args, **kwargs)
+        name = op_name(func)
+        seq = p.edits.get(name)
+        if seq is None:
+            return func(*args, **kwargs)
+        i = p.count.get(name, 0)
+        p.count[name] = i + 1
+        if i >= len(seq) or not seq[i]:
+            return func(*args, **kwargs)
+        bound = bind(func, args, kwargs)
+        changed = False
+        for path, old, new in seq[i]:
+            try:
+                if _get(bound, path) == old:
+                    bound = _set(bound, path, new)
+                    changed = True
+            except (KeyError, IndexError, TypeError):
+                continue
+        if not changed:
+            return func(*args, **kwargs)
+        return func(**bound)
+
+
+class LiteralShapePatch:
+    """Forward hooks that rewrite literal channel sizes of one module's own ops."""
+
+    def __init__(self, edits: dict[str, list[list[Edit]]]) -> None:
+        self.edits = edits
+        self.count: dict[str, int] = {}
+        self.depth = 0
+        self._modes: list[_Mode] = []
+
+    def pre(self, module: nn.Module, args: Any) -> None:
+        self.count = {}
+        mode = _Mode(self)
+        mode.__enter__()
+        self._modes.append(mode)
+
+    def post(self, module: nn.Module, args: Any, out: Any) -> None:
+        if self._modes:
+            self._modes.pop().__exit__(None, None, None)
+
+    def child_pre(self, module: nn.Module, args: Any) -> None:
+        self.depth += 1
+
+    def child_post(self, module: nn.Module, args: Any, out: Any) -> None:
+        self.depth -= 1
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"edits": self.edits}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["edits"])  # type: ignore[misc]
+
+
+def install(module: nn.Module, edits: dict[str, list[list[Edit]]]) -> LiteralShapePatch:
+    patch = LiteralShapePatch(edits)
+    module.register_forward_pre_hook(patch.pre)
+    module.register_forward_hook(patch.post, always_call=True)
+    for child in module.modules():
+        if child is not module:
+            child.register_forward_pre_hook(patch.child_pre)
+            child.register_forward_hook(patch.child_post, always_call=True)
+    return patch
+
