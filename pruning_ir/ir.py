@@ -18,12 +18,13 @@ from ._ir.lint import lint_snapshot
 from ._ir.modules import apply_module_constraints
 from ._ir.remap import remap_snapshot
 from ._ir.snapshot import Snapshot
+from ._ir.ties import tie_shared_sizes
 from ._rewrite.attributes import edits_for, update_attributes
 from ._rewrite.patch import install
 from ._rewrite.slim import apply_slices, sliced_tensors
-from ._rewrite.verify import verify_forward
+from ._rewrite.verify import VerifyFailure, verify_forward
 from ._trace.recorder import _to_pytree, record
-from .errors import InvalidInputError, LabelError, RewriteError, SnapshotVersionError
+from .errors import InvalidInputError, LabelError, SnapshotVersionError
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,7 @@ class PruningIR:
         t1 = time.perf_counter()
         res = infer(graph, soft_tracing=self.soft_tracing, keep_io=self.keep_io_shapes)
         apply_module_constraints(self._model, graph, res)
+        tie_shared_sizes(self._model, graph, res)
         groups = build_groups(graph, res.spaces)
         t2 = time.perf_counter()
         out_shapes = [graph.values[v].shape for v in graph.outputs]
@@ -240,30 +242,43 @@ class PruningIR:
         new_snap = remap_snapshot(snap, kept)
         new_snap.issues = list(snap.issues)
         if verify and removed:
-            try:
-                verify_forward(slim, new_snap, unresolved)
-            except RewriteError:
-                patched = self._patch_literals(slim, snap, kept)
-                if not patched:
-                    raise
-                changes += [f"{m or '<root>'}: literal sizes in forward patched by hooks" for m in patched]
-                log.warning("slim %s: modules %s hold channel sizes as literals in forward; their ops are "
-                            "patched at run time by forward hooks", type(slim).__name__, patched)
-                verify_forward(slim, new_snap, unresolved)
+            patched = self._verify_or_patch(slim, snap, new_snap, kept, unresolved)
+            changes += [f"{m or '<root>'}: literal sizes in forward patched by hooks" for m in patched]
         out = PruningIR._from_snapshot(slim, new_snap, self)
         out.rewrite_log = changes
         return out
 
     @staticmethod
-    def _patch_literals(slim: nn.Module, snap: Snapshot, kept: dict[int, torch.Tensor]) -> list[str]:
-        """Install :mod:`~pruning_ir._rewrite.patch` hooks where facts changed; modules patched."""
-        patched = []
+    def _verify_or_patch(slim: nn.Module, snap: Snapshot, new_snap: Snapshot, kept: dict[int, torch.Tensor],
+                         unresolved: list[str]) -> list[str]:
+        """Verify the slim model; where it fails, patch literal sizes of the failing module
+        (or its nearest ancestor with changed facts) and retry. Returns the patched modules."""
         modules = dict(slim.named_modules())
-        for path in sorted({n.module for n in snap.graph.nodes if n.facts}):
-            edits = edits_for(snap, kept, path)
-            if edits and path in modules:
-                install(modules[path], edits)
-                patched.append(path)
+        with_facts = {n.module for n in snap.graph.nodes if n.facts}
+        patched: list[str] = []
+        for _ in range(64):
+            try:
+                verify_forward(slim, new_snap, unresolved)
+                break
+            except VerifyFailure as exc:
+                where = exc.module
+                chain = [] if where is None else [where[:i] for i in range(len(where), -1, -1)
+                                                  if i == len(where) or i == 0 or where[i] == "."]
+                chain = [c.rstrip(".") for c in chain] + [""]
+                target = None
+                for path in chain:
+                    if path in with_facts and path not in patched and path in modules:
+                        edits = edits_for(snap, kept, path)
+                        if edits:
+                            target = (path, edits)
+                            break
+                if target is None:
+                    raise
+                install(modules[target[0]], target[1])
+                patched.append(target[0])
+        if patched:
+            log.warning("slim %s: modules %s hold channel sizes as literals in forward; their ops are patched "
+                        "at run time by forward hooks", type(slim).__name__, patched)
         return patched
 
     # ------------------------------------------------------------------ inspection

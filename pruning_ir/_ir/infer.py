@@ -119,14 +119,24 @@ def _run(ctx: Ctx, node: Node, fn: object, res: InferResult) -> None:
         _rigid_node(ctx, node, f"rule error in {node.op}")
 
 
-def param_leaves(graph: Graph, sp: SpaceTable) -> dict[int, list[tuple[str, int]]]:
-    """Group leaf -> the (parameter name, axis) pairs whose layout mentions it."""
+def param_leaves(graph: Graph, sp: SpaceTable, floating_only: bool = False) -> dict[int, list[tuple[str, int]]]:
+    """Group leaf -> the (parameter name, axis) pairs whose layout mentions it.
+
+    With ``floating_only`` integer buffers (index tables, position ids) are skipped:
+    they hold positions, not channels.
+    """
     out: dict[int, list[tuple[str, int]]] = {}
     for name, vid in graph.params.items():
+        if floating_only and not _is_float(graph.values[vid].dtype):
+            continue
         for d, ax in enumerate(graph.values[vid].axes):
             for leaf in sp.leaves_of(ax):
                 out.setdefault(leaf, []).append((name, d))
     return out
+
+
+def _is_float(dtype: str) -> bool:
+    return any(k in dtype for k in ("float", "bfloat", "half", "complex"))
 
 
 def structured_leaves(graph: Graph, sp: SpaceTable) -> set[int]:

@@ -56,7 +56,7 @@ class LabelGroup:
 
 def build_groups(graph: Graph, sp: SpaceTable) -> list[LabelGroup]:
     """Label groups of a traced graph, prunable ones first in trace order."""
-    members = param_leaves(graph, sp)
+    members = param_leaves(graph, sp, floating_only=True)
     structured = structured_leaves(graph, sp)
     out: list[LabelGroup] = []
     for leaf in sp.groups():

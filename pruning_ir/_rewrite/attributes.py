@@ -34,6 +34,8 @@ def fact_changes(snap: Snapshot, kept: dict[int, torch.Tensor]) -> dict[str, lis
     out: dict[str, list[tuple[str, int, int]]] = {}
     for node in snap.graph.nodes:
         for f in node.facts:
+            if snap.spaces.all_rigid(f.layout):
+                continue  # batch/sequence/spatial sizes never change: not evidence
             new = kept_size(snap.spaces, f.layout, kept)
             out.setdefault(node.module, []).append((node.op, f.old, new))
     return out
@@ -147,6 +149,12 @@ def _candidates(mod: nn.Module) -> dict[str, Any]:
                 out[k] = v
     out.update({k: v for k, v in vars(mod).items() if not k.startswith("_")})
     return out
+
+
+def size_attributes(mod: nn.Module) -> dict[str, int]:
+    """Integer attributes of ``mod`` whose names look like sizes (``num_heads``, ``head_dim``)."""
+    return {k: v for k, v in _candidates(mod).items()
+            if type(v) is int and not k.startswith("_") and _SIZE_NAME.search(k) and not _NOT_SIZE.search(k)}
 
 
 def update_generic(mod: nn.Module, changes: list[tuple[str, int, int]], lists: list[tuple[list[int], list[int]]],

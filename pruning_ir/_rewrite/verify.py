@@ -19,19 +19,54 @@ def run_model(model: nn.Module, snap: Snapshot) -> list[torch.Tensor]:
     return [t for t in flat if isinstance(t, torch.Tensor)]
 
 
-def verify_forward(model: nn.Module, snap: Snapshot, unresolved: list[str]) -> None:
-    hint = ("; ambiguous attributes: " + "; ".join(unresolved)) if unresolved else ""
+class VerifyFailure(RewriteError):
+    """The slim model failed its verification; ``module`` is where it raised (if known)."""
+
+    def __init__(self, message: str, module: str | None) -> None:
+        super().__init__(message)
+        self.module = module
+
+
+def _run_tracking(model: nn.Module, snap: Snapshot) -> tuple[list[torch.Tensor] | None, BaseException | None,
+                                                             str | None]:
+    """Run the model; on failure also return the innermost module that was running."""
+    stack: list[str] = []
+    handles = []
+    for path, mod in model.named_modules():
+        def pre(m: nn.Module, a: object, _p: str = path) -> None:
+            stack.append(_p)
+
+        def post(m: nn.Module, a: object, o: object, _p: str = path) -> None:
+            if stack and stack[-1] == _p:
+                stack.pop()
+
+        handles.append(mod.register_forward_pre_hook(pre))
+        handles.append(mod.register_forward_hook(post))
     try:
-        outs = run_model(model, snap)
+        return run_model(model, snap), None, None
     except Exception as exc:
-        raise RewriteError(
-            f"the slim {type(model).__name__} does not run on the example inputs: {type(exc).__name__}: {exc}"
-            f"{hint}. Some Python code holds a shape the engine could not update: pass that module in "
-            "leaf_modules=[...] (its channels stay unprunable) or report the model."
+        return None, exc, (stack[-1] if stack else None)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def verify_forward(model: nn.Module, snap: Snapshot, unresolved: list[str]) -> None:
+    """Raise :class:`VerifyFailure` unless the slim model runs and keeps its output shapes."""
+    hint = ("; ambiguous attributes: " + "; ".join(unresolved)) if unresolved else ""
+    outs, exc, where = _run_tracking(model, snap)
+    if outs is None:
+        raise VerifyFailure(
+            f"the slim {type(model).__name__} does not run on the example inputs (in module "
+            f"'{where or '<root>'}'): {type(exc).__name__}: {exc}{hint}. Some Python code holds a shape "
+            "the engine could not update: pass that module in leaf_modules=[...] (its channels stay "
+            "unprunable) or report the model.",
+            where,
         ) from exc
     shapes = [tuple(t.shape) for t in outs]
     expected = [tuple(s) for s in snap.output_shapes]
     if snap.graph.outputs and shapes[: len(expected)] != expected:
-        raise RewriteError(
-            f"the slim {type(model).__name__} changed its output shapes: {shapes} instead of {expected}{hint}."
+        raise VerifyFailure(
+            f"the slim {type(model).__name__} changed its output shapes: {shapes} instead of {expected}{hint}.",
+            None,
         )

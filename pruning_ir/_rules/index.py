@@ -6,7 +6,7 @@ import sys
 
 from .._ir.graph import ValueRef
 from .._ir.spaces import ONE, Layout
-from . import Ctx, norm_dim, rule
+from . import Ctx, broadcast, norm_dim, rule
 from .shape import _all_rigid
 
 
@@ -207,8 +207,8 @@ def index(ctx: Ctx) -> None:
     n_idx = len(out_shape) - len(untouched)
     adjacent = pos == list(range(pos[0], pos[-1] + 1)) if pos else True
     start = pos[0] if adjacent and pos else 0
-    idx_part = [ONE if s == 1 else ctx.fresh(s, "index", "advanced index result")
-                for s in out_shape[start : start + n_idx]]
+    # the result's index axes are the (broadcast) axes of the index tensors themselves
+    idx_part = broadcast(ctx, [indices[k] for k in pos], tuple(out_shape[start : start + n_idx]))
     out = untouched[:start] + idx_part + untouched[start:]
     ctx.set_out(0, out)
 

@@ -1,0 +1,51 @@
+"""Size ties that come from one Python attribute feeding several ops.
+
+HF attention code reshapes q, k and v with the same ``self.head_dim``; a slim
+model can only run if the three keep the same within-head width. When, inside
+one module, several channel layouts are recorded with the same size value and
+exactly one size-like integer attribute of that module holds that value, the
+layouts are unified: the same features are removed from each (ENOT's
+"cooperative" q/k/v features). Several candidate attributes with that value is
+ambiguous: nothing is tied and the rewrite falls back to run-time patching.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .._rewrite.attributes import size_attributes
+from .graph import Graph
+from .infer import InferResult, Issue
+from .spaces import Layout, Misaligned
+
+
+def tie_shared_sizes(model: nn.Module, graph: Graph, res: InferResult) -> None:
+    sp = res.spaces
+    modules = dict(model.named_modules())
+    by_module: dict[str, dict[int, list[Layout]]] = {}
+    for node in graph.nodes:
+        for f in node.facts:
+            if f.kind != "size" or sp.all_rigid(f.layout):
+                continue
+            by_module.setdefault(node.module, {}).setdefault(f.old, []).append(f.layout)
+    for path, by_value in by_module.items():
+        mod = modules.get(path)
+        if mod is None:
+            continue
+        attrs = size_attributes(mod)
+        for value, layouts in by_value.items():
+            distinct = {sp.normalize(lay) for lay in layouts}
+            if len(distinct) < 2:
+                continue
+            names = [n for n, v in attrs.items() if v == value]
+            if len(names) != 1:
+                continue
+            first, *rest = list(distinct)
+            for lay in rest:
+                try:
+                    sp.unify(first, lay)
+                except Misaligned as exc:
+                    reason = f"'{path}'.{names[0]} sizes several axes that cannot be aligned: {exc}"
+                    sp.mark_rigid(first, reason)
+                    sp.mark_rigid(lay, reason)
+                    res.issues.append(Issue("tie", path, names[0], reason))
