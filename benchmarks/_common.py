@@ -271,7 +271,7 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
-def median_time(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1,
+def median_time(fn: Callable[..., Any], repeats: int = 3, warmup: int = 1,
                 setup: Callable[[], Any] | None = None) -> float:
     """Median seconds of ``fn(setup())`` (or ``fn()``) over ``repeats`` runs after ``warmup`` runs.
 
@@ -279,9 +279,9 @@ def median_time(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1,
     """
     times = []
     for i in range(warmup + repeats):
-        arg = setup() if setup is not None else None
+        args = (setup(),) if setup is not None else ()
         t0 = time.perf_counter()
-        fn(arg) if setup is not None else fn()  # type: ignore[call-arg]
+        fn(*args)
         dt = time.perf_counter() - t0
         if i >= warmup:
             times.append(dt)

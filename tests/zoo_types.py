@@ -121,7 +121,7 @@ def self_check(cases: dict[str, Callable[[], ZooCase]], repeats: int = 3) -> lis
                 f"{name:<18} {tuple(out.shape)!s:<24} {n_params:>14,} "
                 f"{t1 - t0:>8.3f} {t2 - t1:>8.3f} {best:>8.3f}"
             )
-        except Exception as exc:  # noqa: BLE001 - report every failure, keep going
+        except Exception as exc:
             failed.append(name)
             print(f"{name:<18} FAILED: {type(exc).__name__}: {exc}")
     return failed

@@ -356,6 +356,10 @@ class SpaceTable:
         """True when every leaf of the (normalised) layout is rigid."""
         return all(leaf in self.rigid for t in self.normalize(layout) for leaf, _, _ in t)
 
+    def any_rigid(self, layout: Layout) -> bool:
+        """True when some leaf of the (normalised) layout is rigid."""
+        return any(leaf in self.rigid for t in self.normalize(layout) for leaf, _, _ in t)
+
     def _rigid_reason(self, layout: Layout) -> str:
         for t in self.normalize(layout):
             for leaf, _, _ in t:

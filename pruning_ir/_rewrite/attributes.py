@@ -34,8 +34,8 @@ def fact_changes(snap: Snapshot, kept: dict[int, torch.Tensor]) -> dict[str, lis
     out: dict[str, list[tuple[str, int, int]]] = {}
     for node in snap.graph.nodes:
         for f in node.facts:
-            if snap.spaces.all_rigid(f.layout):
-                continue  # batch/sequence/spatial sizes never change: not evidence
+            if snap.spaces.any_rigid(f.layout):
+                continue  # sizes mixing batch/sequence/spatial axes come from runtime shapes
             new = kept_size(snap.spaces, f.layout, kept)
             out.setdefault(node.module, []).append((node.op, f.old, new))
     return out

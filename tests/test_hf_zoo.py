@@ -1,0 +1,26 @@
+"""Real architectures from HF transformers (random init, small configs) through the battery."""
+
+from __future__ import annotations
+
+import pytest
+from checks import check_battery
+from hf_zoo import HF_CASES, hf_available
+
+pytestmark = pytest.mark.skipif(not hf_available(), reason="transformers is not installed")
+
+
+@pytest.mark.parametrize("name", sorted(HF_CASES))
+def test_battery(name: str) -> None:
+    case = HF_CASES[name]()
+    check_battery(case.model, case.example_inputs, case.example_kwargs)
+
+
+def test_gqa_heads_found_from_the_graph() -> None:
+    """LLaMA with 6 query heads over 2 kv heads: kv-head groups (2) and query heads per
+    kv head (3) appear as structured groups with no configuration."""
+    from pruning_ir import PruningIR
+
+    case = HF_CASES["llama"]()
+    ir = PruningIR(case.model, example_inputs=case.example_inputs, example_kwargs=case.example_kwargs)
+    sizes = [g.size for g in ir.prunable_label_groups() if g.structured]
+    assert sizes.count(2) == 2 and sizes.count(3) == 2  # per layer: kv heads, query heads per kv head

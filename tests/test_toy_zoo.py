@@ -1,0 +1,73 @@
+"""Each toy model isolates one coupling case; the expected label groups are read off the
+docstrings in toy_zoo.py (hand-set known answers), then the full battery runs."""
+
+from __future__ import annotations
+
+import pytest
+from checks import check_battery
+from toy_zoo import TOY_CASES
+
+from pruning_ir import PruningIR
+
+EXPECTED_GROUPS: dict[str, list[int]] = {
+    "chain": [6, 10],
+    "mlp": [12, 18],
+    "residual": [6, 10],
+    "residual_downsample": [6, 10, 14],
+    "se_gate": [6, 10],
+    "concat": [6, 11],
+    "inception": [5, 6, 7, 10, 11],
+    "split_chunk": [5, 7, 8, 11],
+    "split_add": [6, 10],
+    "channel_shuffle": [6, 10],  # the two shuffled halves share one group of 6
+    "flatten_linear": [6, 11, 13],
+    "permute_linear": [10, 40],
+    "grouped_conv": [3, 4, 5],  # 4 conv groups x (3 in, 5 out) per group
+    "depthwise": [6, 22],
+    "groupnorm": [3, 5],  # 3 norm groups x 5 channels
+    "rmsnorm": [12, 18],
+    "mha_separate": [3, 5],  # 3 heads, 5 features per head (q/k/v tied by head_dim)
+    "mha_fused": [3, 5],
+    "mha_sdpa": [3, 5],
+    "mha_torch": [],  # nn.MultiheadAttention ties its widths in Python: reported, not pruned
+    "gqa": [2, 3, 4],  # 2 kv heads, 3 query heads per kv head, head_dim 4
+    "gqa_repeat_interleave": [2, 3, 4],
+    "embedding_tied": [14, 22],
+    "cls_token_pos": [10],
+    "conv1d_hf": [26],
+    "unknown_op": [10],
+    "data_dependent_index": [],
+    "multi_input_output": [6],
+    "conv_transpose": [6, 10],
+    "pixel_shuffle": [5],
+    "lstm_free_1d": [6, 10, 14],
+}
+
+
+def test_every_toy_case_has_an_expectation() -> None:
+    assert set(EXPECTED_GROUPS) == set(TOY_CASES)
+
+
+@pytest.mark.parametrize("name", sorted(TOY_CASES))
+def test_label_groups(name: str) -> None:
+    model, x = TOY_CASES[name]()
+    ir = PruningIR(model, example_inputs=x)
+    assert sorted(g.size for g in ir.prunable_label_groups()) == EXPECTED_GROUPS[name], ir.report()
+
+
+@pytest.mark.parametrize("name", sorted(TOY_CASES))
+def test_battery(name: str) -> None:
+    model, x = TOY_CASES[name]()
+    check_battery(model, x, expect_prunable=bool(EXPECTED_GROUPS[name]))
+
+
+def test_unknown_op_is_reported() -> None:
+    model, x = TOY_CASES["unknown_op"]()
+    ir = PruningIR(model, example_inputs=x)
+    assert "aten._fft_r2c" in ir.report()
+
+
+def test_multihead_attention_is_reported() -> None:
+    model, x = TOY_CASES["mha_torch"]()
+    ir = PruningIR(model, example_inputs=x)
+    assert "MultiheadAttention" in ir.report()
