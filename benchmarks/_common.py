@@ -187,8 +187,13 @@ def call_model(model: nn.Module, case: ZooCase) -> torch.Tensor:
         return case.output_to_tensor(model(*case.example_inputs, **case.example_kwargs))
 
 
+def is_output_layer_type(module: nn.Module) -> bool:
+    """A layer that can be a classifier: Linear, Conv*d, or HF's ``Conv1D`` (GPT-2)."""
+    return isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) or type(module).__name__ == "Conv1D"
+
+
 def output_layers(model: nn.Module, case: ZooCase) -> list[nn.Module]:
-    """Parametrised leaf modules whose output *is* the model's main output (the final classifier).
+    """Linear / conv layers whose output *is* the model's main output (the final classifier).
 
     This is the layer Torch-Pruning's documentation says not to prune
     ("``ignored_layers``: DO NOT prune the final classifier!"); found by forward hooks,
@@ -201,7 +206,7 @@ def output_layers(model: nn.Module, case: ZooCase) -> list[nn.Module]:
         if isinstance(out, torch.Tensor):
             seen.append((mod, out))
 
-    leaves = [m for m in model.modules() if not list(m.children()) and any(True for _ in m.parameters(False))]
+    leaves = [m for m in model.modules() if is_output_layer_type(m)]
     handles = [m.register_forward_hook(hook) for m in leaves]
     try:
         main = call_model(model, case)

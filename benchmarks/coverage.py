@@ -12,7 +12,7 @@ deep copies of the model:
   importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=0.3,
   ignored_layers=<the final classifier>)`` then ``pruner.step()``, then a forward pass
   on the example inputs and a check that the main output kept its shape. The only
-  ignored layer is the parametrised module whose output *is* the model's output
+  ignored layer is the Linear / conv layer whose output *is* the model's output
   (``fc``, ``classifier.1``, ``lm_head``; none for headless encoders), per the docs'
   "DO NOT prune the final classifier!". HF models get ``example_inputs`` as a dict of
   keyword inputs.
@@ -39,7 +39,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
+import torch
+from _common import (
     Registry,
     ZooCase,
     call_model,
@@ -60,9 +61,7 @@ from _common import (  # noqa: E402
     tp_example_inputs,
     write_result,
 )
-
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+from torch import nn
 
 RATIO = 0.3
 
@@ -251,7 +250,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", help="comma-separated model names (default: all; see --list)")
     ap.add_argument("--quick", action="store_true", help="small models only (no ResNet-50, torchvision, timm)")
     ap.add_argument("--no-tp", action="store_true", help="skip the Torch-Pruning comparison")
-    ap.add_argument("--timeout", type=float, default=300.0, help="seconds allowed per stage (default 300)")
+    ap.add_argument("--timeout", type=float, default=600.0,
+                    help="seconds allowed per pruning_ir stage (default 600)")
+    ap.add_argument("--tp-timeout", type=float, default=None,
+                    help="seconds allowed per Torch-Pruning stage (default 60, 30 with --quick)")
     ap.add_argument("--list", action="store_true", help="list the model names and exit")
     ap.add_argument("--out", default="coverage.md", help="file name under benchmarks/results/")
     args = ap.parse_args(argv)
@@ -269,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"torch-pruning not importable ({short_error(exc)}): comparison skipped")
             with_tp = False
 
+    tp_timeout = args.tp_timeout if args.tp_timeout is not None else (30.0 if args.quick else 60.0)
     t_start = time.perf_counter()
     warm_up()
     rows, errors, failed = [], [], []
@@ -289,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f" model error: {short_error(exc)}", file=sys.stderr)
             continue
         pi = run_pruning_ir(fresh(case), args.timeout)
-        tp_res = run_torch_pruning(fresh(case), ref_shape, args.timeout) if with_tp else None
+        tp_res = run_torch_pruning(fresh(case), ref_shape, tp_timeout) if with_tp else None
         rows.append(row(name, params, pi, tp_res))
         if pi.error is not None:
             errors.append(f"- **{name}** pruning_ir ({pi.stage}): {full_error(pi.error)}")

@@ -140,13 +140,15 @@ def _is_float(dtype: str) -> bool:
 
 
 def structured_leaves(graph: Graph, sp: SpaceTable) -> set[int]:
-    """Leaves that appear as an outer factor of a product in a parameter axis (heads, groups)."""
+    """Leaves whose labels stand for blocks of channels (attention heads, conv groups):
+    an outer factor of a product, in a parameter axis, over a non-rigid inner factor.
+    (A conv channel flattened over rigid spatial positions is not structured.)"""
     out: set[int] = set()
     for vid in graph.params.values():
         for ax in graph.values[vid].axes:
             for term in sp.normalize(ax):
-                for leaf, s, e in term[:-1]:
-                    if e - s > 1:
+                for i, (leaf, s, e) in enumerate(term[:-1]):
+                    if e - s > 1 and any(f[0] not in sp.rigid for f in term[i + 1 :]):
                         out.add(leaf)
     return out
 

@@ -45,6 +45,7 @@ class _Recorder(TorchDispatchMode):
         self.keep: list[torch.Tensor] = []  # keeps ids unique while tracing
         self.stack: list[str] = []
         self.suppress = 0
+        self.fail_stack: tuple[tuple[str, ...], str] | None = None
 
     # ------------------------------------------------------------------ values
     def new_value(self, t: torch.Tensor, kind: str, name: str = "", producer: int = -1) -> int:
@@ -94,7 +95,12 @@ class _Recorder(TorchDispatchMode):
         # encode inputs before running: an in-place op must see the old version
         bound = self.encode(bind(func, args, kwargs))
         alias_write = _writes_to_view(func, args, kwargs)
-        out = func(*args, **kwargs)
+        try:
+            out = func(*args, **kwargs)
+        except Exception:
+            if self.fail_stack is None:
+                self.fail_stack = (tuple(self.stack), name)
+            raise
         nid = len(self.graph.nodes)
         flat, _ = pytree.tree_flatten(out)
         outputs = [self.new_value(o, "op", producer=nid) if isinstance(o, torch.Tensor) else -1 for o in flat]
@@ -208,10 +214,12 @@ def record(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
     except TraceError:
         raise
     except Exception as exc:
-        where = rec.stack[-1] if rec.stack else type(model).__name__
+        stack, op = rec.fail_stack if rec.fail_stack else ((), "")
+        where = stack[-1] if stack else ""
+        at = f" at {op}" if op else ""
         raise TraceError(
             f"running {type(model).__name__} on the example inputs failed inside module "
-            f"'{where or '<root>'}': {type(exc).__name__}: {exc}. Check that example_inputs "
+            f"'{where or '<root>'}'{at}: {type(exc).__name__}: {exc}. Check that example_inputs "
             "run the model (model(*example_inputs) must work), or pass that module in "
             "leaf_modules=[...] to keep it opaque."
         ) from exc
