@@ -191,7 +191,7 @@ def run_torch_pruning(case: ZooCase, ref_shape: torch.Size, timeout: float) -> T
     return res
 
 
-def warm_up() -> None:
+def warm_up(with_tp: bool) -> None:
     """One tiny model through both libraries: first-call costs (imports, dispatch caches) go here."""
     from pruning_ir import PruningIR, UniformLabelSelector
 
@@ -202,7 +202,14 @@ def warm_up() -> None:
     case = ZooCase("warmup", model, (x,))
     ir = PruningIR(model, example_inputs=(x,))
     ir.prune(labels=UniformLabelSelector(RATIO).select(ir), verify=True)
-    run_torch_pruning(fresh(case), call_model(model, case).shape, timeout=0)
+    if with_tp:
+        run_torch_pruning(fresh(case), call_model(model, case).shape, timeout=0)
+
+
+def fmt_params(n: int | None) -> str:
+    if n is None:
+        return "-"
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
 
 
 def fmt_diff(x: float | None) -> str:
@@ -229,7 +236,7 @@ def row(name: str, params: int | None, pi: PIResult, tp_res: TPResult | None) ->
         ]
     return [
         name,
-        "-" if params is None else f"{params / 1e6:.2f}M",
+        fmt_params(params),
         "ok" if pi.traced else "err",
         "-" if pi.groups is None else str(pi.groups),
         "-" if pi.prunable is None else str(pi.prunable),
@@ -273,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tp_timeout = args.tp_timeout if args.tp_timeout is not None else (30.0 if args.quick else 60.0)
     t_start = time.perf_counter()
-    warm_up()
+    warm_up(with_tp)
     rows, errors, failed = [], [], []
     summary = {"pi_ok": 0, "pi_exact": 0, "tp_ok": 0, "tp_shape": 0}
     for name in names:
