@@ -174,15 +174,16 @@ class PruningIR:
 
     def selector_label_groups(self, name: str = DEFAULT) -> list[list[Label]]:
         """Prunable labels per group, in ascending score order (ENOT's contract)."""
-        from ._ir.measure import group_l1, named_tensors
+        from ._ir.measure import magnitude_scores
 
         snap = self.snapshot(name)
-        tensors = named_tensors(self._model)
+        default = None
         out = []
         for g in snap.prunable_groups:
             score = snap.scores.get(g.gid)
             if score is None:
-                score = group_l1(snap, g, tensors)
+                default = default if default is not None else magnitude_scores(snap, self._model)
+                score = default[g.gid]
             order = torch.argsort(score, stable=True).tolist()
             out.append([Label(snap.owner, g.gid, i) for i in order])
         return out
@@ -191,7 +192,7 @@ class PruningIR:
     def check_labels(self, labels: Sequence[Label], name: str = DEFAULT) -> dict[int, torch.Tensor]:
         """Validate ``labels``; return group leaf -> bool mask of removed slots."""
         snap = self.snapshot(name)
-        removed: dict[int, torch.Tensor] = {}
+        chosen: dict[int, list[int]] = {}
         for lab in labels:
             if not isinstance(lab, Label):
                 raise LabelError(f"expected pruning_ir Labels, got {type(lab).__name__} ({lab!r}). "
@@ -206,8 +207,13 @@ class PruningIR:
             g = snap.groups[lab.group]
             if not g.prunable:
                 raise LabelError(f"{lab!r}: group g{g.gid} ({g.describe()}) is not prunable: {g.reason}.")
-            mask = removed.setdefault(g.leaf, torch.zeros(g.size, dtype=torch.bool))
-            mask[lab.index] = True
+            chosen.setdefault(g.leaf, []).append(lab.index)
+        by_leaf = {g.leaf: g for g in snap.groups}
+        removed: dict[int, torch.Tensor] = {}
+        for leaf, idx in chosen.items():
+            mask = torch.zeros(by_leaf[leaf].size, dtype=torch.bool)
+            mask[torch.tensor(idx, dtype=torch.long)] = True
+            removed[leaf] = mask
         for g in snap.groups:
             m = removed.get(g.leaf)
             if m is not None and bool(m.all()):

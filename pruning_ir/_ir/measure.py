@@ -16,6 +16,18 @@ def named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def magnitude_scores(snap: Snapshot, model: nn.Module) -> dict[int, torch.Tensor]:
+    """``group_l1`` of every prunable group, cached on the snapshot per model weights version."""
+    tensors = named_tensors(model)
+    key = tuple((name, tensors[name]._version, id(tensors[name])) for name in snap.graph.params if name in tensors)
+    cache = snap.cache.get("magnitude")
+    if cache is not None and cache[0] == key:
+        return cache[1]
+    scores = {g.gid: group_l1(snap, g, tensors) for g in snap.prunable_groups}
+    snap.cache["magnitude"] = (key, scores)
+    return scores
+
+
 def group_l1(snap: Snapshot, group: LabelGroup, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean absolute value of the parameter entries each label of ``group`` removes.
 
@@ -31,7 +43,8 @@ def group_l1(snap: Snapshot, group: LabelGroup, tensors: dict[str, torch.Tensor]
         t = tensors[name]
         if t.device.type == "meta" or not t.is_floating_point():
             continue
-        per_index = t.detach().abs().double().transpose(0, axis).reshape(t.shape[axis], -1).mean(1)
+        dims = [d for d in range(t.dim()) if d != axis]
+        per_index = (t.detach().abs().mean(dims) if dims else t.detach().abs()).double()
         slots = slot_map(snap.spaces, snap.graph.values[vid].axes[axis], group.leaf)
         sel = slots >= 0
         contrib = torch.zeros(group.size, dtype=torch.float64).index_add_(0, slots[sel], per_index[sel].cpu())

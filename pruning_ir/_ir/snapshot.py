@@ -32,6 +32,8 @@ class Snapshot:
     output_shapes: list[tuple[int, ...]]
     owner: int = field(default_factory=lambda: random.getrandbits(62))
     scores: dict[int, torch.Tensor] = field(default_factory=dict)
+    cache: dict[str, Any] = field(default_factory=dict, repr=False)
+    """Derived data (default magnitude scores); recomputed when the weights change."""
 
     @property
     def prunable_groups(self) -> list[LabelGroup]:
