@@ -200,6 +200,8 @@ def record(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
 
         handles.append(mod.register_forward_pre_hook(pre, with_kwargs=True))
         handles.append(mod.register_forward_hook(post, with_kwargs=True, always_call=True))
+    # tracing runs forward once: keep buffers (BN running stats in train mode) as they were
+    saved = {name: b.detach().clone() for name, b in model.named_buffers() if b.device.type != "meta"}
     try:
         flat_in, _ = pytree.tree_flatten((args, kwargs))
         for i, t in enumerate(flat_in):
@@ -227,6 +229,10 @@ def record(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
         for h in handles:
             h.remove()
         rec.keep.clear()
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                if name in saved and b.shape == saved[name].shape:
+                    b.copy_(saved[name])
     return graph
 
 
