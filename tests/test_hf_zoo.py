@@ -24,3 +24,19 @@ def test_gqa_heads_found_from_the_graph() -> None:
     ir = PruningIR(case.model, example_inputs=case.example_inputs, example_kwargs=case.example_kwargs)
     sizes = [g.size for g in ir.prunable_label_groups() if g.structured]
     assert sizes.count(2) == 2 and sizes.count(3) == 2  # per layer: kv heads, query heads per kv head
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2", "qwen2", "phi", "opt"])
+def test_slim_model_still_generates_with_its_kv_cache(name: str) -> None:
+    """The user's own methods keep working: HF ``generate`` with a KV cache on the slim model."""
+    import torch
+
+    from pruning_ir import PruningIR, UniformLabelSelector
+
+    case = HF_CASES[name]()
+    ir = PruningIR(case.model, example_inputs=case.example_inputs, example_kwargs=case.example_kwargs)
+    slim = ir.prune(labels=UniformLabelSelector(0.3).select(ir)).model
+    ids = case.example_inputs[0][:1, :4]
+    out = slim.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert out.shape == (1, 8)
+    assert torch.equal(out[:, :4], ids)
