@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -106,7 +106,7 @@ class PruningIR:
         self.leaf_modules = list(leaf_modules or [])
         self.soft_tracing = soft_tracing
         self.keep_io_shapes = keep_io_shapes
-        self._snapshots: dict[str, Snapshot] = {}
+        self._snapshots: dict[str, Snapshot | Callable[[], Snapshot]] = {}
         self.rewrite_log: list[str] = []
         self.create_snapshot(name, example_inputs=example_inputs, example_kwargs=example_kwargs)
 
@@ -131,13 +131,14 @@ class PruningIR:
         return snap
 
     @classmethod
-    def _from_snapshot(cls, model: nn.Module, snap: Snapshot, like: PruningIR) -> PruningIR:
+    def _from_snapshot(cls, model: nn.Module, snap: Snapshot | Callable[[], Snapshot], like: PruningIR,
+                       name: str = DEFAULT) -> PruningIR:
         new = cls.__new__(cls)
         new._model = model
         new.leaf_modules = list(like.leaf_modules)
         new.soft_tracing = like.soft_tracing
         new.keep_io_shapes = like.keep_io_shapes
-        new._snapshots = {snap.name: snap}
+        new._snapshots = {name: snap}
         new.rewrite_log = []
         return new
 
@@ -149,12 +150,15 @@ class PruningIR:
 
     def snapshot(self, name: str = DEFAULT) -> Snapshot:
         try:
-            return self._snapshots[name]
+            snap = self._snapshots[name]
         except KeyError:
             raise InvalidInputError(
                 f"no snapshot named {name!r}; this IR has {sorted(self._snapshots)}. "
                 "Create one with ir.create_snapshot(name, example_inputs=...)."
             ) from None
+        if not isinstance(snap, Snapshot):  # derived lazily after prune()
+            snap = self._snapshots[name] = snap()
+        return snap
 
     @property
     def graph(self) -> Graph:
@@ -245,17 +249,15 @@ class PruningIR:
         changes, unresolved = update_attributes(slim, snap, kept)
         for c in changes:
             log.debug("updated %s", c)
-        new_snap = remap_snapshot(snap, kept)
-        new_snap.issues = list(snap.issues)
         if verify and removed:
-            patched = self._verify_or_patch(slim, snap, new_snap, kept, unresolved)
+            patched = self._verify_or_patch(slim, snap, kept, unresolved)
             changes += [f"{m or '<root>'}: literal sizes in forward patched by hooks" for m in patched]
-        out = PruningIR._from_snapshot(slim, new_snap, self)
+        out = PruningIR._from_snapshot(slim, lambda: remap_snapshot(snap, kept), self, name)
         out.rewrite_log = changes
         return out
 
     @staticmethod
-    def _verify_or_patch(slim: nn.Module, snap: Snapshot, new_snap: Snapshot, kept: dict[int, torch.Tensor],
+    def _verify_or_patch(slim: nn.Module, snap: Snapshot, kept: dict[int, torch.Tensor],
                          unresolved: list[str]) -> list[str]:
         """Verify the slim model; where it fails, patch literal sizes of the failing module
         (or its nearest ancestor with changed facts) and retry. Returns the patched modules."""
@@ -264,7 +266,7 @@ class PruningIR:
         patched: list[str] = []
         for _ in range(64):
             try:
-                verify_forward(slim, new_snap, unresolved)
+                verify_forward(slim, snap, unresolved)
                 break
             except VerifyFailure as exc:
                 where = exc.module
@@ -310,6 +312,8 @@ class PruningIR:
 
     # ------------------------------------------------------------------ pickling
     def __getstate__(self) -> dict[str, Any]:
+        for name in list(self._snapshots):
+            self.snapshot(name)  # resolve lazily derived snapshots
         state = dict(self.__dict__)
         state["__format__"] = SNAPSHOT_FORMAT
         return state

@@ -7,7 +7,6 @@ leaves at least one slot per group. Post: ``lint`` holds on the result.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -83,7 +82,7 @@ def remap_snapshot(snap: Snapshot, kept: dict[int, torch.Tensor]) -> Snapshot:
         nodes.append(Node(n.nid, n.op, n.args, kwargs, n.outputs, n.out_spec, n.module_stack, n.leaf, facts))
     graph = Graph(values, nodes, list(g.inputs), list(g.outputs), dict(g.params), dict(g.aliases))
     groups = build_groups(graph, nsp)
-    new = Snapshot(snap.name, graph, nsp, groups, copy.copy(snap.issues), snap.example, snap.output_shapes)
+    new = Snapshot(snap.name, graph, nsp, groups, list(snap.issues), snap.example, snap.output_shapes)
     old_by_leaf = {gr.leaf: gr for gr in snap.groups}
     for gr in groups:
         old = old_by_leaf.get(gr.leaf)
