@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from itertools import repeat
 from typing import Any
 
 import torch
@@ -189,7 +190,7 @@ class PruningIR:
                 default = default if default is not None else magnitude_scores(snap, self._model)
                 score = default[g.gid]
             order = torch.argsort(score, stable=True).tolist()
-            out.append([Label(snap.owner, g.gid, i) for i in order])
+            out.append(list(map(Label, repeat(snap.owner, len(order)), repeat(g.gid, len(order)), order)))
         return out
 
     # ------------------------------------------------------------------ pruning

@@ -10,19 +10,22 @@ group is that label. A group is *structured* when its labels stand for blocks
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .graph import Graph
 from .infer import param_leaves, structured_leaves
 from .spaces import SpaceTable
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class Label:
-    """One channel unit: slot ``index`` of group ``group`` of the snapshot ``owner``."""
+class Label(NamedTuple):
+    """One channel unit: slot ``index`` of group ``group`` of the snapshot ``owner``.
+
+    A tuple, so that selectors over millions of labels stay fast; compare and hash as one.
+    """
 
     owner: int
     group: int
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index on purpose: the label's slot
 
     def __repr__(self) -> str:
         return f"Label(g{self.group}[{self.index}])"

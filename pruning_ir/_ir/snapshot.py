@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 import torch
@@ -40,4 +41,4 @@ class Snapshot:
         return [g for g in self.groups if g.prunable]
 
     def labels(self, group: LabelGroup) -> list[Label]:
-        return [Label(self.owner, group.gid, i) for i in range(group.size)]
+        return list(map(Label, repeat(self.owner, group.size), repeat(group.gid, group.size), range(group.size)))
