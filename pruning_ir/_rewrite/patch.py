@@ -102,8 +102,32 @@ class LiteralShapePatch:
         self.__init__(state["edits"])  # type: ignore[misc]
 
 
+def _compose(old: dict[str, list[list[Edit]]], new: dict[str, list[list[Edit]]]) -> dict[str, list[list[Edit]]]:
+    """Edits of a second prune applied after the first: chain ``a -> b`` and ``b -> c`` into ``a -> c``."""
+    out = {op: [list(row) for row in rows] for op, rows in old.items()}
+    for op, rows in new.items():
+        cur = out.setdefault(op, [])
+        while len(cur) < len(rows):
+            cur.append([])
+        for i, row in enumerate(rows):
+            for path, a, b in row:
+                for j, (p0, o0, n0) in enumerate(cur[i]):
+                    if p0 == path and n0 == a:
+                        cur[i][j] = (p0, o0, b)
+                        break
+                else:
+                    cur[i].append((path, a, b))
+    return out
+
+
 def install(module: nn.Module, edits: dict[str, list[list[Edit]]]) -> LiteralShapePatch:
+    """Patch ``module``'s own ops; a module patched by an earlier prune gets its edits chained."""
+    existing = getattr(module, "_pruning_ir_patch", None)
+    if isinstance(existing, LiteralShapePatch):
+        existing.edits = _compose(existing.edits, edits)
+        return existing
     patch = LiteralShapePatch(edits)
+    module._pruning_ir_patch = patch  # type: ignore[assignment]
     module.register_forward_pre_hook(patch.pre)
     module.register_forward_hook(patch.post, always_call=True)
     for child in module.modules():
