@@ -4,8 +4,9 @@ docstrings in toy_zoo.py (hand-set known answers), then the full battery runs.""
 from __future__ import annotations
 
 import pytest
+import torch
 from checks import check_battery
-from toy_zoo import TOY_CASES
+from toy_zoo import TOY_CASES, FusedQKVAttention
 
 from pruning_ir import PruningIR
 
@@ -27,7 +28,7 @@ EXPECTED_GROUPS: dict[str, list[int]] = {
     "groupnorm": [3, 5],  # 3 norm groups x 5 channels
     "rmsnorm": [12, 18],
     "mha_separate": [3, 5],  # 3 heads, 5 features per head (q/k/v tied by head_dim)
-    "mha_fused": [3, 5],
+    "mha_fused": [4, 5],
     "mha_sdpa": [3, 5],
     "mha_torch": [],  # nn.MultiheadAttention ties its widths in Python: reported, not pruned
     "gqa": [2, 3, 4],  # 2 kv heads, 3 query heads per kv head, head_dim 4
@@ -71,3 +72,19 @@ def test_multihead_attention_is_reported() -> None:
     model, x = TOY_CASES["mha_torch"]()
     ir = PruningIR(model, example_inputs=x)
     assert "MultiheadAttention" in ir.report()
+
+
+def test_literal_equal_to_a_size_attribute_is_handled_conservatively() -> None:
+    """With 3 heads, the literal 3 of ``reshape(b, s, 3, num_heads, head_dim)`` equals
+    ``num_heads``: the engine cannot tell which one sizes the head axis, so it ties the head
+    axis to the (unprunable) q/k/v axis. Heads stay; within-head features still prune."""
+
+    class ThreeHeads(FusedQKVAttention):
+        num_heads = 3
+
+    torch.manual_seed(0)
+    model = ThreeHeads().eval()
+    x = (torch.randn(2, 7, 14),)
+    ir = PruningIR(model, example_inputs=x)
+    assert sorted(g.size for g in ir.prunable_label_groups()) == [5]
+    check_battery(model, x)

@@ -711,18 +711,19 @@ def _mha_separate() -> ToyCase:
 
 
 class FusedQKVAttention(nn.Module):
-    """Case: fused qkv Linear (out 3*15) then reshape(B,T,3,H,D).permute.
+    """Case: fused qkv Linear (out 3*20) then reshape(B,T,3,H,D).permute.
 
-    Model dim 14, 3 heads x head_dim 5.  qkv rows [0:15] are q, [15:30] k,
-    [30:45] v (row offset + h*5 + d).  Coupling: qkv row h*5+d (q) and row
-    15+h*5+d (k) share a label; qkv row 30+h*5+d (v) and proj in-column
-    h*5+d share a label; the reshape requires q, k and v to keep the same
-    per-head count and every head the same head_dim (whole-head pruning
+    Model dim 14, 4 heads x head_dim 5 (4 heads, so that the literal 3 of the
+    q/k/v axis differs from every size attribute).  qkv rows [0:20] are q,
+    [20:40] k, [40:60] v (row offset + h*5 + d).  Coupling: qkv row h*5+d (q)
+    and row 20+h*5+d (k) share a label; qkv row 40+h*5+d (v) and proj
+    in-column h*5+d share a label; the reshape requires q, k and v to keep the
+    same per-head count and every head the same head_dim (whole-head pruning
     removes 3 x 5 rows at three offsets plus 5 proj columns).  qkv in, proj
     out, residual and head in share labels (14).  Head out (6) is the output.
     """
 
-    num_heads = 3
+    num_heads = 4
     head_dim = 5
 
     def __init__(self) -> None:

@@ -80,6 +80,8 @@ class SpaceTable:
         self.rigid: dict[int, str] = {}
         self.notes: dict[int, list[str]] = {}
         self.origin: list[str] = []
+        self.positional: set[int] = set()
+        """Leaves born rigid (model inputs, batch/sequence/spatial axes): sizes read at run time."""
 
     # ------------------------------------------------------------------ leaves
     def new_leaf(self, size: int, origin: str, rigid: str | None = None) -> Layout:
@@ -91,6 +93,7 @@ class SpaceTable:
         leaf = self._alloc(size, origin)
         if rigid is not None:
             self.rigid[leaf] = rigid
+            self.positional.add(leaf)
         return (((leaf, 0, size),),)
 
     def _alloc(self, size: int, origin: str) -> int:
@@ -106,6 +109,8 @@ class SpaceTable:
             self.rigid[child] = self.rigid[parent]
         if parent in self.notes:
             self.notes[child] = list(self.notes[parent])
+        if parent in self.positional:
+            self.positional.add(child)
         return child
 
     def find(self, leaf: int) -> int:
@@ -346,6 +351,8 @@ class SpaceTable:
         if a == b:
             return
         self.parent[a] = b
+        if a in self.positional:
+            self.positional.add(b)
         if a in self.rigid and b not in self.rigid:
             self.rigid[b] = self.rigid[a]
         if a in self.notes:
@@ -355,6 +362,10 @@ class SpaceTable:
     def all_rigid(self, layout: Layout) -> bool:
         """True when every leaf of the (normalised) layout is rigid."""
         return all(leaf in self.rigid for t in self.normalize(layout) for leaf, _, _ in t)
+
+    def any_positional(self, layout: Layout) -> bool:
+        """True when the layout mixes in a batch/sequence/spatial (run-time sized) leaf."""
+        return any(leaf in self.positional for t in self.normalize(layout) for leaf, _, _ in t)
 
     def any_rigid(self, layout: Layout) -> bool:
         """True when some leaf of the (normalised) layout is rigid."""

@@ -25,7 +25,7 @@ def tie_shared_sizes(model: nn.Module, graph: Graph, res: InferResult) -> None:
     by_module: dict[str, dict[int, list[Layout]]] = {}
     for node in graph.nodes:
         for f in node.facts:
-            if f.kind != "size" or sp.any_rigid(f.layout):
+            if f.kind != "size" or sp.any_positional(f.layout):
                 continue
             by_module.setdefault(node.module, {}).setdefault(f.old, []).append(f.layout)
     for path, by_value in by_module.items():

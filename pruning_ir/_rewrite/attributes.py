@@ -34,8 +34,11 @@ def fact_changes(snap: Snapshot, kept: dict[int, torch.Tensor]) -> dict[str, lis
     out: dict[str, list[tuple[str, int, int]]] = {}
     for node in snap.graph.nodes:
         for f in node.facts:
-            if snap.spaces.any_rigid(f.layout):
-                continue  # sizes mixing batch/sequence/spatial axes come from runtime shapes
+            if snap.spaces.any_positional(f.layout):
+                # sizes mixing batch/sequence/spatial axes come from run-time shapes; they never
+                # change, and an attribute equal to one of them is ambiguous evidence
+                out.setdefault(node.module, []).append((node.op, f.old, f.old))
+                continue
             new = kept_size(snap.spaces, f.layout, kept)
             out.setdefault(node.module, []).append((node.op, f.old, new))
     return out

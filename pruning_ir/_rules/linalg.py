@@ -102,6 +102,7 @@ def convolution(ctx: Ctx) -> None:
     sp = ctx.spaces
     for k in range(2, len(ws)):
         ctx.rigid(wa[k], "convolution kernel axis")
+        ctx.rigid(xa[k], "convolution mixes positions along this axis")
     out_shape = ctx.out_shape(0)
     if not transposed:
         if g == 1:
@@ -171,7 +172,8 @@ def sdpa(ctx: Ctx) -> None:
         if qs[i] == ks[i] == vs[i]:
             ctx.unify(qa[i], ka[i])
             ctx.unify(qa[i], va[i])
-        elif ks[i] == vs[i] and qs[i] % ks[i] == 0 and ctx.a("enable_gqa", False):
+        elif ks[i] == vs[i] and qs[i] % ks[i] == 0 and i == nb - 1:
+            # grouped-query attention: query head h reads kv head h // (q_heads // kv_heads)
             ctx.unify(ka[i], va[i])
             kv_heads, _ = ctx.spaces.split2(qa[i], ks[i], qs[i] // ks[i])
             ctx.unify(kv_heads, ka[i])

@@ -24,6 +24,8 @@ def spatial(ctx: Ctx) -> None:
     xa = ctx.axes(x)
     xs = ctx.shape(x)
     lead = 2 if len(xs) >= 3 else 1  # unbatched (C, *spatial) inputs
+    for k in range(lead, len(xs)):
+        ctx.rigid(xa[k], f"{ctx.node.op} mixes positions along this axis")
     for i in range(ctx.n_out):
         vid = ctx.node.outputs[i]
         if vid < 0:
@@ -57,6 +59,8 @@ def pixel_shuffle(ctx: Ctx) -> None:
     xs = ctx.shape(x)
     c, rr = ctx.spaces.split2(xa[-3], xs[-3] // (r * r), r * r)
     ctx.rigid(rr, "pixel_shuffle sub-pixel positions")
+    for ax in xa[-2:]:
+        ctx.rigid(ax, "pixel_shuffle moves positions along this axis")
     out_shape = ctx.out_shape(0)
     ctx.set_out(0, list(xa[:-3]) + [c] + [ctx.fresh(s, "px", "spatial axis") for s in out_shape[-2:]])
 
@@ -67,6 +71,8 @@ def pixel_unshuffle(ctx: Ctx) -> None:
     r = int(ctx.a("downscale_factor"))
     xa = ctx.axes(x)
     rr = ctx.fresh(r * r, "subpixel", "pixel_unshuffle sub-pixel positions")
+    for ax in xa[-2:]:
+        ctx.rigid(ax, "pixel_unshuffle moves positions along this axis")
     out_shape = ctx.out_shape(0)
     ctx.set_out(0, list(xa[:-3]) + [ctx.spaces.product(xa[-3], rr)]
                 + [ctx.fresh(s, "px", "spatial axis") for s in out_shape[-2:]])

@@ -20,6 +20,12 @@ def batch_norm(ctx: Ctx) -> None:
         ref = ctx.a(name)
         if isinstance(ref, ValueRef) and ctx.shape(ref) and ctx.shape(ref)[0] > 1:
             ctx.unify(ctx.axes(ref)[0], c)
+    rm = ctx.a("running_mean")
+    if ctx.a("training", False) or not isinstance(rm, ValueRef):
+        # batch statistics: every other axis is averaged over
+        for d, ax in enumerate(xa):
+            if d != 1 and ctx.shape(x)[d] > 1:
+                ctx.note(ax, "batch_norm with batch statistics normalises over this axis")
     ctx.set_out(0, xa)
     n_ch = ctx.shape(x)[1] if len(ctx.shape(x)) > 1 else 1
     for i in range(1, ctx.n_out):

@@ -200,14 +200,16 @@ def record(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
 
         handles.append(mod.register_forward_pre_hook(pre, with_kwargs=True))
         handles.append(mod.register_forward_hook(post, with_kwargs=True, always_call=True))
-    # tracing runs forward once: keep buffers (BN running stats in train mode) as they were
+    # tracing runs forward once: keep buffers (BN running stats in train mode) and plain
+    # attributes (caches filled in forward) as they were
     saved = {name: b.detach().clone() for name, b in model.named_buffers() if b.device.type != "meta"}
+    attrs = _save_attributes(model)
     try:
         flat_in, _ = pytree.tree_flatten((args, kwargs))
         for i, t in enumerate(flat_in):
             if isinstance(t, torch.Tensor):
                 graph.inputs.append(rec.new_value(t, "input", name=f"input[{i}]"))
-        with torch.enable_grad() if _any_grad(model) else torch.no_grad(), rec:
+        with torch.no_grad(), rec:
             out = model(*args, **kwargs)
         flat_out, _ = pytree.tree_flatten(_to_pytree(out))
         for t in flat_out:
@@ -233,11 +235,38 @@ def record(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
             for name, b in model.named_buffers():
                 if name in saved and b.shape == saved[name].shape:
                     b.copy_(saved[name])
+        _restore_attributes(attrs)
     return graph
 
 
-def _any_grad(model: nn.Module) -> bool:
-    return any(p.requires_grad for p in model.parameters())
+_Saved = list[tuple[nn.Module, dict[str, Any], dict[str, Any]]]
+
+
+def _save_attributes(model: nn.Module) -> _Saved:
+    """Plain attributes of every module, with shallow copies of dict/list containers."""
+    out: _Saved = []
+    for mod in model.modules():
+        plain = {k: v for k, v in vars(mod).items() if not k.startswith("_")}
+        contents = {k: (dict(v) if isinstance(v, dict) else list(v)) for k, v in plain.items()
+                    if isinstance(v, (dict, list))}
+        out.append((mod, plain, contents))
+    return out
+
+
+def _restore_attributes(saved: _Saved) -> None:
+    for mod, plain, contents in saved:
+        for k in [k for k in vars(mod) if not k.startswith("_") and k not in plain]:
+            delattr(mod, k)
+        for k, v in plain.items():
+            if vars(mod).get(k) is not v:
+                mod.__dict__[k] = v
+            if k in contents:
+                c = contents[k]
+                if isinstance(v, dict):
+                    v.clear()
+                    v.update(c)  # type: ignore[arg-type]
+                elif isinstance(v, list):
+                    v[:] = c
 
 
 def _to_pytree(out: Any) -> Any:
