@@ -332,9 +332,23 @@ def environment() -> str:
 
     import os
 
+    load = f", load average {os.getloadavg()[0]:.1f} at start" if hasattr(os, "getloadavg") else ""
     return (f"python {platform.python_version()}, torch {torch.__version__}, transformers {ver('transformers')}, "
             f"torch-pruning {ver('torch-pruning')}, {platform.machine()} with {os.cpu_count()} CPUs, "
-            f"torch threads {torch.get_num_threads()}")
+            f"torch threads {torch.get_num_threads()}{load}")
+
+
+def busy_warning() -> str | None:
+    """A warning when other processes keep the CPUs busy (timings then mean little)."""
+    import os
+
+    if not hasattr(os, "getloadavg"):
+        return None
+    load, cpus = os.getloadavg()[0], os.cpu_count() or 1
+    if load > cpus:
+        return (f"warning: load average {load:.1f} on {cpus} CPUs - other processes compete for the CPUs, "
+                "so timings are inflated and noisy")
+    return None
 
 
 def write_result(name: str, text: str) -> Path:
