@@ -67,6 +67,9 @@ class PruningIR:
             touches unprunable (listed in :meth:`report`); with ``False`` it raises
             :class:`~pruning_ir.errors.TraceError` naming the module and the op.
         keep_io_shapes: keep the model's inputs and outputs at their shapes (default).
+        probe: after label inference, prune one label of every group on a ``meta`` copy and
+            run it; groups whose removal breaks the model's Python code (a size read from one
+            tensor and used on another) become unprunable, with the error as the reason.
         name: name of the first snapshot.
 
     Example:
@@ -91,6 +94,7 @@ class PruningIR:
         leaf_modules: Sequence[type[nn.Module] | nn.Module] | None = None,
         soft_tracing: bool = True,
         keep_io_shapes: bool = True,
+        probe: bool = True,
         name: str = DEFAULT,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -107,6 +111,7 @@ class PruningIR:
         self.leaf_modules = list(leaf_modules or [])
         self.soft_tracing = soft_tracing
         self.keep_io_shapes = keep_io_shapes
+        self.probe = probe
         self._snapshots: dict[str, Snapshot | Callable[[], Snapshot]] = {}
         self.rewrite_log: list[str] = []
         self.create_snapshot(name, example_inputs=example_inputs, example_kwargs=example_kwargs)
@@ -127,6 +132,10 @@ class PruningIR:
         out_shapes = [graph.values[v].shape for v in graph.outputs]
         snap = Snapshot(name, graph, res.spaces, groups, res.issues, (args, kwargs), out_shapes)
         self._snapshots[name] = snap
+        if self.probe:
+            from ._probe import apply_probe
+
+            apply_probe(self, name)
         log.info("traced %s: %d nodes in %.3fs, labels inferred in %.3fs", type(self._model).__name__,
                  len(graph.nodes), t1 - t0, t2 - t1)
         return snap
@@ -139,6 +148,7 @@ class PruningIR:
         new.leaf_modules = list(like.leaf_modules)
         new.soft_tracing = like.soft_tracing
         new.keep_io_shapes = like.keep_io_shapes
+        new.probe = like.probe
         new._snapshots = {name: snap}
         new.rewrite_log = []
         return new

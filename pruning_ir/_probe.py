@@ -1,0 +1,115 @@
+"""Probe pruning at build time: find groups whose removal breaks the model's Python code.
+
+Some couplings live in Python, not in ops: a size read from one tensor's shape and used to
+reshape another, an assertion on weight shapes. The IR cannot see them, so after label
+inference every prunable group is probed: one label is removed from each group, the slim
+model is built and run; when that fails, the groups are bisected to find the culprits,
+which become unprunable with the error as the reason. Probing runs on a ``meta`` copy of
+the model (no weight memory, no arithmetic); a model that cannot run on ``meta`` is probed
+for real when it is small, and otherwise not probed (said in the report).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from torch.utils import _pytree as pytree
+
+from ._ir.infer import Issue
+from ._ir.labels import Label, LabelGroup, build_groups
+from ._ir.snapshot import Snapshot
+from .errors import PruningIRError
+
+if TYPE_CHECKING:
+    from .ir import PruningIR
+
+log = logging.getLogger(__name__)
+
+_REAL_PROBE_LIMIT = 50_000_000  # parameters
+
+
+def _meta_copy(model: nn.Module) -> nn.Module:
+    memo: dict[int, Any] = {}
+    for t in list(model.parameters()) + list(model.buffers()):
+        if id(t) not in memo:
+            m = torch.empty_like(t, device="meta")
+            memo[id(t)] = nn.Parameter(m, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else m
+    return copy.deepcopy(model, memo)
+
+
+def _to_meta(obj: Any) -> Any:
+    return pytree.tree_map(lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t, obj)
+
+
+def _probe_target(ir: PruningIR, snap: Snapshot) -> tuple[nn.Module, Snapshot] | None:
+    model = ir.model
+    if all(p.device.type == "meta" for p in model.parameters()):
+        return model, snap
+    try:
+        meta_model = _meta_copy(model)
+        meta_example = _to_meta(snap.example)
+        with torch.no_grad():
+            meta_model(*meta_example[0], **meta_example[1])
+        return meta_model, replace(snap, example=meta_example, cache={})
+    except Exception as exc:
+        log.debug("meta probe unavailable for %s: %s", type(model).__name__, exc)
+    if sum(p.numel() for p in model.parameters()) <= _REAL_PROBE_LIMIT:
+        return model, snap
+    return None
+
+
+def probe_groups(ir: PruningIR, name: str) -> list[tuple[LabelGroup, str]]:
+    """Prunable groups of snapshot ``name`` whose removal breaks the model, with the error."""
+    from .ir import PruningIR
+
+    snap = ir.snapshot(name)
+    target = _probe_target(ir, snap)
+    if target is None:
+        snap.issues.append(Issue("probe", "", "", "model too large to probe for real and cannot run on meta: "
+                                 "groups were not probed"))
+        return []
+    model, probe_snap = target
+    probe_ir = PruningIR._from_snapshot(model, probe_snap, ir, name)
+
+    def fails(groups: list[LabelGroup]) -> str | None:
+        labels = [Label(probe_snap.owner, g.gid, g.size - 1) for g in groups]
+        try:
+            probe_ir.prune(name, labels=labels, verify=True)
+        except PruningIRError as exc:
+            return str(exc).split(". Some Python code")[0]
+        return None
+
+    bad: list[tuple[LabelGroup, str]] = []
+    stack = [list(snap.prunable_groups)]
+    while stack:
+        groups = stack.pop()
+        if not groups:
+            continue
+        err = fails(groups)
+        if err is None:
+            continue
+        if len(groups) == 1:
+            bad.append((groups[0], err))
+            continue
+        half = len(groups) // 2
+        stack += [groups[:half], groups[half:]]
+    return bad
+
+
+def apply_probe(ir: PruningIR, name: str) -> None:
+    """Make the groups that fail their probe unprunable, with the reason, and report them."""
+    bad = probe_groups(ir, name)
+    if not bad:
+        return
+    snap = ir.snapshot(name)
+    for g, err in bad:
+        reason = f"pruning it breaks the model's Python code ({err})"
+        snap.spaces.rigid[g.leaf] = reason
+        snap.issues.append(Issue("probe", "", f"g{g.gid}", reason))
+    snap.groups = build_groups(snap.graph, snap.spaces)
+    snap.cache.clear()
