@@ -57,6 +57,11 @@ def _rigid_node(ctx: Ctx, node: Node, reason: str) -> None:
                 ctx.set_out(i, [ctx.fresh(s, f"out{i}", reason) for s in v.shape])
 
 
+_RANDOM = {"aten.rand", "aten.randn", "aten.rand_like", "aten.randn_like", "aten.randint", "aten.randperm",
+           "aten.bernoulli", "aten.bernoulli_", "aten.normal", "aten.normal_", "aten.uniform_", "aten.exponential_",
+           "aten.multinomial", "aten.native_dropout", "aten.randint_like"}
+
+
 def infer(graph: Graph, *, soft_tracing: bool = True, keep_io: bool = True) -> InferResult:
     """Annotate every value's axes with layouts; return the space table and issues."""
     load_all()
@@ -67,6 +72,9 @@ def infer(graph: Graph, *, soft_tracing: bool = True, keep_io: bool = True) -> I
     _init_value_axes(graph, sp, keep_io)
     for node in graph.nodes:
         ctx = Ctx(graph, sp, node)
+        if node.op in _RANDOM and not any(i.kind == "random" for i in res.issues):
+            res.issues.append(Issue("random", node.module, node.op, "random values in forward: outputs differ "
+                                    "between runs (use eval() or fixed inputs for equivalence checks)"))
         if node.leaf:
             handler = LEAF_HANDLERS.get(node.leaf)
             if handler is None:

@@ -209,3 +209,34 @@ def _rigid_all(ctx: Ctx, reason: str) -> None:
     from .shape import _all_rigid
 
     _all_rigid(ctx, reason)
+
+
+@rule("aten._grouped_mm")
+def grouped_mm(ctx: Ctx) -> None:
+    """Grouped matmul (MoE experts): ``(M, K) x (G, K, N) -> (M, N)`` with row offsets,
+    ``(G, M, K) x (G, K, N) -> (G, M, N)``, or ``(M, K) x (K, N) -> (G, M, N)`` with K offsets.
+    The group (expert) axis is unprunable; K is contracted; N is the output's."""
+    a, b = ctx.a("self"), ctx.a("mat2")
+    sa, sb = ctx.shape(a), ctx.shape(b)
+    xa, xb = ctx.axes(a), ctx.axes(b)
+    out_shape = ctx.out_shape(0)
+    if len(sa) == 2 and len(sb) == 3:
+        ctx.unify(xa[-1], xb[-2])
+        ctx.rigid(xb[0], "grouped matmul group (expert) axis")
+        out = [xa[0], xb[-1]]
+    elif len(sa) == 3 and len(sb) == 3:
+        ctx.unify(xa[0], xb[0])
+        ctx.rigid(xa[0], "grouped matmul group (expert) axis")
+        ctx.unify(xa[-1], xb[-2])
+        out = [xa[0], xa[1], xb[-1]]
+    elif len(sa) == 2 and len(sb) == 2:
+        ctx.rigid(xa[-1], "grouped matmul contracts groups of this axis")
+        ctx.unify(xa[-1], xb[0])
+        out = [ctx.fresh(out_shape[0], "groups", "grouped matmul group axis"), xa[0], xb[-1]]
+    else:
+        _rigid_all(ctx, "grouped matmul layout not understood")
+        return
+    bias = ctx.a("bias")
+    if isinstance(bias, ValueRef) and ctx.shape(bias)[-1] == out_shape[-1]:
+        ctx.unify(ctx.axes(bias)[-1], out[-1])
+    ctx.set_out(0, out)

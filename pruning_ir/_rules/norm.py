@@ -86,3 +86,24 @@ def group_norm(ctx: Ctx) -> None:
         vid = ctx.node.outputs[i]
         if vid >= 0:
             ctx.set_out(i, [xa[0], gl])
+
+
+@rule("aten._weight_norm_interface", "aten._weight_norm")
+def weight_norm(ctx: Ctx) -> None:
+    """``w = g * v / ||v||`` with the norm over every axis but ``dim``."""
+    v, g = ctx.a("v"), ctx.a("g")
+    dim = int(ctx.a("dim", 0))
+    va, ga = ctx.axes(v), ctx.axes(g)
+    vs, gs = ctx.shape(v), ctx.shape(g)
+    for d in range(len(vs)):
+        if d == dim or (d < len(gs) and gs[d] == vs[d] and vs[d] > 1):
+            if d < len(ga):
+                ctx.unify(ga[d], va[d])
+        elif vs[d] > 1:
+            ctx.note(va[d], "weight_norm normalises the weight over this axis")
+    ctx.set_out(0, va)
+    for i in range(1, ctx.n_out):
+        vid = ctx.node.outputs[i]
+        if vid >= 0:
+            ctx.set_out(i, list(ga) if len(ga) == len(ctx.graph.values[vid].shape) else
+                        [ctx.fresh(s_, "wn", "weight_norm aux") for s_ in ctx.graph.values[vid].shape])
