@@ -18,30 +18,86 @@ from .._ir.measure import named_tensors
 from .._ir.snapshot import Snapshot
 
 
-def slice_tensor(t: torch.Tensor, masks: list[torch.Tensor | None]) -> torch.Tensor:
+def slice_tensor(t: torch.Tensor, index: list[torch.Tensor | None]) -> torch.Tensor:
+    """``t`` restricted to ``index[d]`` along each axis ``d`` (``None``: the whole axis), one gather."""
     out = t.detach()
-    for d, m in enumerate(masks):
-        if m is not None:
-            idx = m.nonzero().squeeze(1).to(out.device)
-            out = out.index_select(d, idx)
-    return out.clone() if out is t else out
+    dims = [d for d, ix in enumerate(index) if ix is not None]
+    if not dims:
+        return out.clone()
+    if len(dims) == 1:
+        d = dims[0]
+        return out.index_select(d, index[d].to(out.device))  # type: ignore[union-attr]
+    # several axes: one advanced-indexing gather with broadcast index vectors
+    key: list[slice | torch.Tensor] = [slice(None)] * out.dim()
+    n = len(dims)
+    for j, d in enumerate(dims):
+        shape = [1] * n
+        shape[j] = -1
+        key[d] = index[d].to(out.device).view(shape)  # type: ignore[union-attr]
+    gathered = out[tuple(key)]
+    # advanced indices on non-adjacent axes move to the front; put them back
+    if dims != list(range(dims[0], dims[0] + n)):
+        gathered = gathered.movedim(list(range(n)), dims)
+    return gathered
 
 
 def sliced_tensors(snap: Snapshot, model: nn.Module, removed: dict[int, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Canonical parameter/buffer name -> its sliced tensor (only those that change)."""
     tensors = named_tensors(model)
     out: dict[str, torch.Tensor] = {}
+    cache: dict[object, torch.Tensor | None] = {}  # a conv weight and its norm's tensors share layouts
     for name, vid in snap.graph.params.items():
         v = snap.graph.values[vid]
-        masks = [keep_mask(snap.spaces, ax, removed) for ax in v.axes]
-        if any(m is not None for m in masks):
-            out[name] = slice_tensor(tensors[name], masks)
+        index: list[torch.Tensor | None] = []
+        for ax in v.axes:
+            if ax not in cache:
+                m = keep_mask(snap.spaces, ax, removed)
+                cache[ax] = None if m is None else m.nonzero().squeeze(1)
+            index.append(cache[ax])
+        if any(ix is not None for ix in index):
+            out[name] = slice_tensor(tensors[name], index)
     return out
 
 
 def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     path, _, attr = name.rpartition(".")
     return (model.get_submodule(path) if path else model), attr
+
+
+_TREE = ("_parameters", "_buffers", "_modules")
+
+
+def copy_module_tree(model: nn.Module, tensors: dict[int, torch.Tensor]) -> nn.Module:
+    """A deep copy of ``model`` that takes its parameters/buffers from ``tensors`` (by id of
+    the original), clones the others, and deep-copies every other attribute (one memo, so
+    shared objects stay shared and tied weights stay tied). Much faster than ``deepcopy``
+    on the whole tree, whose cost is dominated by walking the modules' internals."""
+    memo: dict[int, object] = dict(tensors)
+    mods = list(model.modules())
+    for m in mods:
+        memo[id(m)] = m.__class__.__new__(m.__class__)
+    for m in mods:
+        new = memo[id(m)]
+        d: dict[str, object] = {}
+        for k, v in m.__dict__.items():
+            if k == "_modules":
+                d[k] = {n: (None if c is None else memo[id(c)]) for n, c in v.items()}
+            elif k in ("_parameters", "_buffers"):
+                entries: dict[str, object] = {}
+                for n, t in v.items():
+                    if t is None:
+                        entries[n] = None
+                    elif id(t) not in memo:
+                        clone = t.detach().clone()
+                        memo[id(t)] = nn.Parameter(clone, t.requires_grad) if isinstance(t, nn.Parameter) else clone
+                        entries[n] = memo[id(t)]
+                    else:
+                        entries[n] = memo[id(t)]
+                d[k] = entries
+            else:
+                d[k] = copy.deepcopy(v, memo)
+        new.__dict__.update(d)
+    return memo[id(model)]  # type: ignore[return-value]
 
 
 def apply_slices(model: nn.Module, new: dict[str, torch.Tensor], inplace: bool) -> nn.Module:
@@ -55,8 +111,7 @@ def apply_slices(model: nn.Module, new: dict[str, torch.Tensor], inplace: bool) 
         else:
             replacement[id(old)] = t
     if not inplace:
-        memo: dict[int, object] = dict(replacement)
-        return copy.deepcopy(model, memo)
+        return copy_module_tree(model, replacement)
     for name, _ in list(model.named_parameters(remove_duplicate=False)) + list(
             model.named_buffers(remove_duplicate=False)):
         old = tensors[name]
