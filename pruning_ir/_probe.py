@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
+from ._ir.axes import slot_map
 from ._ir.infer import Issue
 from ._ir.labels import Label, LabelGroup, build_groups
 from ._ir.snapshot import Snapshot
@@ -46,38 +47,55 @@ def _to_meta(obj: Any) -> Any:
     return pytree.tree_map(lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t, obj)
 
 
-def _probe_target(ir: PruningIR, snap: Snapshot) -> tuple[nn.Module, Snapshot] | None:
+def _probe_ir(ir: PruningIR, name: str) -> PruningIR | None:
+    """An IR to probe with: ``ir`` itself for a meta model, else one traced on a meta copy (a meta
+    trace is compared with meta runs: backends decompose some ops differently), else ``ir``
+    itself when the model cannot run on meta but is small enough to probe for real."""
+    from .ir import PruningIR
+
     model = ir.model
+    snap = ir.snapshot(name)
     if all(p.device.type == "meta" for p in model.parameters()):
-        return model, snap
+        return PruningIR._from_snapshot(model, replace(snap, cache={}), ir, name)
     try:
         meta_model = _meta_copy(model)
-        meta_example = _to_meta(snap.example)
-        with torch.no_grad():
-            meta_model(*meta_example[0], **meta_example[1])
-        return meta_model, replace(snap, example=meta_example, cache={})
+        args, kwargs = _to_meta(snap.example)
+        return PruningIR(meta_model, example_inputs=args, example_kwargs=kwargs, leaf_modules=ir.leaf_modules,
+                         soft_tracing=True, keep_io_shapes=ir.keep_io_shapes, probe=False, name=name)
     except Exception as exc:
         log.debug("meta probe unavailable for %s: %s", type(model).__name__, exc)
     if sum(p.numel() for p in model.parameters()) <= _REAL_PROBE_LIMIT:
-        return model, snap
+        return PruningIR._from_snapshot(model, replace(snap, cache={}), ir, name)
     return None
+
+
+def _signature(snap: Snapshot, g: LabelGroup) -> tuple[object, ...]:
+    """Identify a group across two traces of one model: its size, the parameter axes it
+    slices, and which entries of its first such axis each label owns (so that the two
+    factors of a product over the same axes are told apart)."""
+    name, axis = min(g.members)
+    layout = snap.graph.values[snap.graph.params[name]].axes[axis]
+    return (g.size, tuple(sorted(g.members)), tuple(slot_map(snap.spaces, layout, g.leaf).tolist()))
 
 
 def probe_groups(ir: PruningIR, name: str) -> list[tuple[LabelGroup, str]]:
     """Prunable groups of snapshot ``name`` whose removal breaks the model, with the error."""
-    from .ir import PruningIR
-
     snap = ir.snapshot(name)
-    target = _probe_target(ir, snap)
-    if target is None:
+    probe_ir = _probe_ir(ir, name)
+    if probe_ir is None:
         snap.issues.append(Issue("probe", "", "", "model too large to probe for real and cannot run on meta: "
                                  "groups were not probed"))
         return []
-    model, probe_snap = target
-    probe_ir = PruningIR._from_snapshot(model, probe_snap, ir, name)
+    probe_snap = probe_ir.snapshot(name)
+    by_signature = {_signature(probe_snap, g): g for g in probe_snap.prunable_groups}
 
     def fails(groups: list[LabelGroup]) -> str | None:
-        labels = [Label(probe_snap.owner, g.gid, g.size - 1) for g in groups]
+        labels = []
+        for g in groups:
+            twin = by_signature.get(_signature(snap, g))
+            if twin is None:
+                return f"group g{g.gid} has no twin in the meta trace"
+            labels.append(Label(probe_snap.owner, twin.gid, twin.size - 1))
         try:
             probe_ir.prune(name, labels=labels, verify=True)
         except PruningIRError as exc:

@@ -23,7 +23,7 @@ from ._ir.ties import tie_shared_sizes
 from ._rewrite.attributes import edits_for, update_attributes
 from ._rewrite.patch import install
 from ._rewrite.slim import apply_slices, sliced_tensors
-from ._rewrite.verify import VerifyFailure, verify_forward
+from ._rewrite.verify import VerifyFailure, verify_graph
 from ._trace.recorder import _to_pytree, record
 from .errors import InvalidInputError, LabelError, SnapshotVersionError
 
@@ -257,19 +257,22 @@ class PruningIR:
         kept = {leaf: ~m for leaf, m in removed.items()}
         new_tensors = sliced_tensors(snap, self._model, removed)
         slim = apply_slices(self._model, new_tensors, inplace)
-        changes, unresolved = update_attributes(slim, snap, kept)
+        guesses: dict[str, list[tuple[str, Any]]] = {}
+        changes, unresolved = update_attributes(slim, snap, kept, guesses)
         for c in changes:
             log.debug("updated %s", c)
         if verify and removed:
-            patched = self._verify_or_patch(slim, snap, kept, unresolved)
+            new_snap = remap_snapshot(snap, kept)
+            patched = self._verify_or_patch(slim, snap, new_snap, kept, unresolved, guesses)
             changes += [f"{m or '<root>'}: literal sizes in forward patched by hooks" for m in patched]
-        out = PruningIR._from_snapshot(slim, lambda: remap_snapshot(snap, kept), self, name)
+            out = PruningIR._from_snapshot(slim, new_snap, self, name)
+        else:
+            out = PruningIR._from_snapshot(slim, lambda: remap_snapshot(snap, kept), self, name)
         out.rewrite_log = changes
         return out
 
-    @staticmethod
-    def _verify_or_patch(slim: nn.Module, snap: Snapshot, kept: dict[int, torch.Tensor],
-                         unresolved: list[str]) -> list[str]:
+    def _verify_or_patch(self, slim: nn.Module, snap: Snapshot, new_snap: Snapshot, kept: dict[int, torch.Tensor],
+                         unresolved: list[str], guesses: dict[str, list[tuple[str, Any]]]) -> list[str]:
         """Verify the slim model; where it fails, patch literal sizes of the failing module
         (or its nearest ancestor with changed facts) and retry. Returns the patched modules."""
         modules = dict(slim.named_modules())
@@ -277,7 +280,7 @@ class PruningIR:
         patched: list[str] = []
         for _ in range(64):
             try:
-                verify_forward(slim, snap, unresolved)
+                verify_graph(slim, new_snap, unresolved, self.leaf_modules)
                 break
             except VerifyFailure as exc:
                 where = exc.module
@@ -286,6 +289,10 @@ class PruningIR:
                 chain = [c.rstrip(".") for c in chain] + [""]
                 target = None
                 for path in chain:
+                    if path in guesses and path in modules:
+                        # an attribute set by matching values was the wrong one: restore, then patch
+                        for attr, old in guesses.pop(path):
+                            setattr(modules[path], attr, old)
                     if path in with_facts and path not in patched and path in modules:
                         edits = edits_for(snap, kept, path)
                         if edits:

@@ -35,10 +35,7 @@ def fact_changes(snap: Snapshot, kept: dict[int, torch.Tensor]) -> dict[str, lis
     for node in snap.graph.nodes:
         for f in node.facts:
             if snap.spaces.any_positional(f.layout):
-                # sizes mixing batch/sequence/spatial axes come from run-time shapes; they never
-                # change, and an attribute equal to one of them is ambiguous evidence
-                out.setdefault(node.module, []).append((node.op, f.old, f.old))
-                continue
+                continue  # sizes mixing batch/sequence/spatial axes come from run-time shapes
             new = kept_size(snap.spaces, f.layout, kept)
             out.setdefault(node.module, []).append((node.op, f.old, new))
     return out
@@ -161,7 +158,8 @@ def size_attributes(mod: nn.Module) -> dict[str, int]:
 
 
 def update_generic(mod: nn.Module, changes: list[tuple[str, int, int]], lists: list[tuple[list[int], list[int]]],
-                   handled: set[str], log: list[str], unresolved: list[str], path: str) -> None:
+                   handled: set[str], log: list[str], unresolved: list[str], path: str,
+                   undo: dict[str, list[tuple[str, Any]]] | None = None) -> None:
     """Set size-like int attributes whose old value a fact of this module changed."""
     by_old: dict[int, set[int]] = {}
     for _, o, n in changes:
@@ -173,6 +171,8 @@ def update_generic(mod: nn.Module, changes: list[tuple[str, int, int]], lists: l
             news_l = {tuple(n) for o, n in lists if list(value) == o}
             if len(news_l) == 1:
                 (nl,) = news_l
+                if undo is not None:
+                    undo.setdefault(path, []).append((name, value))
                 setattr(mod, name, type(value)(nl))
                 log.append(f"{path or '<root>'}.{name}: {list(value)} -> {list(nl)}")
             continue
@@ -184,14 +184,21 @@ def update_generic(mod: nn.Module, changes: list[tuple[str, int, int]], lists: l
         if len(news) == 1:
             (new,) = news
             if new != value:
+                if undo is not None:
+                    undo.setdefault(path, []).append((name, value))
                 setattr(mod, name, new)
                 log.append(f"{path or '<root>'}.{name}: {value} -> {new}")
         elif any(n != value for n in news):
             unresolved.append(f"{path or '<root>'}.{name}={value} could become any of {sorted(news)}")
 
 
-def update_attributes(model: nn.Module, snap: Snapshot, kept: dict[int, torch.Tensor]) -> tuple[list[str], list[str]]:
-    """Update every module of ``model``; returns (changes made, ambiguities left)."""
+def update_attributes(model: nn.Module, snap: Snapshot, kept: dict[int, torch.Tensor],
+                      undo: dict[str, list[tuple[str, Any]]] | None = None) -> tuple[list[str], list[str]]:
+    """Update every module of ``model``; returns (changes made, ambiguities left).
+
+    ``undo`` collects, per module path, the (attribute, old value) pairs set by matching
+    values, so that a module whose guess fails verification can be restored and patched.
+    """
     facts = fact_changes(snap, kept)
     lists = list_changes(snap, kept)
     log: list[str] = []
@@ -200,5 +207,5 @@ def update_attributes(model: nn.Module, snap: Snapshot, kept: dict[int, torch.Te
         changes = facts.get(path, [])
         handled = update_known(mod, changes, log, path)
         if any(o != n for _, o, n in changes):
-            update_generic(mod, changes, lists.get(path, []), handled, log, unresolved, path)
+            update_generic(mod, changes, lists.get(path, []), handled, log, unresolved, path, undo)
     return log, unresolved

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
+from .._ir.graph import Graph
 from .._ir.snapshot import Snapshot
-from .._trace.recorder import _to_pytree
-from ..errors import RewriteError
+from .._trace.recorder import _to_pytree, record
+from ..errors import RewriteError, TraceError
 
 
 def run_model(model: nn.Module, snap: Snapshot) -> list[torch.Tensor]:
@@ -49,6 +52,46 @@ def _run_tracking(model: nn.Module, snap: Snapshot) -> tuple[list[torch.Tensor] 
     finally:
         for h in handles:
             h.remove()
+
+
+def verify_graph(model: nn.Module, expected: Snapshot, unresolved: list[str], leaf_modules: Sequence[object]) -> None:
+    """Re-trace the slim model and check that every op produces the shapes the pruned IR
+    predicts. A plain forward is not enough: Python that computes ``c // 2`` from a pruned
+    ``c`` can reshape the right number of elements into the wrong factorisation."""
+    verify_forward(model, expected, unresolved)
+    args, kwargs = expected.example
+    try:
+        got = record(model, args, kwargs, leaf_modules)  # type: ignore[arg-type]
+    except TraceError as exc:
+        raise VerifyFailure(str(exc), None) from exc
+    exp_sig = _signature(expected.graph)
+    got_sig = _signature(got)
+    for i in range(max(len(exp_sig), len(got_sig))):
+        e = exp_sig[i] if i < len(exp_sig) else None
+        g = got_sig[i] if i < len(got_sig) else None
+        if (e and e[:2]) != (g and g[:2]):
+            where = (g or e)[2]  # type: ignore[index]
+            raise VerifyFailure(
+                f"the slim {type(model).__name__} runs, but in module '{where or '<root>'}' it computes "
+                f"{g and g[:2]} where the pruned IR predicts {e and e[:2]}: Python code computes a size the "
+                "engine could not update", where)
+
+
+# copies never change shapes, and a reshape is a view or a copy depending on strides
+_IDENTITY = {"aten.clone", "aten.alias", "aten.contiguous", "aten._to_copy", "aten.detach", "aten.lift_fresh_copy"}
+_VIEW = {"aten._unsafe_view": "aten.view", "aten.reshape": "aten.view", "aten._reshape_alias": "aten.view"}
+
+
+def _signature(graph: Graph) -> list[tuple[str, list[tuple[int, ...]], str]]:
+    """(op, primary output shape, module) of every node that can change a shape; auxiliary
+    outputs (saved statistics) are left out: they differ between backends."""
+    out = []
+    for n in graph.nodes:
+        if n.op in _IDENTITY:
+            continue
+        shapes = [graph.values[o].shape for o in n.outputs[:1] if o >= 0]
+        out.append((_VIEW.get(n.op, n.op), shapes, n.module))
+    return out
 
 
 def verify_forward(model: nn.Module, snap: Snapshot, unresolved: list[str]) -> None:
