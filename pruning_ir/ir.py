@@ -294,13 +294,13 @@ class PruningIR:
                         for attr, old in guesses.pop(path):
                             setattr(modules[path], attr, old)
                     if path in with_facts and path not in patched and path in modules:
-                        edits = edits_for(snap, kept, path)
+                        edits, templates = edits_for(snap, kept, path)
                         if edits:
-                            target = (path, edits)
+                            target = (path, edits, templates)
                             break
                 if target is None:
                     raise
-                install(modules[target[0]], target[1])
+                install(modules[target[0]], target[1], target[2])
                 patched.append(target[0])
         if patched:
             log.warning("slim %s: modules %s hold channel sizes as literals in forward; their ops are patched "

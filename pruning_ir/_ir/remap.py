@@ -54,6 +54,19 @@ def _set_path(obj: Any, path: tuple[Any, ...], value: int) -> Any:
 def remap_snapshot(snap: Snapshot, kept: dict[int, torch.Tensor]) -> Snapshot:
     sp = snap.spaces
     ranks = {leaf: torch.cat([torch.zeros(1, dtype=torch.long), k.long().cumsum(0)]) for leaf, k in kept.items()}
+    g = snap.graph
+    values = [Value(v.vid, v.shape, v.dtype, v.kind, v.name, v.producer,
+                    [_remap_layout(sp, ax, ranks) for ax in v.axes]) for v in g.values]
+    nodes = []
+    for n in g.nodes:
+        kwargs = n.kwargs
+        facts = []
+        for f in n.facts:
+            size = kept_size(sp, f.layout, kept)
+            if size != f.old:
+                kwargs = _set_path(kwargs, f.path, size)
+            facts.append(Fact(f.path, f.kind, _remap_layout(sp, f.layout, ranks), size))
+        nodes.append(Node(n.nid, n.op, n.args, kwargs, n.outputs, n.out_spec, n.module_stack, n.leaf, facts))
     nsp = SpaceTable()
     nsp.size = list(sp.size)
     nsp.parent = list(range(len(sp.size)))
@@ -67,21 +80,8 @@ def remap_snapshot(snap: Snapshot, kept: dict[int, torch.Tensor]) -> Snapshot:
             nsp.positional.add(leaf)
         if leaf in kept:
             nsp.size[leaf] = int(kept[leaf].sum())
-    g = snap.graph
-    values = [Value(v.vid, v.shape, v.dtype, v.kind, v.name, v.producer,
-                    [_remap_layout(sp, ax, ranks) for ax in v.axes]) for v in g.values]
     for v in values:
         v.shape = tuple(sum(_term(nsp, t) for t in ax) for ax in v.axes)
-    nodes = []
-    for n in g.nodes:
-        kwargs = n.kwargs
-        facts = []
-        for f in n.facts:
-            size = kept_size(sp, f.layout, kept)
-            if size != f.old:
-                kwargs = _set_path(kwargs, f.path, size)
-            facts.append(Fact(f.path, f.kind, _remap_layout(sp, f.layout, ranks), size))
-        nodes.append(Node(n.nid, n.op, n.args, kwargs, n.outputs, n.out_spec, n.module_stack, n.leaf, facts))
     graph = Graph(values, nodes, list(g.inputs), list(g.outputs), dict(g.params), dict(g.aliases))
     groups = build_groups(graph, nsp)
     new = Snapshot(snap.name, graph, nsp, groups, list(snap.issues), snap.example, snap.output_shapes)

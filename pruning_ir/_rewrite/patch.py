@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -48,7 +49,7 @@ class _Mode(TorchDispatchMode):
         p = self.patch
         if p.depth:
             return func(*args, **kwargs)
-        name = op_name(func)
+        name = SLICE_LIKE.get(op_name(func), op_name(func))
         seq = p.edits.get(name)
         if seq is None:
             return func(*args, **kwargs)
@@ -56,6 +57,10 @@ class _Mode(TorchDispatchMode):
         p.count[name] = i + 1
         if i >= len(seq) or not seq[i]:
             return func(*args, **kwargs)
+        if op_name(func) == "aten.alias" and i < len(p.templates.get(name, [])) and p.templates[name][i]:
+            # a slice that the old sizes made partial is full-range at the new sizes, so torch
+            # dispatched an alias; the recorded slice (with its new bounds) is what must run
+            return torch.ops.aten.slice.Tensor(args[0], **p.templates[name][i])
         bound = bind(func, args, kwargs)
         changed = False
         for path, old, new in seq[i]:
@@ -70,11 +75,21 @@ class _Mode(TorchDispatchMode):
         return func(**bound)
 
 
-class LiteralShapePatch:
-    """Forward hooks that rewrite literal channel sizes of one module's own ops."""
+SLICE_LIKE = {"aten.alias": "aten.slice"}
+"""A full-range slice dispatches as ``alias``: both count as occurrences of ``slice``."""
 
-    def __init__(self, edits: dict[str, list[list[Edit]]]) -> None:
+
+class LiteralShapePatch:
+    """Forward hooks that rewrite literal channel sizes of one module's own ops.
+
+    ``templates[op][i]``: for slices, the non-tensor arguments of occurrence ``i`` at the
+    new sizes (used when the slice became full-range and torch dispatched an alias).
+    """
+
+    def __init__(self, edits: dict[str, list[list[Edit]]],
+                 templates: dict[str, list[dict[str, Any]]] | None = None) -> None:
         self.edits = edits
+        self.templates = templates or {}
         self.count: dict[str, int] = {}
         self.depth = 0
         self._modes: list[_Mode] = []
@@ -96,10 +111,10 @@ class LiteralShapePatch:
         self.depth -= 1
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"edits": self.edits}
+        return {"edits": self.edits, "templates": self.templates}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["edits"])  # type: ignore[misc]
+        self.__init__(state["edits"], state.get("templates"))  # type: ignore[misc]
 
 
 def _compose(old: dict[str, list[list[Edit]]], new: dict[str, list[list[Edit]]]) -> dict[str, list[list[Edit]]]:
@@ -120,13 +135,15 @@ def _compose(old: dict[str, list[list[Edit]]], new: dict[str, list[list[Edit]]])
     return out
 
 
-def install(module: nn.Module, edits: dict[str, list[list[Edit]]]) -> LiteralShapePatch:
+def install(module: nn.Module, edits: dict[str, list[list[Edit]]],
+            templates: dict[str, list[dict[str, Any]]] | None = None) -> LiteralShapePatch:
     """Patch ``module``'s own ops; a module patched by an earlier prune gets its edits chained."""
     existing = getattr(module, "_pruning_ir_patch", None)
     if isinstance(existing, LiteralShapePatch):
         existing.edits = _compose(existing.edits, edits)
+        existing.templates = templates or existing.templates
         return existing
-    patch = LiteralShapePatch(edits)
+    patch = LiteralShapePatch(edits, templates)
     module._pruning_ir_patch = patch  # type: ignore[assignment]
     module.register_forward_pre_hook(patch.pre)
     module.register_forward_hook(patch.post, always_call=True)
