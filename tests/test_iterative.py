@@ -11,23 +11,24 @@ from toy_zoo import TOY_CASES
 from pruning_ir import PruningIR, UniformLabelSelector, verify_pruning
 
 
-def _clean(ir: PruningIR, labels: list) -> list:
-    groups = ir.label_groups()
-    return [lab for lab in labels if not groups[lab.group].notes]
+def _rounds(ir: PruningIR, rounds: int, ratio: float) -> PruningIR:
+    """Prune ``rounds`` times; each round's groups without notes must prune exactly."""
+    for _ in range(rounds):
+        labels = UniformLabelSelector(ratio).select(ir)
+        groups = ir.label_groups()
+        clean = [lab for lab in labels if not groups[lab.group].notes]
+        if clean:
+            assert verify_pruning(ir, clean).exact
+        ir = ir.prune(labels=labels)
+        ir.lint()
+    return ir
 
 
 @pytest.mark.parametrize("name", ["residual_downsample", "concat", "split_chunk", "channel_shuffle",
                                   "grouped_conv", "gqa", "flatten_linear", "embedding_tied"])
 def test_three_rounds_on_toys(name: str) -> None:
     model, x = TOY_CASES[name]()
-    ir = PruningIR(model, example_inputs=x)
-    for _ in range(3):
-        labels = UniformLabelSelector(0.25).select(ir)
-        clean = _clean(ir, labels)
-        if clean:
-            assert verify_pruning(ir, clean).exact
-        ir = ir.prune(labels=labels)
-        ir.lint()
+    ir = _rounds(PruningIR(model, example_inputs=x), 3, 0.25)
     assert [t.shape for t in outputs(ir.model, x, {})] == [t.shape for t in outputs(model, x, {})]
 
 
@@ -47,13 +48,7 @@ def test_two_rounds_on_hf(name: str) -> None:
     case = HF_CASES[name]()
     ir = PruningIR(case.model, example_inputs=case.example_inputs, example_kwargs=case.example_kwargs)
     ref = outputs(case.model, case.example_inputs, case.example_kwargs)
-    for _ in range(2):
-        labels = UniformLabelSelector(0.3).select(ir)
-        clean = _clean(ir, labels)
-        if clean:
-            assert verify_pruning(ir, clean).exact
-        ir = ir.prune(labels=labels)
-        ir.lint()
+    ir = _rounds(ir, 2, 0.3)
     got = outputs(ir.model, case.example_inputs, case.example_kwargs)
     assert [t.shape for t in got] == [t.shape for t in ref]
     assert all(torch.isfinite(t).all() for t in got if t.is_floating_point())
