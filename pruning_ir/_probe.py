@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _REAL_PROBE_LIMIT = 50_000_000  # parameters
+_INDIVIDUAL_LIMIT = 16  # groups probed one by one up to this many
 
 
 def _meta_copy(model: nn.Module) -> nn.Module:
@@ -103,7 +104,10 @@ def probe_groups(ir: PruningIR, name: str) -> list[tuple[LabelGroup, str]]:
         return None
 
     bad: list[tuple[LabelGroup, str]] = []
-    stack = [list(snap.prunable_groups)]
+    groups = list(snap.prunable_groups)
+    # few groups: probe each alone (a joint probe can pass by coincidence, e.g. a Python
+    # ``c // 2`` that happens to match); many: probe jointly and bisect failures
+    stack = [[g] for g in groups] if len(groups) <= _INDIVIDUAL_LIMIT else [groups]
     while stack:
         groups = stack.pop()
         if not groups:
