@@ -10,7 +10,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils import _pytree as pytree
 
 from ._ir.graph import Graph
 from ._ir.infer import infer
@@ -24,7 +23,7 @@ from ._rewrite.attributes import edits_for, update_attributes
 from ._rewrite.patch import install
 from ._rewrite.slim import apply_slices, sliced_tensors
 from ._rewrite.verify import VerifyFailure, verify_graph
-from ._trace.recorder import _to_pytree, record
+from ._trace.recorder import record
 from .errors import InvalidInputError, LabelError, SnapshotVersionError
 
 log = logging.getLogger(__name__)
@@ -345,7 +344,3 @@ class PruningIR:
             )
         self.__dict__.update(state)
 
-
-def output_tensors(out: Any) -> list[torch.Tensor]:
-    flat, _ = pytree.tree_flatten(_to_pytree(out))
-    return [t for t in flat if isinstance(t, torch.Tensor)]

@@ -52,6 +52,18 @@ class Fact:
     old: int
 
 
+def set_path(obj: Any, path: tuple[Any, ...], value: Any) -> Any:
+    """Copy of ``obj`` (nested dicts/lists/tuples) with the entry at ``path`` set to ``value``."""
+    if not path:
+        return value
+    key, rest = path[0], path[1:]
+    if isinstance(obj, dict):
+        return {**obj, key: set_path(obj[key], rest, value)}
+    seq = list(obj)
+    seq[key] = set_path(seq[key], rest, value)
+    return tuple(seq) if isinstance(obj, tuple) else seq
+
+
 @dataclass
 class Node:
     """One recorded ATen op (or one leaf-module call when ``leaf`` is set)."""

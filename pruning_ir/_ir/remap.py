@@ -7,12 +7,10 @@ leaves at least one slot per group. Post: ``lint`` holds on the result.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from .axes import kept_size
-from .graph import Fact, Graph, Node, Value
+from .graph import Fact, Graph, Node, Value, set_path
 from .labels import build_groups
 from .snapshot import Snapshot
 from .spaces import Layout, SpaceTable
@@ -38,19 +36,6 @@ def _remap_layout(sp: SpaceTable, layout: Layout, ranks: dict[int, torch.Tensor]
     return SpaceTable.simplify(tuple(out))
 
 
-def _set_path(obj: Any, path: tuple[Any, ...], value: int) -> Any:
-    if not path:
-        return value
-    key, rest = path[0], path[1:]
-    if isinstance(obj, dict):
-        new = dict(obj)
-        new[key] = _set_path(obj[key], rest, value)
-        return new
-    seq = list(obj)
-    seq[key] = _set_path(seq[key], rest, value)
-    return type(obj)(seq) if isinstance(obj, tuple) else seq
-
-
 def remap_snapshot(snap: Snapshot, kept: dict[int, torch.Tensor]) -> Snapshot:
     sp = snap.spaces
     ranks = {leaf: torch.cat([torch.zeros(1, dtype=torch.long), k.long().cumsum(0)]) for leaf, k in kept.items()}
@@ -64,7 +49,7 @@ def remap_snapshot(snap: Snapshot, kept: dict[int, torch.Tensor]) -> Snapshot:
         for f in n.facts:
             size = kept_size(sp, f.layout, kept)
             if size != f.old:
-                kwargs = _set_path(kwargs, f.path, size)
+                kwargs = set_path(kwargs, f.path, size)
             facts.append(Fact(f.path, f.kind, _remap_layout(sp, f.layout, ranks), size))
         nodes.append(Node(n.nid, n.op, n.args, kwargs, n.outputs, n.out_spec, n.module_stack, n.leaf, facts))
     nsp = SpaceTable()

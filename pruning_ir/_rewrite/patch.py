@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from .._ir.graph import set_path
 from .._trace.recorder import bind, op_name
 
 Edit = tuple[tuple[Any, ...], int, int]  # (path in the bound arguments, old, new)
@@ -26,17 +27,6 @@ def _get(obj: Any, path: tuple[Any, ...]) -> Any:
     for k in path:
         obj = obj[k]
     return obj
-
-
-def _set(obj: Any, path: tuple[Any, ...], value: Any) -> Any:
-    if not path:
-        return value
-    k, rest = path[0], path[1:]
-    if isinstance(obj, dict):
-        return {**obj, k: _set(obj[k], rest, value)}
-    seq = list(obj)
-    seq[k] = _set(seq[k], rest, value)
-    return tuple(seq) if isinstance(obj, tuple) else seq
 
 
 class _Mode(TorchDispatchMode):
@@ -66,7 +56,7 @@ class _Mode(TorchDispatchMode):
         for path, old, new in seq[i]:
             try:
                 if _get(bound, path) == old:
-                    bound = _set(bound, path, new)
+                    bound = set_path(bound, path, new)
                     changed = True
             except (KeyError, IndexError, TypeError):
                 continue

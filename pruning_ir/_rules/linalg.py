@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .._ir.graph import ValueRef
 from .._ir.spaces import Layout
-from . import Ctx, broadcast, rule
+from . import Ctx, rule
 
 
 def _bcast_batch(ctx: Ctx, pairs: list[tuple[ValueRef, int]], out_batch: tuple[int, ...]) -> list[Layout]:
@@ -84,10 +84,8 @@ def vector_products(ctx: Ctx) -> None:
         m, v = ctx.a("mat"), ctx.a("vec")
         ctx.unify(ctx.axes(m)[1], ctx.axes(v)[0])
         out = [ctx.axes(m)[0]]
-        if op == "aten.addmv":
-            broadcast(ctx, [ctx.a("self")], ctx.out_shape(0))
-            if ctx.shape(ctx.a("self")) == ctx.out_shape(0):
-                ctx.unify(ctx.axes(ctx.a("self"))[0], out[0])
+        if op == "aten.addmv" and ctx.shape(ctx.a("self")) == ctx.out_shape(0):
+            ctx.unify(ctx.axes(ctx.a("self"))[0], out[0])
         ctx.set_out(0, out)
 
 
