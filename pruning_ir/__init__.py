@@ -28,7 +28,20 @@ attributes -> ``oracle`` checks slim == masked.
 from __future__ import annotations
 
 from ._ir.labels import Label, LabelGroup
+from .criteria import (
+    APoZCriterion,
+    BNScaleCriterion,
+    Criterion,
+    FPGMCriterion,
+    L1NormCriterion,
+    L2NormCriterion,
+    LossAwareCriterion,
+    MeanActivationCriterion,
+    RandomCriterion,
+    TaylorFOWeightCriterion,
+)
 from .errors import (
+    CalibrationError,
     InvalidInputError,
     LabelError,
     PruningIRError,
@@ -38,21 +51,33 @@ from .errors import (
 )
 from .ir import SNAPSHOT_FORMAT, PruningIR
 from .oracle import VerificationReport, masked_model, verify_pruning
-from .selectors import LabelSelector, UniformLabelSelector
+from .selectors import GlobalScoreLabelSelector, LabelSelector, UniformLabelSelector
 
 __version__ = "0.1.0"
 
 __all__ = [
     "SNAPSHOT_FORMAT",
+    "APoZCriterion",
+    "BNScaleCriterion",
+    "CalibrationError",
+    "Criterion",
+    "FPGMCriterion",
+    "GlobalScoreLabelSelector",
     "InvalidInputError",
+    "L1NormCriterion",
+    "L2NormCriterion",
     "Label",
     "LabelError",
     "LabelGroup",
     "LabelSelector",
+    "LossAwareCriterion",
+    "MeanActivationCriterion",
     "PruningIR",
     "PruningIRError",
+    "RandomCriterion",
     "RewriteError",
     "SnapshotVersionError",
+    "TaylorFOWeightCriterion",
     "TraceError",
     "UniformLabelSelector",
     "VerificationReport",

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "CalibrationError",
     "InvalidInputError",
     "LabelError",
     "PruningIRError",
@@ -35,3 +36,7 @@ class RewriteError(PruningIRError):
 
 class SnapshotVersionError(PruningIRError):
     """A saved IR was written by an incompatible snapshot format version."""
+
+
+class CalibrationError(PruningIRError):
+    """A criterion could not score labels: no calibration data, or an IR whose model changed."""

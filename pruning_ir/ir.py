@@ -129,7 +129,8 @@ class PruningIR:
         groups = build_groups(graph, res.spaces)
         t2 = time.perf_counter()
         out_shapes = [graph.values[v].shape for v in graph.outputs]
-        snap = Snapshot(name, graph, res.spaces, groups, res.issues, (args, kwargs), out_shapes)
+        modes = {path: m.training for path, m in self._model.named_modules()}
+        snap = Snapshot(name, graph, res.spaces, groups, res.issues, (args, kwargs), out_shapes, modes=modes)
         self._snapshots[name] = snap
         if self.probe:
             from ._probe import apply_probe
@@ -186,20 +187,32 @@ class PruningIR:
         g = snap.groups[group] if isinstance(group, int) else group
         return snap.labels(g)
 
-    def selector_label_groups(self, name: str = DEFAULT) -> list[list[Label]]:
-        """Prunable labels per group, in ascending score order (ENOT's contract)."""
+    def label_scores(self, name: str = DEFAULT) -> dict[int, torch.Tensor]:
+        """Score of every label of every prunable group (group id -> float64 vector, higher = keep).
+
+        The scores a criterion stored on the snapshot; groups without one get the mean
+        absolute weight each label removes (the default magnitude ranking).
+        """
         from ._ir.measure import magnitude_scores
 
         snap = self.snapshot(name)
+        out: dict[int, torch.Tensor] = {}
         default = None
-        out = []
         for g in snap.prunable_groups:
             score = snap.scores.get(g.gid)
             if score is None:
                 default = default if default is not None else magnitude_scores(snap, self._model)
                 score = default[g.gid]
+            out[g.gid] = score
+        return out
+
+    def selector_label_groups(self, name: str = DEFAULT) -> list[list[Label]]:
+        """Prunable labels per group, in ascending score order (ENOT's contract)."""
+        snap = self.snapshot(name)
+        out = []
+        for gid, score in self.label_scores(name).items():
             order = torch.argsort(score, stable=True).tolist()
-            out.append(list(map(Label, repeat(snap.owner, len(order)), repeat(g.gid, len(order)), order)))
+            out.append(list(map(Label, repeat(snap.owner, len(order)), repeat(gid, len(order)), order)))
         return out
 
     # ------------------------------------------------------------------ pruning

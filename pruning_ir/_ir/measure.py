@@ -51,3 +51,37 @@ def group_l1(snap: Snapshot, group: LabelGroup, tensors: dict[str, torch.Tensor]
         counts = torch.bincount(slots[sel], minlength=group.size).clamp_min(1)
         score += contrib / counts
     return score
+
+
+MemberSlots = tuple[str, int, torch.Tensor, torch.Tensor]
+"""``(tensor name, axis, positions along the axis that belong to the group, their slots)``."""
+
+
+def member_slots(snap: Snapshot, group: LabelGroup) -> list[MemberSlots]:
+    """For every member axis of ``group``: which entries it owns and the slot of each (cached)."""
+    cache: dict[int, list[MemberSlots]] = snap.cache.setdefault("member_slots", {})
+    got = cache.get(group.gid)
+    if got is not None:
+        return got
+    out: list[MemberSlots] = []
+    for name, axis in group.members:
+        vid = snap.graph.params[name]
+        slots = slot_map(snap.spaces, snap.graph.values[vid].axes[axis], group.leaf)
+        sel = (slots >= 0).nonzero().squeeze(1)
+        out.append((name, axis, sel, slots[sel]))
+    cache[group.gid] = out
+    return out
+
+
+def per_index(t: torch.Tensor, axis: int, reduce: str = "sum") -> torch.Tensor:
+    """Reduce every dim of ``t`` except ``axis`` (``"sum"`` or ``"mean"``)."""
+    dims = [d for d in range(t.dim()) if d != axis]
+    if not dims:
+        return t
+    return t.sum(dims) if reduce == "sum" else t.mean(dims)
+
+
+def scatter_slots(values: torch.Tensor, sel: torch.Tensor, slots: torch.Tensor, size: int) -> torch.Tensor:
+    """Sum ``values[sel]`` into a float64 vector of ``size`` slots (on ``values``' device)."""
+    out = torch.zeros(size, dtype=torch.float64, device=values.device)
+    return out.index_add_(0, slots.to(values.device), values.index_select(0, sel.to(values.device)).double())

@@ -69,7 +69,8 @@ def remap_snapshot(snap: Snapshot, kept: dict[int, torch.Tensor]) -> Snapshot:
         v.shape = tuple(sum(_term(nsp, t) for t in ax) for ax in v.axes)
     graph = Graph(values, nodes, list(g.inputs), list(g.outputs), dict(g.params), dict(g.aliases))
     groups = build_groups(graph, nsp)
-    new = Snapshot(snap.name, graph, nsp, groups, list(snap.issues), snap.example, snap.output_shapes)
+    new = Snapshot(snap.name, graph, nsp, groups, list(snap.issues), snap.example, snap.output_shapes,
+                   modes=snap.modes)
     old_by_leaf = {gr.leaf: gr for gr in snap.groups}
     for gr in groups:
         old = old_by_leaf.get(gr.leaf)

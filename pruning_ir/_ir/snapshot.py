@@ -33,6 +33,12 @@ class Snapshot:
     output_shapes: list[tuple[int, ...]]
     owner: int = field(default_factory=lambda: random.getrandbits(62))
     scores: dict[int, torch.Tensor] = field(default_factory=dict)
+    """Label scores per group id (higher = more important), written by a criterion."""
+    score_source: str = ""
+    """Which criterion wrote ``scores`` (empty: none; selectors fall back to magnitude)."""
+    modes: dict[str, bool] = field(default_factory=dict)
+    """``module path -> training`` flag at trace time; verification runs the model in these modes."""
+    """Which criterion wrote ``scores`` (empty: none; selectors fall back to magnitude)."""
     cache: dict[str, Any] = field(default_factory=dict, repr=False)
     """Derived data (default magnitude scores); recomputed when the weights change."""
 

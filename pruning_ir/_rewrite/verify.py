@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -14,9 +15,31 @@ from .._trace.recorder import _to_pytree, record
 from ..errors import RewriteError, TraceError
 
 
+@contextlib.contextmanager
+def traced_modes(model: nn.Module, snap: Snapshot) -> Iterator[None]:
+    """Run ``model`` as it was traced: each module's train/eval flag as at trace time, and
+    buffers (BN running statistics) restored afterwards, so checks have no side effects."""
+    modules = list(model.named_modules())
+    before = [m.training for _, m in modules]
+    for path, m in modules:
+        m.training = snap.modes.get(path, m.training)
+    saved = ({n: b.detach().clone() for n, b in model.named_buffers() if b.device.type != "meta"}
+             if any(m.training for _, m in modules) else {})
+    try:
+        yield
+    finally:
+        for (_, m), flag in zip(modules, before, strict=True):
+            m.training = flag
+        if saved:
+            with torch.no_grad():
+                for n, b in model.named_buffers():
+                    if n in saved and b.shape == saved[n].shape:
+                        b.copy_(saved[n])
+
+
 def run_model(model: nn.Module, snap: Snapshot) -> list[torch.Tensor]:
     args, kwargs = snap.example
-    with torch.no_grad():
+    with torch.no_grad(), traced_modes(model, snap):
         out = model(*args, **kwargs)
     flat, _ = pytree.tree_flatten(_to_pytree(out))
     return [t for t in flat if isinstance(t, torch.Tensor)]
@@ -61,7 +84,8 @@ def verify_graph(model: nn.Module, expected: Snapshot, unresolved: list[str], le
     verify_forward(model, expected, unresolved)
     args, kwargs = expected.example
     try:
-        got = record(model, args, kwargs, leaf_modules)  # type: ignore[arg-type]
+        with traced_modes(model, expected):
+            got = record(model, args, kwargs, leaf_modules)  # type: ignore[arg-type]
     except TraceError as exc:
         raise VerifyFailure(str(exc), None) from exc
     exp_sig = _signature(expected.graph)

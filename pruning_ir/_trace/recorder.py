@@ -13,6 +13,7 @@ the build time against Torch-Pruning's dependency graph.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -30,6 +31,9 @@ _SKIP = {"aten.detach", "aten._has_compatible_shallow_copy_type", "profiler._rec
          "profiler._record_function_exit", "aten.lift_fresh"}
 
 
+Observer = Callable[[Node, list[Any]], None]
+
+
 def op_name(func: Any) -> str:
     """``aten.add.Tensor`` -> ``"aten.add"`` (the overload packet)."""
     packet = getattr(func, "overloadpacket", func)
@@ -37,9 +41,10 @@ def op_name(func: Any) -> str:
 
 
 class _Recorder(TorchDispatchMode):
-    def __init__(self, graph: Graph, names: dict[int, tuple[str, str]]) -> None:
+    def __init__(self, graph: Graph, names: dict[int, tuple[str, str]], observer: Observer | None = None) -> None:
         super().__init__()
         self.graph = graph
+        self.observer = observer
         self.names = names
         self.current: dict[int, int] = {}  # id(tensor) -> current value id
         self.keep: list[torch.Tensor] = []  # keeps ids unique while tracing
@@ -109,6 +114,8 @@ class _Recorder(TorchDispatchMode):
             node.facts = []
             node.kwargs["__alias_write__"] = [ValueRef(self.value_of(b)) for b in alias_write]
         self.graph.nodes.append(node)
+        if self.observer is not None:
+            self.observer(node, flat)
         return out
 
 
@@ -154,8 +161,13 @@ def _leaf_match(module: nn.Module, leaves: list[Any]) -> bool:
 
 
 def record(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
-           leaf_modules: list[Any] | None = None) -> Graph:
-    """Run ``model(*args, **kwargs)`` once and return the recorded graph."""
+           leaf_modules: list[Any] | None = None, observer: Observer | None = None) -> Graph:
+    """Run ``model(*args, **kwargs)`` once and return the recorded graph.
+
+    ``observer(node, outputs)`` is called after each recorded ATen op with the op's
+    flattened outputs (real tensors): calibration criteria read activations this way,
+    with node numbers that match the IR's graph whenever the model takes the same path.
+    """
     graph = Graph()
     names: dict[int, tuple[str, str]] = {}
     for pname, p in model.named_parameters(remove_duplicate=False):
@@ -168,7 +180,7 @@ def record(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
             graph.aliases[bname] = names[id(b)][1]
         else:
             names[id(b)] = ("buffer", bname)
-    rec = _Recorder(graph, names)
+    rec = _Recorder(graph, names, observer)
     leaves = list(leaf_modules or [])
     handles = []
     for mname, mod in model.named_modules():

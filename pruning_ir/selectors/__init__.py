@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .base import LabelSelector
+from .global_score import GlobalScoreLabelSelector
 from .uniform import UniformLabelSelector
 
-__all__ = ["LabelSelector", "UniformLabelSelector"]
+__all__ = ["GlobalScoreLabelSelector", "LabelSelector", "UniformLabelSelector"]

@@ -1,0 +1,27 @@
+"""Criteria: score every label of an IR (higher = more important).
+
+:class:`LossAwareCriterion` (the default to reach for) estimates the loss increase of
+removing each label from the user's own loss and backward passes; the classic criteria
+(weight norms, FPGM, BN scale, APoZ, mean activation, Taylor FO on weights, random)
+share its interface. See :mod:`pruning_ir.criteria.base`.
+"""
+
+from __future__ import annotations
+
+from .activation import APoZCriterion, MeanActivationCriterion
+from .base import Criterion
+from .gradient import LossAwareCriterion, TaylorFOWeightCriterion
+from .weights import BNScaleCriterion, FPGMCriterion, L1NormCriterion, L2NormCriterion, RandomCriterion
+
+__all__ = [
+    "APoZCriterion",
+    "BNScaleCriterion",
+    "Criterion",
+    "FPGMCriterion",
+    "L1NormCriterion",
+    "L2NormCriterion",
+    "LossAwareCriterion",
+    "MeanActivationCriterion",
+    "RandomCriterion",
+    "TaylorFOWeightCriterion",
+]

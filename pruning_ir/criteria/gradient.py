@@ -1,0 +1,225 @@
+"""Gradient criteria: the loss-aware (group Fisher) criterion and Taylor FO on weights.
+
+Both read the gradient of every parameter a prunable group slices, once per backward
+pass of the user's own loss, through tensor hooks; nothing is added to the forward
+pass and ``.grad`` is left exactly as the user's backward made it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from .._ir.measure import member_slots, per_index
+from ..errors import CalibrationError
+from .base import Criterion, all_reduce_sum, require_weights
+
+if TYPE_CHECKING:
+    from torch.utils.hooks import RemovableHandle
+
+    from ..ir import PruningIR
+
+log = logging.getLogger(__name__)
+
+_Entry = tuple[int, int, int, torch.Tensor, torch.Tensor]  # gid, group size, axis, positions, slots
+
+
+class _GradientCriterion(Criterion):
+    needs_data = True
+
+    def __init__(self, ir: PruningIR, snapshot_name: str = "main", *, include_frozen: bool = True,
+                 progress: bool = False) -> None:
+        super().__init__(ir, snapshot_name, progress=progress)
+        self.include_frozen = include_frozen
+        self.passes = 0
+        self._handles: list[RemovableHandle] = []
+        self._flipped: list[nn.Parameter] = []
+        self._pending: dict[int, torch.Tensor] = {}
+        self._acc: dict[int, torch.Tensor] = {}
+        self._on_device: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # ------------------------------------------------------------------ per-criterion maths
+    def _per_index(self, gw: torch.Tensor, axis: int) -> torch.Tensor:
+        """Reduce ``grad * weight`` of one member to one value per entry of ``axis``."""
+        raise NotImplementedError
+
+    def _close_pass(self, pending: torch.Tensor) -> torch.Tensor:
+        """Turn one backward pass's per-label sums into that pass's contribution to the score."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ hooks
+    def _attach(self) -> None:
+        params = dict(self.ir.model.named_parameters(remove_duplicate=False))
+        per_tensor: dict[int, tuple[nn.Parameter, list[_Entry]]] = {}
+        for g in self.snap.prunable_groups:
+            for name, axis, sel, slots in member_slots(self.snap, g):
+                p = params.get(name)
+                if p is None or not p.is_floating_point():
+                    continue  # buffers (running statistics) get no gradient
+                require_weights(self, p, name)
+                per_tensor.setdefault(id(p), (p, []))[1].append((g.gid, g.size, axis, sel, slots))
+        self.passes = 0
+        self._pending = {}
+        self._acc = {g.gid: torch.zeros(g.size, dtype=torch.float64) for g in self.snap.prunable_groups}
+        try:
+            for p, entries in per_tensor.values():
+                if not p.requires_grad:
+                    if not self.include_frozen:
+                        continue
+                    p.requires_grad_(True)
+                    self._flipped.append(p)
+                    # the user froze it: let our hook see its gradient, then give .grad back untouched
+                    self._handles.append(p.register_post_accumulate_grad_hook(
+                        functools.partial(_restore_grad, old=p.grad)))
+                self._handles.append(p.register_hook(functools.partial(self._on_grad, p, entries)))
+        except Exception:
+            self._detach()
+            raise
+
+    def _detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        for p in self._flipped:
+            p.requires_grad_(False)
+        self._flipped.clear()
+
+    def _on_grad(self, p: torch.Tensor, entries: list[_Entry], grad: torch.Tensor) -> None:
+        with torch.no_grad():
+            if grad.is_sparse:
+                grad = grad.to_dense()
+            gw = grad.float() * p.detach().float()
+            for gid, size, axis, sel, slots in entries:
+                sel_d, slots_d = self._device_index(gid, axis, sel, slots, gw.device)
+                vals = self._per_index(gw, axis).index_select(0, sel_d).double()
+                buf = self._pending.get(gid)
+                if buf is None:
+                    buf = self._pending[gid] = torch.zeros(size, dtype=torch.float64, device=gw.device)
+                buf.index_add_(0, slots_d, vals)
+
+    def _device_index(self, gid: int, axis: int, sel: torch.Tensor, slots: torch.Tensor,
+                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device.type == "cpu":
+            return sel, slots
+        key = (id(sel), str(device))
+        got = self._on_device.get(key)
+        if got is None:
+            got = self._on_device[key] = (sel.to(device), slots.to(device))
+        return got
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        for gid, buf in self._pending.items():
+            self._acc[gid] += self._close_pass(buf).cpu()
+        self._pending = {}
+        self.passes += 1
+
+    def _run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        self._flush()  # the previous batch's backward pass is complete
+        return self.ir.model(*args, **kwargs)
+
+    def _finish(self) -> dict[int, torch.Tensor]:
+        self._flush()
+        gids = sorted(self._acc)
+        summed = all_reduce_sum(torch.tensor([float(self.passes)], dtype=torch.float64),
+                                *[self._acc[g] for g in gids])
+        passes = int(summed[0].item())
+        if passes == 0:
+            raise CalibrationError(
+                f"{type(self).__name__} saw no backward pass through the model's parameters "
+                f"({self.calls} forward calls): inside the with-block call loss.backward() on a loss "
+                "computed from the collector's output, on at least one batch."
+            )
+        return {g: s / passes for g, s in zip(gids, summed[1:], strict=True)}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(passes={self.passes})"
+
+
+def _restore_grad(p: torch.Tensor, *, old: torch.Tensor | None) -> None:
+    p.grad = old
+
+
+class LossAwareCriterion(_GradientCriterion):
+    """Loss-aware scores: the expected loss increase when a label is removed.
+
+    Removing label ``l`` zeroes every parameter entry ``e`` in its slice ``S_l`` of every
+    tensor the coupled group touches (exactly what the equivalence oracle masks), i.e.
+    the weights move by ``delta_l = -w[S_l]``. A second-order expansion of the loss gives
+    ``dL ≈ g·delta_l + ½ delta_lᵀ H delta_l``; for a trained model the expected gradient
+    is close to zero and, with the empirical Fisher ``H ≈ E[g gᵀ]``, the estimate is
+
+        score(l) = ½ · E_batches[(Σ_{e ∈ S_l} g_e · w_e)²]
+
+    (the group Fisher / squared Taylor of Molchanov et al. 2019, extended to every member
+    of a coupled group). Why this form:
+
+    - **Consistent over a coupled group.** The sum runs over every tensor the label touches
+      (the filters that produce the channel, the norm scale and shift, the columns that
+      consume it, across every layer of a residual stream) *before* squaring, because they
+      are removed together: their first-order effects add, and cancellations between
+      them are kept.
+    - **Comparable across groups.** The score is in units of loss, whatever the layer,
+      its width or its fan-in, so global selection compares like with like (weight norms
+      are not: their scale depends on the layer's initialisation and normalisation).
+    - **Cheap.** One ``grad * weight`` product and one reduction per parameter per
+      backward pass, from hooks; no extra forward passes, no gates in the model.
+
+    The expectation runs over backward passes (the user's batches), so the constant
+    factor set by the batch size is the same for every label. With ``torch.distributed``
+    initialised, the sums and pass counts are all-reduced on exit, so every rank holds
+    the scores of the union of all ranks' batches.
+
+    Args:
+        ir: the IR whose model is calibrated.
+        snapshot_name: snapshot that receives the scores.
+        include_frozen: parameters with ``requires_grad=False`` are switched on for the
+            duration (so frozen layers get scores too) and their ``.grad`` is reset to what
+            it was after every backward pass; ``False`` leaves them alone (their labels
+            then score from the other members only).
+        progress: a ``tqdm`` counter of calibration batches.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from pruning_ir import PruningIR, LossAwareCriterion, GlobalScoreLabelSelector
+        >>> model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
+        >>> x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+        >>> ir = PruningIR(model, example_inputs=(x[:2],))
+        >>> with LossAwareCriterion(ir) as collect:
+        ...     for xb, yb in zip(x.split(8), y.split(8)):
+        ...         nn.functional.cross_entropy(collect(xb), yb).backward()
+        >>> len(GlobalScoreLabelSelector(0.25).select(ir))
+        4
+    """
+
+    name = "loss_aware"
+
+    def _per_index(self, gw: torch.Tensor, axis: int) -> torch.Tensor:
+        return per_index(gw, axis)
+
+    def _close_pass(self, pending: torch.Tensor) -> torch.Tensor:
+        return 0.5 * pending.square()
+
+
+class TaylorFOWeightCriterion(_GradientCriterion):
+    """First-order Taylor on weights (Molchanov et al. 2017/2019, NNI's ``TaylorFOWeight``).
+
+    ``score(l) = E_batches[Σ_{e ∈ S_l} (g_e · w_e)²]``: every removed weight entry's own
+    squared first-order estimate, summed over all members of the coupled group (the
+    entries are squared one by one, so unlike :class:`LossAwareCriterion` the members'
+    effects cannot cancel or reinforce each other).
+    """
+
+    name = "taylor_fo_weight"
+
+    def _per_index(self, gw: torch.Tensor, axis: int) -> torch.Tensor:
+        return per_index(gw.square(), axis)
+
+    def _close_pass(self, pending: torch.Tensor) -> torch.Tensor:
+        return pending

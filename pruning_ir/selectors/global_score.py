@@ -1,0 +1,99 @@
+"""Global selection: the lowest-scored labels of the whole model, whatever their group."""
+
+from __future__ import annotations
+
+import logging
+import math
+from itertools import repeat
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..errors import InvalidInputError
+from .base import LabelSelector
+
+if TYPE_CHECKING:
+    from .._ir.labels import Label
+    from ..ir import PruningIR
+
+log = logging.getLogger(__name__)
+
+
+class GlobalScoreLabelSelector(LabelSelector):
+    """Remove the ``n`` lowest-scored labels over all prunable groups together.
+
+    Scores come from the IR (a criterion such as :class:`~pruning_ir.LossAwareCriterion`,
+    whose scores are in units of loss and so comparable across groups); without a
+    criterion the default magnitude scores are used, which are *not* comparable across
+    layers, so calibrate first for a fair global ranking.
+
+    **Floor per group.** Every group keeps its ``max(min_kept, ceil(min_kept_ratio * size))``
+    highest-scored labels; those are never candidates, so no group is emptied. When the
+    request exceeds the candidates, all candidates are removed and a warning is logged.
+    Structured labels (attention heads, GQA groups, conv groups) are labels of their own
+    groups, so they are removed as whole units like any other label. Within a group,
+    labels always go in ascending score order.
+
+    Args:
+        n_or_ratio: a float in ``[0, 1)``: the fraction of all prunable labels to remove
+            (rounded down); an int ``>= 1``: the number of labels to remove.
+        min_kept: labels each group keeps at least (``>= 1``).
+        min_kept_ratio: fraction of each group's labels it keeps at least, in ``[0, 1)``.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from pruning_ir import PruningIR, GlobalScoreLabelSelector
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 2))
+        >>> ir = PruningIR(model, example_inputs=(torch.randn(1, 4),))
+        >>> len(GlobalScoreLabelSelector(0.5).select(ir)), len(GlobalScoreLabelSelector(3).select(ir))
+        (7, 3)
+    """
+
+    def __init__(self, n_or_ratio: float, *, min_kept: int = 1, min_kept_ratio: float = 0.0) -> None:
+        ok_number = isinstance(n_or_ratio, (int, float)) and not isinstance(n_or_ratio, bool)
+        if not ok_number or not math.isfinite(n_or_ratio) or n_or_ratio < 0 or (
+                n_or_ratio >= 1 and not float(n_or_ratio).is_integer()):
+            raise InvalidInputError(
+                f"GlobalScoreLabelSelector(n_or_ratio={n_or_ratio!r}): give a fraction in [0, 1) of all "
+                "prunable labels (e.g. 0.3) or a whole number >= 1 of labels to remove (e.g. 128)."
+            )
+        if not isinstance(min_kept, int) or isinstance(min_kept, bool) or min_kept < 1:
+            raise InvalidInputError(f"GlobalScoreLabelSelector(min_kept={min_kept!r}): every group keeps at least "
+                                    "one label; give an int >= 1.")
+        if not isinstance(min_kept_ratio, (int, float)) or not 0.0 <= min_kept_ratio < 1.0:
+            raise InvalidInputError(f"GlobalScoreLabelSelector(min_kept_ratio={min_kept_ratio!r}): give a fraction "
+                                    "in [0, 1) of each group to keep.")
+        self.n_or_ratio = n_or_ratio
+        self.min_kept = min_kept
+        self.min_kept_ratio = float(min_kept_ratio)
+
+    def select(self, ir: PruningIR, snapshot_name: str = "main") -> list[Label]:
+        from .._ir.labels import Label
+
+        snap = ir.snapshot(snapshot_name)
+        scores = ir.label_scores(snapshot_name)
+        total = sum(int(s.numel()) for s in scores.values())
+        n = math.floor(self.n_or_ratio * total + 1e-9) if self.n_or_ratio < 1 else int(self.n_or_ratio)
+        if n == 0 or not scores:
+            return []
+        cand_scores, cand_gid, cand_idx = [], [], []
+        for gid, s in scores.items():
+            keep = min(max(self.min_kept, math.ceil(self.min_kept_ratio * s.numel() - 1e-9)), s.numel())
+            order = torch.argsort(s, stable=True)[: s.numel() - keep]
+            cand_scores.append(s[order])
+            cand_gid.append(torch.full_like(order, gid))
+            cand_idx.append(order)
+        all_scores = torch.cat(cand_scores)
+        if n > all_scores.numel():
+            log.warning("GlobalScoreLabelSelector: %d labels requested but only %d can go without breaking the "
+                        "per-group floor; removing %d", n, all_scores.numel(), all_scores.numel())
+            n = all_scores.numel()
+        pick = torch.argsort(all_scores, stable=True)[:n]
+        gids = torch.cat(cand_gid)[pick].tolist()
+        idx = torch.cat(cand_idx)[pick].tolist()
+        return list(map(Label, repeat(snap.owner, n), gids, idx))
+
+    def __repr__(self) -> str:
+        return (f"GlobalScoreLabelSelector(n_or_ratio={self.n_or_ratio}, min_kept={self.min_kept}, "
+                f"min_kept_ratio={self.min_kept_ratio})")
