@@ -77,6 +77,8 @@ def remap_snapshot(snap: Snapshot, kept: dict[int, torch.Tensor]) -> Snapshot:
         if old is not None and old.gid in snap.scores:
             score = snap.scores[old.gid]
             new.scores[gr.gid] = score[kept[gr.leaf]] if gr.leaf in kept else score.clone()
+    if new.scores:  # kept labels keep their scores (iterative pruning without re-analysis)
+        new.score_source = f"{snap.score_source or 'scores'} carried over by prune(); recalibrate after fine-tuning"
     return new
 
 

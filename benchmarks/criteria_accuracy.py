@@ -1,0 +1,331 @@
+"""Criteria at equal MACs: accuracy right after pruning, after BN recalibration, after a short fine-tune.
+
+    python benchmarks/criteria_accuracy.py                 # digits CNN, 3 seeds, MACs 0.5 and 0.33
+    python benchmarks/criteria_accuracy.py --models digits,minilm --seeds 3
+
+For every seed a model is trained (digits: the residual CNN of examples/digits_cnn.py) or
+loaded (MiniLM: the pretrained encoder of examples/minilm_prune.py), then every criterion of
+pruning_ir, with global and with uniform selection, and Torch-Pruning's magnitude and Taylor
+importances (its MetaPruner, local and global), are each brought to the same MACs target by
+bisecting their ratio, and the slim model is measured three times: right after pruning, after
+BN recalibration (the same batches for everyone), and after the same short fine-tune.
+
+Also printed: how well each criterion's scores rank the true loss change of removing one label
+(Spearman correlation against masking every label of the digits CNN one at a time).
+
+Exit status 1 when the issue's target is missed: LossAwareCriterion + global selection must be
+at least the best Torch-Pruning row at every target and stage (means over seeds), and beat
+magnitude (L1, same selector) by 5 points right after pruning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+
+import _common  # noqa: F401  (puts the repository root on sys.path)
+import torch
+import torch.nn.functional as F
+from _common import REPO, busy_warning, write_result
+
+sys.path.insert(0, str(REPO / "examples"))
+
+import digits_cnn as dc
+
+from pruning_ir import (
+    APoZCriterion,
+    BNScaleCriterion,
+    FPGMCriterion,
+    GlobalScoreLabelSelector,
+    L1NormCriterion,
+    L2NormCriterion,
+    LossAwareCriterion,
+    MeanActivationCriterion,
+    PruningIR,
+    RandomCriterion,
+    TaylorFOWeightCriterion,
+    UniformLabelSelector,
+    masked_model,
+)
+
+STAGES = ("pruned", "bn_recal", "finetuned")
+
+
+@dataclass
+class Row:
+    """Accuracy per (target, stage) over seeds for one method."""
+
+    method: str
+    values: dict[tuple[float, str], list[float]] = field(default_factory=dict)
+    macs: dict[float, list[float]] = field(default_factory=dict)
+    failed: str = ""
+
+    def add(self, target: float, stage: str, value: float) -> None:
+        self.values.setdefault((target, stage), []).append(value)
+
+    def mean(self, target: float, stage: str) -> float:
+        v = self.values.get((target, stage), [])
+        return statistics.fmean(v) if v else float("nan")
+
+    def cell(self, target: float, stage: str) -> str:
+        v = self.values.get((target, stage), [])
+        if not v:
+            return "-"
+        sd = statistics.stdev(v) if len(v) > 1 else 0.0
+        return f"{100 * statistics.fmean(v):.1f} ± {100 * sd:.1f}"
+
+
+# ----------------------------------------------------------------------------- digits
+@dataclass
+class DigitsSetup:
+    split: dc.Split
+    epochs: int
+    finetune_epochs: int
+    calib_batches: int
+
+    def calibration(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return list(dc.batches(self.split.x_train, self.split.y_train, 64))[: self.calib_batches]
+
+    def accuracy(self, model: torch.nn.Module) -> float:
+        return dc.evaluate(model, self.split.x_test, self.split.y_test)
+
+    def recalibrate(self, model: torch.nn.Module) -> None:
+        dc.recalibrate_bn(model, [x for x, _ in self.calibration()])
+
+    def finetune(self, model: torch.nn.Module, seed: int) -> None:
+        dc.train(model, self.split.x_train, self.split.y_train, self.finetune_epochs, lr=1e-3, seed=seed,
+                 progress=False)
+
+
+def score_with(ir: PruningIR, name: str, setup: DigitsSetup, seed: int) -> None:
+    """Run criterion ``name`` on ``ir`` (scores land on the IR's snapshot)."""
+    model = ir.model
+    data = setup.calibration()
+    grad_based = {"loss_aware": LossAwareCriterion, "loss_aware_trainmode": LossAwareCriterion,
+                  "taylor_fo_weight": TaylorFOWeightCriterion}
+    data_free = {"l1": L1NormCriterion, "l2": L2NormCriterion, "fpgm": FPGMCriterion, "bn_scale": BNScaleCriterion}
+    activation = {"apoz": APoZCriterion, "mean_activation": MeanActivationCriterion}
+    if name in grad_based:
+        model.train(name.endswith("trainmode"))
+        with grad_based[name](ir) as collect:
+            for x, y in data:
+                F.cross_entropy(collect(x), y).backward()
+        model.zero_grad(set_to_none=True)
+        model.eval()
+    elif name in activation:
+        with activation[name](ir) as collect:
+            for x, _ in data:
+                collect(x)
+    elif name == "random":
+        RandomCriterion(ir, seed=seed).score()
+    else:
+        data_free[name](ir).score()
+
+
+def tp_prune(model: torch.nn.Module, importance: str, global_pruning: bool, target: float, x: torch.Tensor,
+             grads: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """Torch-Pruning's MetaPruner at the ratio whose MACs come closest to (not above) ``target``."""
+    import torch_pruning as tp
+
+    base = dc.macs(model, x)
+
+    def build(ratio: float) -> torch.nn.Module:
+        m = copy.deepcopy(model)
+        for n, p in m.named_parameters():
+            p.grad = grads[n].clone() if n in grads else None
+        imp = tp.importance.MagnitudeImportance(p=1) if importance == "magnitude" else tp.importance.TaylorImportance()
+        pruner = tp.pruner.MetaPruner(m, x, importance=imp, pruning_ratio=ratio, global_pruning=global_pruning,
+                                      ignored_layers=[m.head])
+        pruner.step()
+        m.zero_grad(set_to_none=True)
+        return m
+
+    lo, hi, best = 0.0, 1.0, None
+    for _ in range(14):
+        mid = (lo + hi) / 2
+        try:
+            m = build(mid)
+            cost = dc.macs(m, x)
+        except Exception:  # an over-pruned model that no longer runs
+            hi = mid
+            continue
+        if cost <= target * base:
+            hi, best = mid, m
+        else:
+            lo = mid
+    if best is None:
+        raise RuntimeError(f"Torch-Pruning {importance} could not reach {target} of the MACs")
+    return best
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    ra = torch.argsort(torch.argsort(a)).double()
+    rb = torch.argsort(torch.argsort(b)).double()
+    return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
+
+
+def true_loss_changes(ir: PruningIR, setup: DigitsSetup) -> dict[int, torch.Tensor]:
+    """Loss increase on the calibration data when each label alone is masked to zero."""
+    data = setup.calibration()
+    x = torch.cat([d[0] for d in data])
+    y = torch.cat([d[1] for d in data])
+    with torch.no_grad():
+        base = float(F.cross_entropy(ir.model(x), y))
+        out = {}
+        for g in ir.prunable_label_groups():
+            out[g.gid] = torch.tensor([float(F.cross_entropy(masked_model(ir, [lab])(x), y)) - base
+                                       for lab in ir.labels(g)], dtype=torch.float64)
+    return out
+
+
+def run_digits(args: argparse.Namespace, rows: dict[str, Row], agreement: dict[str, list[float]]) -> None:
+    setup = DigitsSetup(dc.load_digits_split(), args.epochs, args.finetune_epochs, args.calib_batches)
+    x_cost = setup.split.x_train[:2]
+    for seed in range(args.seeds):
+        t0 = time.perf_counter()
+        model = dc.make_model(seed)
+        dc.train(model, setup.split.x_train, setup.split.y_train, setup.epochs, seed=seed, progress=False)
+        base_acc = setup.accuracy(model)
+        rows.setdefault("original (unpruned)", Row("original (unpruned)")).add(1.0, "pruned", base_acc)
+        print(f"[digits seed {seed}] trained in {time.perf_counter() - t0:.1f}s, accuracy {base_acc:.4f}", flush=True)
+        ir = PruningIR(model, example_inputs=(x_cost,))
+        truth = true_loss_changes(ir, setup) if seed == 0 and args.agreement else None
+        for crit in args.criteria:
+            score_with(ir, crit, setup, seed)
+            if truth is not None:
+                scores = ir.snapshot().scores
+                agreement[crit] = [spearman(scores[g], truth[g]) for g in truth]
+            for sel_name, factory in (("global", GlobalScoreLabelSelector), ("uniform", UniformLabelSelector)):
+                row = rows.setdefault(f"pruning_ir {crit} + {sel_name}", Row(f"pruning_ir {crit} + {sel_name}"))
+                for target in args.targets:
+                    try:
+                        sel = dc.select_for_macs(ir, factory, target, x_cost)
+                    except ValueError as exc:
+                        row.failed = str(exc)
+                        continue
+                    slim = ir.prune(labels=sel.labels).model
+                    measure(row, target, slim, setup, seed, sel.fraction)
+            print(f"[digits seed {seed}] {crit} done", flush=True)
+        if args.torch_pruning:
+            calib = setup.calibration()
+            model.zero_grad(set_to_none=True)
+            for x, y in calib:
+                F.cross_entropy(model(x), y).backward()
+            grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+            model.zero_grad(set_to_none=True)
+            for imp in ("magnitude", "taylor"):
+                for glob in (False, True):
+                    name = f"Torch-Pruning {imp} + {'global' if glob else 'local'}"
+                    row = rows.setdefault(name, Row(name))
+                    for target in args.targets:
+                        try:
+                            slim = tp_prune(model, imp, glob, target, x_cost, grads)
+                        except Exception as exc:
+                            row.failed = f"{type(exc).__name__}: {exc}"
+                            continue
+                        measure(row, target, slim, setup, seed, dc.macs(slim, x_cost) / dc.macs(model, x_cost))
+            print(f"[digits seed {seed}] Torch-Pruning done", flush=True)
+
+
+def measure(row: Row, target: float, slim: torch.nn.Module, setup: DigitsSetup, seed: int, fraction: float) -> None:
+    row.macs.setdefault(target, []).append(fraction)
+    row.add(target, "pruned", setup.accuracy(slim))
+    setup.recalibrate(slim)
+    row.add(target, "bn_recal", setup.accuracy(slim))
+    setup.finetune(slim, seed)
+    row.add(target, "finetuned", setup.accuracy(slim))
+
+
+# ----------------------------------------------------------------------------- report
+def table(rows: dict[str, Row], targets: list[float]) -> list[str]:
+    head = "| method | " + " | ".join(f"{t:.2f} MACs: {s}" for t in targets for s in STAGES) + " | MACs reached |"
+    out = [head, "|" + "---|" * (len(targets) * len(STAGES) + 2)]
+    for r in rows.values():
+        if r.method.startswith("original"):
+            continue
+        cells = [r.cell(t, s) for t in targets for s in STAGES]
+        reached = ", ".join(f"{statistics.fmean(r.macs[t]):.3f}" for t in targets if r.macs.get(t))
+        note = f" (failed: {r.failed[:80]})" if r.failed else ""
+        out.append(f"| {r.method}{note} | " + " | ".join(cells) + f" | {reached or '-'} |")
+    return out
+
+
+def check_targets(rows: dict[str, Row], targets: list[float]) -> list[str]:
+    misses = []
+    ours = rows.get("pruning_ir loss_aware + global")
+    if ours is None:
+        return ["loss_aware + global was not run"]
+    tp_rows = [r for name, r in rows.items() if name.startswith("Torch-Pruning") and r.values]
+    for t in targets:
+        for s in STAGES:
+            best = max((r.mean(t, s) for r in tp_rows), default=float("-inf"))
+            if ours.mean(t, s) < best:
+                misses.append(f"MACs {t}, {s}: loss_aware+global {100 * ours.mean(t, s):.1f} < best Torch-Pruning "
+                              f"{100 * best:.1f}")
+        mag = rows.get("pruning_ir l1 + global")
+        if mag is not None and ours.mean(t, "pruned") < mag.mean(t, "pruned") + 0.05:
+            misses.append(f"MACs {t}, pruned: loss_aware+global {100 * ours.mean(t, 'pruned'):.1f} is not 5 points "
+                          f"above l1+global {100 * mag.mean(t, 'pruned'):.1f}")
+    return misses
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", default="digits", help="comma list: digits, minilm")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--targets", default="0.5,0.33", help="MACs fractions to reach")
+    p.add_argument("--epochs", type=int, default=10, help="digits training epochs")
+    p.add_argument("--finetune-epochs", type=int, default=2)
+    p.add_argument("--calib-batches", type=int, default=22, help="calibration batches of 64 (22 = whole train set)")
+    p.add_argument("--criteria", default="loss_aware,loss_aware_trainmode,taylor_fo_weight,l1,l2,fpgm,bn_scale,apoz,"
+                   "mean_activation,random")
+    p.add_argument("--no-torch-pruning", dest="torch_pruning", action="store_false")
+    p.add_argument("--no-agreement", dest="agreement", action="store_false")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default="criteria_accuracy.md")
+    args = p.parse_args(argv)
+    args.targets = [float(t) for t in args.targets.split(",")]
+    args.criteria = args.criteria.split(",")
+    torch.set_num_threads(args.threads)
+    doc = ["# Criteria at equal MACs", "", f"`python benchmarks/criteria_accuracy.py {' '.join(argv or sys.argv[1:])}`",
+           f"({args.seeds} seeds, torch {torch.__version__}, {args.threads} thread(s)). Accuracy in % (mean ± std "
+           "over seeds) right after pruning, after BN recalibration, after a "
+           f"{args.finetune_epochs}-epoch fine-tune.", ""]
+    warn = busy_warning()
+    if warn:
+        doc += [f"> {warn}", ""]
+    all_misses: list[str] = []
+    models = args.models.split(",")
+    if "digits" in models:
+        rows: dict[str, Row] = {}
+        agreement: dict[str, list[float]] = {}
+        run_digits(args, rows, agreement)
+        base = rows.pop("original (unpruned)")
+        doc += ["## Digits residual CNN", "", f"Unpruned test accuracy: {base.cell(1.0, 'pruned')} %.", ""]
+        doc += table(rows, args.targets) + [""]
+        if agreement:
+            doc += ["Spearman correlation of each criterion's scores with the true loss change of masking one "
+                    "label (seed 0, every prunable group of the digits CNN, mean over groups [min, max]):", "",
+                    "| criterion | Spearman |", "|---|---|"]
+            for crit, vals in agreement.items():
+                doc.append(f"| {crit} | {statistics.fmean(vals):.2f} [{min(vals):.2f}, {max(vals):.2f}] |")
+            doc.append("")
+        misses = check_targets(rows, args.targets)
+        all_misses += [f"digits: {m}" for m in misses]
+    if "minilm" in models:
+        from criteria_minilm import run_minilm
+
+        doc += run_minilm(args)
+    doc += ["## Targets", ""] + ([f"- MISSED {m}" for m in all_misses] or ["- all met"])
+    text = "\n".join(doc) + "\n"
+    print(text)
+    print(f"written to {write_result(args.out, text)}")
+    return 1 if all_misses else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
