@@ -441,3 +441,14 @@ def test_stale_ir_and_stale_labels_are_refused() -> None:
         F.cross_entropy(collect(torch.randn(4, 12)), torch.tensor([0, 1, 2, 3])).backward()
     with pytest.raises(LabelError, match="another IR or snapshot"):  # ... but old labels are refused
         pruned.prune(labels=labels)
+
+
+def test_a_vanished_gradient_warns_that_scores_carry_no_information() -> None:
+    model = TwoLayer()
+    teacher = TwoLayer()
+    teacher.load_state_dict(model.state_dict())
+    x = torch.randn(32, 4)
+    ir = PruningIR(model, example_inputs=(x[:2],))
+    with pytest.warns(RuntimeWarning, match="every label scored 0"), LossAwareCriterion(ir) as collect:
+        for xb in x.split(8):
+            F.mse_loss(collect(xb), teacher(xb).detach()).backward()  # student == teacher: zero gradient

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -135,7 +136,15 @@ class _GradientCriterion(Criterion):
                 f"({self.calls} forward calls): inside the with-block call loss.backward() on a loss "
                 "computed from the collector's output, on at least one batch."
             )
-        return {g: s / passes for g, s in zip(gids, summed[1:], strict=True)}
+        out = {g: s / passes for g, s in zip(gids, summed[1:], strict=True)}
+        if out and max(float(s.max()) for s in out.values() if s.numel()) <= 1e-30:
+            warnings.warn(
+                f"{type(self).__name__}: every label scored 0 (the loss gradient vanished on all {passes} backward "
+                "passes, e.g. a distillation loss whose student is still identical to the teacher), so any "
+                "selection is arbitrary. Calibrate with a loss that has curvature but a non-zero gradient: for "
+                "distillation, compare with a target sampled around the teacher (teacher + noise) or use the task "
+                "loss.", RuntimeWarning, stacklevel=3)
+        return out
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(passes={self.passes})"
