@@ -253,8 +253,12 @@ class PruningIR:
         """Remove ``labels``; return a new IR whose ``.model`` is the slim module.
 
         ``inplace=True`` slices this IR's model itself (saves memory). With empty
-        ``labels`` and ``inplace=False`` a copy is returned. ``verify`` runs the slim
-        model on the example inputs and checks that output shapes are kept.
+        ``labels`` and ``inplace=False`` a copy is returned. ``verify`` re-traces the slim
+        model on the example inputs and checks every op's shapes against the pruned IR; it
+        is also the step that installs run-time patches for channel sizes written as
+        literals in ``forward`` (``h[:, :5]``). ``verify=False`` is for fast candidates in a
+        search (cost and mask estimates): on models with such literals its slim model may
+        compute something else, so re-prune the chosen labels with ``verify=True``.
         ``skip_label_checking`` skips validation of the labels (trusted callers).
         """
         snap = self.snapshot(name)

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 from checks import check_battery
+from torch import nn
 from toy_zoo import TOY_CASES, FusedQKVAttention
 
-from pruning_ir import PruningIR
+from pruning_ir import PruningIR, UniformLabelSelector, verify_pruning
 
 EXPECTED_GROUPS: dict[str, list[int]] = {
     "chain": [6, 10],
@@ -88,3 +89,24 @@ def test_literal_equal_to_a_size_attribute_is_handled_conservatively() -> None:
     ir = PruningIR(model, example_inputs=x)
     assert sorted(g.size for g in ir.prunable_label_groups()) == [5]
     check_battery(model, x)
+
+
+def test_vector_products_couple_their_operands() -> None:
+    """torch.mv(w, h) and torch.vdot(a, h): the hidden channels of h are coupled with w's
+    columns / a's entries and prune exactly (their rules read the schema's argument names)."""
+    class MV(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(4, 8))
+            self.a = nn.Parameter(torch.randn(8))
+            self.fc = nn.Linear(3, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.relu(self.fc(x))
+            return torch.mv(self.w, h) + torch.vdot(self.a, h)
+
+    ir = PruningIR(MV(), example_inputs=(torch.randn(3),))
+    assert [g.size for g in ir.prunable_label_groups()] == [8], ir.report()
+    labels = UniformLabelSelector(0.5).select(ir)
+    assert verify_pruning(ir, labels).exact
+    assert ir.prune(labels=labels).model.w.shape == (4, 4)

@@ -38,7 +38,6 @@ class Snapshot:
     """Which criterion wrote ``scores`` (empty: none; selectors fall back to magnitude)."""
     modes: dict[str, bool] = field(default_factory=dict)
     """``module path -> training`` flag at trace time; verification runs the model in these modes."""
-    """Which criterion wrote ``scores`` (empty: none; selectors fall back to magnitude)."""
     cache: dict[str, Any] = field(default_factory=dict, repr=False)
     """Derived data (default magnitude scores); recomputed when the weights change."""
 

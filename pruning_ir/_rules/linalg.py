@@ -76,12 +76,14 @@ def linear(ctx: Ctx) -> None:
 def vector_products(ctx: Ctx) -> None:
     op = ctx.node.op
     if op in ("aten.dot", "aten.vdot"):
-        ctx.unify(ctx.axes(ctx.a("self"))[0], ctx.axes(ctx.a("tensor"))[0])
+        other = ctx.a("tensor") if op == "aten.dot" else ctx.a("other")  # dot(self, tensor), vdot(self, other)
+        ctx.unify(ctx.axes(ctx.a("self"))[0], ctx.axes(other)[0])
         ctx.set_out(0, [])
     elif op in ("aten.outer", "aten.ger"):
         ctx.set_out(0, [ctx.axes(ctx.a("self"))[0], ctx.axes(ctx.a("vec2"))[0]])
     else:
-        m, v = ctx.a("mat"), ctx.a("vec")
+        # mv(self, vec), addmv(self, mat, vec)
+        m, v = (ctx.a("self") if op == "aten.mv" else ctx.a("mat")), ctx.a("vec")
         ctx.unify(ctx.axes(m)[1], ctx.axes(v)[0])
         out = [ctx.axes(m)[0]]
         if op == "aten.addmv" and ctx.shape(ctx.a("self")) == ctx.out_shape(0):

@@ -1,0 +1,8 @@
+"""Cost models computed from the IR's shapes: MACs and parameter counts for any selection of
+labels, without re-running the model (see :mod:`pruning_ir.cost.macs` for the conventions)."""
+
+from __future__ import annotations
+
+from .macs import MAC_OPS, CostModel, MacsModel, ParamsModel
+
+__all__ = ["MAC_OPS", "CostModel", "MacsModel", "ParamsModel"]
