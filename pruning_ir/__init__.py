@@ -28,6 +28,7 @@ attributes -> ``oracle`` checks slim == masked.
 from __future__ import annotations
 
 from ._ir.labels import Label, LabelGroup
+from .cost import MacsModel, ParamsModel
 from .criteria import (
     APoZCriterion,
     BNScaleCriterion,
@@ -71,7 +72,9 @@ __all__ = [
     "LabelGroup",
     "LabelSelector",
     "LossAwareCriterion",
+    "MacsModel",
     "MeanActivationCriterion",
+    "ParamsModel",
     "PruningIR",
     "PruningIRError",
     "RandomCriterion",
