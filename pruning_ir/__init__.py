@@ -45,6 +45,7 @@ from .errors import (
     CalibrationError,
     InvalidInputError,
     LabelError,
+    LatencyMeasurementError,
     PruningIRError,
     RewriteError,
     SnapshotVersionError,
@@ -52,7 +53,14 @@ from .errors import (
 )
 from .ir import SNAPSHOT_FORMAT, PruningIR
 from .oracle import VerificationReport, masked_model, verify_pruning
-from .selectors import GlobalScoreLabelSelector, LabelSelector, UniformLabelSelector
+from .selectors import (
+    BinarySearchLatencyLabelSelector,
+    GlobalScoreLabelSelector,
+    GroupConstraint,
+    KnapsackLabelSelector,
+    LabelSelector,
+    UniformLabelSelector,
+)
 
 __version__ = "0.1.0"
 
@@ -60,17 +68,21 @@ __all__ = [
     "SNAPSHOT_FORMAT",
     "APoZCriterion",
     "BNScaleCriterion",
+    "BinarySearchLatencyLabelSelector",
     "CalibrationError",
     "Criterion",
     "FPGMCriterion",
     "GlobalScoreLabelSelector",
+    "GroupConstraint",
     "InvalidInputError",
+    "KnapsackLabelSelector",
     "L1NormCriterion",
     "L2NormCriterion",
     "Label",
     "LabelError",
     "LabelGroup",
     "LabelSelector",
+    "LatencyMeasurementError",
     "LossAwareCriterion",
     "MacsModel",
     "MeanActivationCriterion",

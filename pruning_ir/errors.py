@@ -7,6 +7,7 @@ __all__ = [
     "CalibrationError",
     "InvalidInputError",
     "LabelError",
+    "LatencyMeasurementError",
     "PruningIRError",
     "RewriteError",
     "SnapshotVersionError",
@@ -40,3 +41,8 @@ class SnapshotVersionError(PruningIRError):
 
 class CalibrationError(PruningIRError):
     """A criterion could not score labels: no calibration data, or an IR whose model changed."""
+
+
+class LatencyMeasurementError(PruningIRError):
+    """Raised by a latency function to refuse a candidate model (it cannot be measured, does
+    not fit the device...). Budget-aware selectors treat that candidate as over the budget."""

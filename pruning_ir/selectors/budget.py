@@ -1,0 +1,140 @@
+"""Shared pieces of the budget-aware selectors: per-group constraints, measuring a candidate.
+
+A candidate selection is measured either from the IR alone (when the latency function can
+give a cost model of the IR, as the built-in MACs and parameter counters do) or by pruning a
+slim model and calling the user's function on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import torch
+from torch import nn
+
+from ..errors import InvalidInputError, LatencyMeasurementError
+
+if TYPE_CHECKING:
+    from .._ir.labels import Label, LabelGroup
+    from ..ir import PruningIR
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GroupConstraint:
+    """Allowed numbers of *kept* labels in a group: ``low <= kept <= high`` and ``kept % step == 0``.
+
+    ``low`` / ``high`` are label counts (ints) or fractions of the group's size (floats in
+    ``(0, 1]``, rounded up for ``low`` and down for ``high``). ``step=8`` keeps widths that are
+    multiples of 8 (tensor cores, ``aten._grouped_mm`` alignment). Every group keeps at least
+    one label whatever ``low`` says.
+    """
+
+    low: float = 1
+    high: float | None = None
+    step: int = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.step, int) or isinstance(self.step, bool) or self.step < 1:
+            raise InvalidInputError(f"GroupConstraint(step={self.step!r}): step must be an int >= 1.")
+        for name, v in (("low", self.low), ("high", self.high)):
+            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0):
+                raise InvalidInputError(f"GroupConstraint({name}={v!r}): give a label count (int) or a fraction "
+                                        "of the group (float in (0, 1]).")
+
+    def bounds(self, size: int) -> tuple[int, int]:
+        """Feasible kept counts ``(lo, hi)`` for a group of ``size`` labels, multiples of ``step``."""
+        def count(v: float, up: bool) -> int:
+            if isinstance(v, float) and v <= 1.0:
+                x = v * size
+                return math.ceil(x - 1e-9) if up else math.floor(x + 1e-9)
+            return int(v)
+
+        lo = max(1, count(self.low, True))
+        hi = size if self.high is None else min(size, count(self.high, False))
+        lo = -(-lo // self.step) * self.step
+        hi = hi // self.step * self.step
+        if lo > hi:
+            # no multiple of step fits: keep the group whole rather than fail
+            return size, size
+        return lo, hi
+
+
+ConstraintArg: TypeAlias = (
+    "GroupConstraint | Mapping[int, GroupConstraint] | Callable[[LabelGroup], GroupConstraint | None] | None"
+)
+
+
+def resolve_constraints(constraint: ConstraintArg, groups: list[LabelGroup]) -> dict[int, tuple[int, int, int]]:
+    """Kept-count bounds and step ``(lo, hi, step)`` per prunable group id (``lo``, ``hi``
+    multiples of ``step``)."""
+    out: dict[int, tuple[int, int, int]] = {}
+    for g in groups:
+        if constraint is None:
+            c: GroupConstraint | None = None
+        elif isinstance(constraint, GroupConstraint):
+            c = constraint
+        elif isinstance(constraint, Mapping):
+            c = constraint.get(g.gid)
+        elif callable(constraint):
+            c = constraint(g)
+        else:
+            raise InvalidInputError(f"constraint={constraint!r}: give a GroupConstraint, a dict group id -> "
+                                    "GroupConstraint, or a function LabelGroup -> GroupConstraint | None.")
+        c = c or GroupConstraint()
+        lo, hi = c.bounds(g.size)
+        out[g.gid] = (lo, hi, c.step if (lo, hi) != (g.size, g.size) or g.size % c.step == 0 else 1)
+    return out
+
+
+class Evaluator:
+    """Measures candidate selections of one IR snapshot with a latency function.
+
+    Uses ``fn.cost_model(ir, name)`` when the function has one (exact and model-free), else
+    prunes a slim model (verified) and calls ``fn(slim)``. Results are cached per selection.
+    """
+
+    def __init__(self, ir: PruningIR, name: str, fn: Callable[[nn.Module], float]) -> None:
+        if not callable(fn):
+            raise InvalidInputError(f"latency_calculation_function={fn!r} is not callable: give a function "
+                                    "model -> float (e.g. pruning_ir.latency.MacsLatency(example_inputs)).")
+        self.ir = ir
+        self.name = name
+        self.fn = fn
+        make = getattr(fn, "cost_model", None)
+        self.exact = make(ir, name) if callable(make) else None
+        self.cache: dict[tuple[tuple[int, int], ...], float] = {}
+        self.measurements = 0
+
+    def __call__(self, labels: list[Label]) -> float:
+        key = tuple(sorted((lab.group, lab.index) for lab in labels))
+        got = self.cache.get(key)
+        if got is not None:
+            return got
+        if self.exact is not None:
+            value = float(self.exact.cost(labels))
+        else:
+            model = self.ir.model if not labels else self.ir.prune(self.name, labels=labels).model
+            try:
+                value = float(self.fn(model))
+            except LatencyMeasurementError as exc:
+                log.info("candidate with %d labels removed refused by the latency function: %s", len(labels), exc)
+                value = math.inf
+            self.measurements += 1
+        if not math.isfinite(value) and value != math.inf:
+            raise InvalidInputError(f"the latency function returned {value!r}; it must return a finite float.")
+        self.cache[key] = value
+        return value
+
+
+def as_float(x: Any, what: str) -> float:
+    if isinstance(x, torch.Tensor):
+        x = x.item()
+    if not isinstance(x, (int, float)) or isinstance(x, bool) or not math.isfinite(x):
+        raise InvalidInputError(f"{what}={x!r}: give a finite number in the latency function's units.")
+    return float(x)

@@ -1,0 +1,207 @@
+"""Budget-aware selectors against brute force, budgets, constraints, bounds and refusing functions."""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from pruning_ir import (
+    BinarySearchLatencyLabelSelector,
+    GroupConstraint,
+    InvalidInputError,
+    KnapsackLabelSelector,
+    LatencyMeasurementError,
+    MacsModel,
+    PruningIR,
+)
+
+
+class MacsFn:
+    """A MACs "latency" evaluated from the IR (the selector never builds a model)."""
+
+    def __call__(self, model: nn.Module) -> float:
+        raise AssertionError("an IR-evaluable function must not be called on models")
+
+    def cost_model(self, ir: PruningIR, name: str) -> MacsModel:
+        return MacsModel(ir, name)
+
+
+def linear_macs(model: nn.Module) -> float:
+    """The MACs of an MLP's linear layers for one sample, read off the (slim) model itself."""
+    return float(sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, nn.Linear)))
+
+
+def _mlp(widths: tuple[int, ...] = (5, 4, 3, 2), seed: int = 0) -> PruningIR:
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    for a, b in itertools.pairwise(widths):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    ir = PruningIR(nn.Sequential(*layers[:-1]), example_inputs=(torch.randn(1, widths[0]),))
+    gen = torch.Generator().manual_seed(seed)
+    ir.snapshot().scores = {g.gid: torch.rand(g.size, generator=gen, dtype=torch.float64)
+                            for g in ir.prunable_label_groups()}
+    return ir
+
+
+def _brute_force(ir: PruningIR, target: float, strict: bool,
+                 bounds: dict[int, tuple[int, int, int]] | None = None) -> float:
+    """Best kept score over every legal selection with MACs <= target."""
+    macs = MacsModel(ir)
+    groups = ir.prunable_label_groups()
+    scores = ir.label_scores()
+    options = []
+    for g in groups:
+        lo, hi, step = (bounds or {}).get(g.gid, (1, g.size, 1))
+        order = torch.argsort(scores[g.gid], stable=True).tolist()
+        if strict:
+            subsets = [order[:r] for r in range(g.size - hi, g.size - lo + 1) if (g.size - r) % step == 0]
+        else:
+            subsets = [list(c) for r in range(g.size - hi, g.size - lo + 1) if (g.size - r) % step == 0
+                       for c in itertools.combinations(range(g.size), r)]
+        options.append([[ir.labels(g)[i] for i in sub] for sub in subsets])
+    total = sum(float(s.sum()) for s in scores.values())
+    best = -1.0
+    for combo in itertools.product(*options):
+        labels = [lab for part in combo for lab in part]
+        if macs.cost(labels) <= target:
+            best = max(best, total - sum(float(scores[lab.group][lab.index]) for lab in labels))
+    return best
+
+
+def _kept(ir: PruningIR, labels: list) -> float:
+    scores = ir.label_scores()
+    return sum(float(s.sum()) for s in scores.values()) - sum(float(scores[lab.group][lab.index]) for lab in labels)
+
+
+@pytest.mark.parametrize("strict", [True, False])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_knapsack_matches_brute_force_on_tiny_instances(seed: int, strict: bool) -> None:
+    ir = _mlp(seed=seed)  # groups of 4 and 3 coupled through a 4x3 layer: MACs are bilinear
+    base = MacsModel(ir).baseline()
+    for frac in (0.8, 0.6, 0.45):
+        target = frac * base
+        labels = KnapsackLabelSelector(target, MacsFn(), strict_label_order=strict, verbose=False).select(ir)
+        assert MacsModel(ir).cost(labels) <= target
+        assert _kept(ir, labels) == pytest.approx(_brute_force(ir, target, strict), rel=1e-9)
+
+
+def test_budget_never_exceeded_and_strict_order_holds() -> None:
+    ir = _mlp((12, 16, 10, 6, 3), seed=3)
+    macs = MacsModel(ir)
+    scores = ir.label_scores()
+    for frac in (0.9, 0.7, 0.5, 0.35, 0.2):
+        target = frac * macs.baseline()
+        labels = KnapsackLabelSelector(target, MacsFn(), verbose=False).select(ir)
+        assert macs.cost(labels) <= target
+        for g in ir.prunable_label_groups():
+            removed = sorted(lab.index for lab in labels if lab.group == g.gid)
+            lowest = sorted(torch.argsort(scores[g.gid], stable=True)[: len(removed)].tolist())
+            assert removed == lowest  # ascending score order within every group
+        # the same budget through a plain callable that reads the slim model
+        plain = KnapsackLabelSelector(target, linear_macs, verbose=False, max_iterations=6).select(ir)
+        assert linear_macs(ir.prune(labels=plain).model if plain else ir.model) <= target
+
+
+def test_constraint_low_high_step_honoured_and_alias() -> None:
+    ir = _mlp((12, 16, 10, 6, 3), seed=4)
+    macs = MacsModel(ir)
+    cons = GroupConstraint(low=4, high=0.75, step=2)
+    for kw in ({"constraint": cons}, {"channels_constraint": cons}):
+        labels = KnapsackLabelSelector(0.5 * macs.baseline(), MacsFn(), verbose=False, **kw).select(ir)
+        assert macs.cost(labels) <= 0.5 * macs.baseline()
+        for g in ir.prunable_label_groups():
+            kept = g.size - sum(lab.group == g.gid for lab in labels)
+            assert kept % 2 == 0 and 4 <= kept <= int(0.75 * g.size), (g.size, kept)
+    with pytest.raises(InvalidInputError, match="not both"):
+        KnapsackLabelSelector(1.0, MacsFn(), constraint=cons, channels_constraint=cons)
+    # per-group dict: only the first group is constrained
+    g0 = ir.prunable_label_groups()[0]
+    labels = KnapsackLabelSelector(0.7 * macs.baseline(), MacsFn(), verbose=False,
+                                   constraint={g0.gid: GroupConstraint(low=g0.size)}).select(ir)
+    assert labels and macs.cost(labels) <= 0.7 * macs.baseline()
+    assert not any(lab.group == g0.gid for lab in labels)
+    ir2 = _mlp((5, 4, 3, 2), seed=5)
+    bounds = {g.gid: (*GroupConstraint(step=2).bounds(g.size), 2) for g in ir2.prunable_label_groups()}
+    target = 0.6 * MacsModel(ir2).baseline()
+    got = KnapsackLabelSelector(target, MacsFn(), constraint=GroupConstraint(step=2), verbose=False).select(ir2)
+    assert _kept(ir2, got) == pytest.approx(_brute_force(ir2, target, True, bounds), rel=1e-9)
+
+
+def test_bounds_above_baseline_and_below_smallest() -> None:
+    ir = _mlp(seed=6)
+    macs = MacsModel(ir)
+    assert KnapsackLabelSelector(macs.baseline(), MacsFn(), verbose=False).select(ir) == []
+    assert BinarySearchLatencyLabelSelector(2 * macs.baseline(), MacsFn()).select(ir) == []
+    with pytest.warns(RuntimeWarning, match="below the smallest model"):
+        labels = KnapsackLabelSelector(1.0, MacsFn(), verbose=False).select(ir)
+    assert {g.gid: sum(lab.group == g.gid for lab in labels) for g in ir.prunable_label_groups()} == {
+        g.gid: g.size - 1 for g in ir.prunable_label_groups()}
+    with pytest.warns(RuntimeWarning, match="below the smallest model"):
+        assert len(BinarySearchLatencyLabelSelector(1.0, MacsFn()).select(ir)) == len(labels)
+
+
+def test_a_latency_function_that_refuses_candidates() -> None:
+    ir = _mlp((12, 16, 10, 6, 3), seed=7)
+    refused = []
+
+    def picky(model: nn.Module) -> float:
+        widths = [m.out_features for m in model.modules() if isinstance(m, nn.Linear)]
+        if widths[0] < 10:  # e.g. a device that cannot run narrow first layers
+            refused.append(widths)
+            raise LatencyMeasurementError("first layer narrower than 10")
+        return linear_macs(model)
+
+    target = 0.6 * linear_macs(ir.model)
+    labels = KnapsackLabelSelector(target, picky, verbose=False, max_iterations=8).select(ir)
+    slim = ir.prune(labels=labels).model
+    assert picky(slim) <= target
+    labels = BinarySearchLatencyLabelSelector(target, picky).select(ir)
+    assert picky(ir.prune(labels=labels).model) <= target
+
+    def broken(model: nn.Module) -> float:
+        raise ValueError("device offline")
+
+    with pytest.raises(ValueError, match="device offline"):
+        KnapsackLabelSelector(target, broken, verbose=False).select(ir)
+
+
+def test_solver_time_limit_is_honoured() -> None:
+    ir = _mlp((64, 256, 256, 256, 8), seed=8)
+    macs = MacsModel(ir)
+    sel = KnapsackLabelSelector(0.4 * macs.baseline(), MacsFn(), verbose=False, solver_execution_time_limit=0.05,
+                                max_iterations=3)
+    t0 = time.perf_counter()
+    labels = sel.select(ir)
+    assert macs.cost(labels) <= 0.4 * macs.baseline()
+    assert all(h["solver_s"] < 0.05 + 2.0 for h in sel.history)  # the limit, plus model building slack
+    assert time.perf_counter() - t0 < 60
+
+
+def test_binary_search_meets_the_budget_with_a_prefix_of_the_global_ranking() -> None:
+    ir = _mlp((12, 16, 10, 6, 3), seed=9)
+    macs = MacsModel(ir)
+    for frac in (0.8, 0.5, 0.3):
+        sel = BinarySearchLatencyLabelSelector(frac * macs.baseline(), MacsFn())
+        labels = sel.select(ir)
+        assert macs.cost(labels) <= frac * macs.baseline()
+        worst_removed = max(float(ir.label_scores()[lab.group][lab.index]) for lab in labels)
+        kept = [(g.gid, i) for g in ir.prunable_label_groups() for i in range(g.size)
+                if (g.gid, i) not in {(lab.group, lab.index) for lab in labels}]
+        # every kept label either scores at least the threshold or is its group's floor
+        floor = {g.gid: int(torch.argmax(ir.label_scores()[g.gid])) for g in ir.prunable_label_groups()}
+        assert all(float(ir.label_scores()[g][i]) >= worst_removed or floor[g] == i for g, i in kept)
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(InvalidInputError, match="target_latency"):
+        KnapsackLabelSelector(float("nan"), MacsFn())
+    with pytest.raises(InvalidInputError, match="not callable"):
+        KnapsackLabelSelector(1.0, 3.0)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="step"):
+        GroupConstraint(step=0)
+    with pytest.raises(InvalidInputError, match="max_iterations"):
+        KnapsackLabelSelector(1.0, MacsFn(), max_iterations=0)
