@@ -7,7 +7,8 @@ For every seed a model is trained (digits: the residual CNN of examples/digits_c
 loaded (MiniLM: the pretrained encoder of examples/minilm_prune.py), then every criterion of
 pruning_ir, with global and with uniform selection, and Torch-Pruning's magnitude and Taylor
 importances (its MetaPruner, local and global), are each brought to the same MACs target by
-bisecting their ratio, and the slim model is measured three times: right after pruning, after
+bisecting their ratio (or, for the knapsack rows, by KnapsackLabelSelector under the MACs budget),
+and the slim model is measured three times: right after pruning, after
 BN recalibration (the same batches for everyone), and after the same short fine-tune.
 
 Also printed: how well each criterion's scores rank the true loss change of removing one label
@@ -41,9 +42,11 @@ from pruning_ir import (
     BNScaleCriterion,
     FPGMCriterion,
     GlobalScoreLabelSelector,
+    KnapsackLabelSelector,
     L1NormCriterion,
     L2NormCriterion,
     LossAwareCriterion,
+    MacsModel,
     MeanActivationCriterion,
     PruningIR,
     RandomCriterion,
@@ -126,6 +129,16 @@ def score_with(ir: PruningIR, name: str, setup: DigitsSetup, seed: int) -> None:
         data_free[name](ir).score()
 
 
+class IRMacs:
+    """MACs as the knapsack's latency function, evaluated from the IR (no slim models built)."""
+
+    def __call__(self, model: torch.nn.Module) -> float:
+        raise AssertionError("evaluated through cost_model")
+
+    def cost_model(self, ir: PruningIR, name: str) -> MacsModel:
+        return MacsModel(ir, name)
+
+
 def tp_prune(model: torch.nn.Module, importance: str, global_pruning: bool, target: float, x: torch.Tensor,
              grads: dict[str, torch.Tensor]) -> torch.nn.Module:
     """Torch-Pruning's MetaPruner at the ratio whose MACs come closest to (not above) ``target``."""
@@ -199,16 +212,24 @@ def run_digits(args: argparse.Namespace, rows: dict[str, Row], agreement: dict[s
             if truth is not None:
                 scores = ir.snapshot().scores
                 agreement[crit] = [spearman(scores[g], truth[g]) for g in truth]
-            for sel_name, factory in (("global", GlobalScoreLabelSelector), ("uniform", UniformLabelSelector)):
+            macs_model = MacsModel(ir)
+            for sel_name, factory in (("global", GlobalScoreLabelSelector), ("uniform", UniformLabelSelector),
+                                      ("knapsack", None)):
                 row = rows.setdefault(f"pruning_ir {crit} + {sel_name}", Row(f"pruning_ir {crit} + {sel_name}"))
                 for target in args.targets:
-                    try:
-                        sel = dc.select_for_macs(ir, factory, target, x_cost)
-                    except ValueError as exc:
-                        row.failed = str(exc)
-                        continue
-                    slim = ir.prune(labels=sel.labels).model
-                    measure(row, target, slim, setup, seed, sel.fraction)
+                    if factory is None:  # budget-aware: the most score under the MACs budget
+                        labels = KnapsackLabelSelector(target * macs_model.baseline(), IRMacs(),
+                                                       verbose=False).select(ir)
+                        fraction = macs_model.cost(labels) / macs_model.baseline()
+                    else:
+                        try:
+                            sel = dc.select_for_macs(ir, factory, target, x_cost)
+                        except ValueError as exc:
+                            row.failed = str(exc)
+                            continue
+                        labels, fraction = sel.labels, sel.fraction
+                    slim = ir.prune(labels=labels).model
+                    measure(row, target, slim, setup, seed, fraction)
             print(f"[digits seed {seed}] {crit} done", flush=True)
         if args.torch_pruning:
             calib = setup.calibration()
