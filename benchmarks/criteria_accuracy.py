@@ -338,9 +338,10 @@ def main(argv: list[str] | None = None) -> int:
         misses = check_targets(rows, args.targets)
         all_misses += [f"digits: {m}" for m in misses]
     if "minilm" in models:
-        from criteria_minilm import run_minilm
+        from criteria_minilm import minilm_misses, run_minilm
 
         doc += run_minilm(args)
+        all_misses += [f"minilm: {m}" for m in minilm_misses()]
     doc += ["## Targets", ""] + ([f"- MISSED {m}" for m in all_misses] or ["- all met"])
     text = "\n".join(doc) + "\n"
     print(text)
