@@ -52,6 +52,7 @@ from .errors import (
     TraceError,
 )
 from .ir import SNAPSHOT_FORMAT, PruningIR
+from .latency import LatencyLUT, MacsLatency, MeasuredLatency, ParamsLatency
 from .oracle import VerificationReport, masked_model, verify_pruning
 from .selectors import (
     BinarySearchLatencyLabelSelector,
@@ -82,10 +83,14 @@ __all__ = [
     "LabelError",
     "LabelGroup",
     "LabelSelector",
+    "LatencyLUT",
     "LatencyMeasurementError",
     "LossAwareCriterion",
+    "MacsLatency",
     "MacsModel",
     "MeanActivationCriterion",
+    "MeasuredLatency",
+    "ParamsLatency",
     "ParamsModel",
     "PruningIR",
     "PruningIRError",
