@@ -153,48 +153,44 @@ class KnapsackLabelSelector(LabelSelector):
                           stacklevel=2)
             return labels_of(smallest)
 
-        removed = {gid: np.zeros(n, dtype=bool) for gid, n in sizes.items()}
-        current = base
-        t_eff, t_lo, t_hi = target, -math.inf, math.inf
+        # Two loops. Inner: for a proxy budget B (cost-model units), solve the 0/1 program on a
+        # linearisation of the proxy, re-linearised at the previous solution until the exact proxy
+        # cost of the solution is just under B (model-free, cheap). Outer: measure that solution
+        # with the latency function and move B by secant steps inside a bracket; B -> latency is
+        # close to monotone because the inner loop makes the solution depend on B only.
+        p_base = float(proxy.baseline())
+        exact = ev.exact is not None
+        budget = target * p_base / base
+        b_lo, b_hi = (-math.inf, math.nan), (math.inf, math.nan)  # (B, latency): feasible / over
         best: tuple[float, dict[int, np.ndarray], float] | None = None
-        for it in range(self.max_iterations):
+        point = {gid: np.zeros(n, dtype=bool) for gid, n in sizes.items()}
+        inner_rounds = self.max_iterations if exact else 4
+        for it in range(self.max_iterations if not exact else 1):
             t0 = time.perf_counter()
-            lab_now = labels_of(removed)
-            p_now = float(proxy.cost_from_removed(removed)) if lab_now else float(proxy.baseline())
-            costs = self._linear_costs(proxy, lab_now, removed)
-            scale = current / p_now if p_now > 0 and math.isfinite(current) else 1.0
-            # linear model around `removed`: L(x) ~ current - scale * sum_j c_j (x_j - x_now_j) <= t_eff
-            need = (current - t_eff) / scale + sum(float(costs[g][m].sum()) for g, m in removed.items())
-            new, status = self._solve(scores, costs, order, bounds, need)
+            new, status, solves = self._solve_budget(budget, point, scores, order, bounds, proxy, p_base,
+                                                     labels_of, kept_score, inner_rounds)
             solve_s = time.perf_counter() - t0
             lat = ev(labels_of(new))
             ok = lat <= target
-            self.history.append({"iteration": it, "effective_target": t_eff, "latency": lat, "feasible": ok,
+            self.history.append({"iteration": it, "proxy_budget": budget, "latency": lat, "feasible": ok,
                                  "removed": int(sum(m.sum() for m in new.values())), "kept_score": kept_score(new),
-                                 "solver_status": status, "solver_s": solve_s})
-            self._log("knapsack round %d: effective target %.6g -> latency %.6g (target %.6g, %s), %d labels removed, "
-                      "solver %.2fs (%s)", it, t_eff, lat, target, "ok" if ok else "over", self.history[-1]["removed"],
-                      solve_s, status)
+                                 "solver_status": status, "solver_s": solve_s, "solves": solves})
+            self._log("knapsack round %d: proxy budget %.6g -> latency %.6g (target %.6g, %s), %d labels removed, "
+                      "%d solves in %.2fs (%s)", it, budget, lat, target, "ok" if ok else "over",
+                      self.history[-1]["removed"], solves, solve_s, status)
             if ok:
                 if best is None or kept_score(new) > best[0] + 1e-12 * abs(best[0]):
                     best = (kept_score(new), {g: m.copy() for g, m in new.items()}, lat)
                 if lat >= target * (1 - self.tolerance):
                     break
-                t_lo = max(t_lo, t_eff)
-            else:
-                t_hi = min(t_hi, t_eff)
-            step = target - lat if math.isfinite(lat) else -abs(target - t_eff) - 0.05 * target
-            nxt = t_eff + step
-            if not t_lo < nxt < t_hi and math.isfinite(t_lo) and math.isfinite(t_hi):
-                nxt = (t_lo + t_hi) / 2
-            if nxt == t_eff:
+                if budget > b_lo[0]:
+                    b_lo = (budget, lat)
+            elif budget < b_hi[0]:
+                b_hi = (budget, lat)
+            nxt = self._next_budget(budget, lat, target, b_lo, b_hi, p_base / base)
+            if nxt == budget:
                 break
-            t_eff = nxt
-            # damped re-linearisation: the next costs are taken halfway between the previous
-            # point and the new solution (linearising at each new solution alone oscillates
-            # between two selections on coupled groups)
-            removed = self._midpoint(removed, new, order) if self.strict_label_order else new
-            current = lat if removed is new else ev(labels_of(removed))
+            budget, point = nxt, new
         if best is None and not math.isfinite(small_lat):
             raise LatencyMeasurementError(
                 f"KnapsackLabelSelector: the latency function refused or exceeded the target {target:.6g} on every "
@@ -297,6 +293,65 @@ class KnapsackLabelSelector(LabelSelector):
             s0, slots = spans[gid]
             out[gid][slots[x[s0:s0 + len(slots)] > 0.5]] = True
         return out, status
+
+    def _solve_budget(self, budget: float, point: dict[int, np.ndarray], scores: dict[int, np.ndarray],
+                      order: dict[int, np.ndarray], bounds: dict[int, tuple[int, int, int]], proxy: Any, p_base: float,
+                      labels_of: Callable[[dict[int, np.ndarray]], list[Label]],
+                      kept_score: Callable[[dict[int, np.ndarray]], float],
+                      rounds: int) -> tuple[dict[int, np.ndarray], str, int]:
+        """The most score with exact proxy cost <= ``budget``, by re-linearised solves from ``point``."""
+        b_eff = budget
+        lo, hi = (-math.inf, math.nan), (math.inf, math.nan)
+        best: tuple[float, dict[int, np.ndarray]] | None = None
+        new, status, solves = point, "not solved", 0
+        for _ in range(rounds):
+            labels = labels_of(point)
+            p_now = float(proxy.cost_from_removed(point)) if labels else p_base
+            costs = self._linear_costs(proxy, labels, point)
+            # linear proxy around `point`: P(x) ~ p_now - sum_j c_j (x_j - x_point_j) <= b_eff
+            need = p_now - b_eff + sum(float(costs[g][m].sum()) for g, m in point.items())
+            new, status = self._solve(scores, costs, order, bounds, need)
+            solves += 1
+            p = float(proxy.cost_from_removed(new))
+            if p <= budget:
+                if best is None or kept_score(new) > best[0] + 1e-12 * abs(best[0]):
+                    best = (kept_score(new), new)
+                if p >= budget * (1 - self.tolerance / 2):
+                    break
+                if b_eff > lo[0]:
+                    lo = (b_eff, p)
+            elif b_eff < hi[0]:
+                hi = (b_eff, p)
+            nxt = self._next_budget(b_eff, p, budget, lo, hi, 1.0)
+            # damped re-linearisation: halfway between the previous point and the new solution
+            # (linearising at each new solution alone oscillates between two selections)
+            nxt_point = self._midpoint(point, new, order) if self.strict_label_order else new
+            if nxt == b_eff and all(np.array_equal(nxt_point[g], point[g]) for g in point):
+                break
+            b_eff, point = nxt, nxt_point
+        return (best[1] if best is not None else new), status, solves
+
+    @staticmethod
+    def _next_budget(budget: float, lat: float, target: float, lo: tuple[float, float], hi: tuple[float, float],
+                     units: float) -> float:
+        """Secant step on budget -> latency inside the bracket ``lo`` (feasible) .. ``hi`` (over)."""
+        if math.isfinite(lo[0]) and math.isfinite(hi[0]):
+            (b1, l1), (b2, l2) = lo, hi
+            if math.isfinite(l2) and l2 > l1:
+                nxt = b1 + (target - l1) * (b2 - b1) / (l2 - l1)
+            else:
+                nxt = (b1 + b2) / 2
+            if not b1 < nxt < b2:
+                nxt = (b1 + b2) / 2
+            return nxt
+        if not math.isfinite(lat):  # refused: ask for a smaller model
+            return budget * 0.9
+        nxt = budget + (target - lat) * units
+        if math.isfinite(lo[0]) and nxt <= lo[0]:
+            nxt = lo[0] + abs(target - lat) * units
+        if math.isfinite(hi[0]) and nxt >= hi[0]:
+            nxt = hi[0] - abs(target - lat) * units
+        return nxt
 
     @staticmethod
     def _midpoint(a: dict[int, np.ndarray], b: dict[int, np.ndarray],
