@@ -18,7 +18,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -370,3 +370,36 @@ def fmt_ratio(num: float | None, den: float | None) -> str:
     if num is None or den is None or den == 0:
         return "-"
     return f"{num / den:.2f}"
+
+
+@dataclass
+class SeedRow:
+    """One method's metric per ``(target, stage)``, one value per seed, and the cost reached.
+
+    ``scale`` and ``digits`` set how :meth:`cell` prints a mean ± std (100 and 1 for percentages).
+    """
+
+    method: str
+    scale: float = 1.0
+    digits: int = 3
+    values: dict[tuple[float, str], list[float]] = field(default_factory=dict)
+    macs: dict[float, list[float]] = field(default_factory=dict)
+    failed: str = ""
+
+    def add(self, target: float, stage: str, value: float) -> None:
+        self.values.setdefault((target, stage), []).append(value)
+
+    def mean(self, target: float, stage: str) -> float:
+        v = self.values.get((target, stage), [])
+        return statistics.fmean(v) if v else float("nan")
+
+    def cell(self, target: float, stage: str) -> str:
+        v = self.values.get((target, stage), [])
+        if not v:
+            return "-"
+        sd = statistics.stdev(v) if len(v) > 1 else 0.0
+        return f"{self.scale * statistics.fmean(v):.{self.digits}f} ± {self.scale * sd:.{self.digits}f}"
+
+    def reached(self, target: float) -> float:
+        v = self.macs.get(target, [])
+        return statistics.fmean(v) if v else float("nan")

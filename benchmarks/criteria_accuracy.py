@@ -26,12 +26,12 @@ import copy
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import _common  # noqa: F401  (puts the repository root on sys.path)
 import torch
 import torch.nn.functional as F
-from _common import REPO, busy_warning, write_result
+from _common import REPO, SeedRow, busy_warning, write_result
 
 sys.path.insert(0, str(REPO / "examples"))
 
@@ -58,28 +58,8 @@ from pruning_ir import (
 STAGES = ("pruned", "bn_recal", "finetuned")
 
 
-@dataclass
-class Row:
-    """Accuracy per (target, stage) over seeds for one method."""
-
-    method: str
-    values: dict[tuple[float, str], list[float]] = field(default_factory=dict)
-    macs: dict[float, list[float]] = field(default_factory=dict)
-    failed: str = ""
-
-    def add(self, target: float, stage: str, value: float) -> None:
-        self.values.setdefault((target, stage), []).append(value)
-
-    def mean(self, target: float, stage: str) -> float:
-        v = self.values.get((target, stage), [])
-        return statistics.fmean(v) if v else float("nan")
-
-    def cell(self, target: float, stage: str) -> str:
-        v = self.values.get((target, stage), [])
-        if not v:
-            return "-"
-        sd = statistics.stdev(v) if len(v) > 1 else 0.0
-        return f"{100 * statistics.fmean(v):.1f} ± {100 * sd:.1f}"
+def new_row(name: str) -> SeedRow:
+    return SeedRow(name, scale=100, digits=1)
 
 
 # ----------------------------------------------------------------------------- digits
@@ -195,7 +175,7 @@ def true_loss_changes(ir: PruningIR, setup: DigitsSetup) -> dict[int, torch.Tens
     return out
 
 
-def run_digits(args: argparse.Namespace, rows: dict[str, Row], agreement: dict[str, list[float]]) -> None:
+def run_digits(args: argparse.Namespace, rows: dict[str, SeedRow], agreement: dict[str, list[float]]) -> None:
     setup = DigitsSetup(dc.load_digits_split(), args.epochs, args.finetune_epochs, args.calib_batches)
     x_cost = setup.split.x_train[:2]
     for seed in range(args.seeds):
@@ -203,7 +183,7 @@ def run_digits(args: argparse.Namespace, rows: dict[str, Row], agreement: dict[s
         model = dc.make_model(seed)
         dc.train(model, setup.split.x_train, setup.split.y_train, setup.epochs, seed=seed, progress=False)
         base_acc = setup.accuracy(model)
-        rows.setdefault("original (unpruned)", Row("original (unpruned)")).add(1.0, "pruned", base_acc)
+        rows.setdefault("original (unpruned)", new_row("original (unpruned)")).add(1.0, "pruned", base_acc)
         print(f"[digits seed {seed}] trained in {time.perf_counter() - t0:.1f}s, accuracy {base_acc:.4f}", flush=True)
         ir = PruningIR(model, example_inputs=(x_cost,))
         truth = true_loss_changes(ir, setup) if seed == 0 and args.agreement else None
@@ -215,7 +195,7 @@ def run_digits(args: argparse.Namespace, rows: dict[str, Row], agreement: dict[s
             macs_model = MacsModel(ir)
             for sel_name, factory in (("global", GlobalScoreLabelSelector), ("uniform", UniformLabelSelector),
                                       ("knapsack", None)):
-                row = rows.setdefault(f"pruning_ir {crit} + {sel_name}", Row(f"pruning_ir {crit} + {sel_name}"))
+                row = rows.setdefault(f"pruning_ir {crit} + {sel_name}", new_row(f"pruning_ir {crit} + {sel_name}"))
                 for target in args.targets:
                     if factory is None:  # budget-aware: the most score under the MACs budget
                         labels = KnapsackLabelSelector(target * macs_model.baseline(), IRMacs(),
@@ -241,7 +221,7 @@ def run_digits(args: argparse.Namespace, rows: dict[str, Row], agreement: dict[s
             for imp in ("magnitude", "taylor"):
                 for glob in (False, True):
                     name = f"Torch-Pruning {imp} + {'global' if glob else 'local'}"
-                    row = rows.setdefault(name, Row(name))
+                    row = rows.setdefault(name, new_row(name))
                     for target in args.targets:
                         try:
                             slim = tp_prune(model, imp, glob, target, x_cost, grads)
@@ -252,7 +232,7 @@ def run_digits(args: argparse.Namespace, rows: dict[str, Row], agreement: dict[s
             print(f"[digits seed {seed}] Torch-Pruning done", flush=True)
 
 
-def measure(row: Row, target: float, slim: torch.nn.Module, setup: DigitsSetup, seed: int, fraction: float) -> None:
+def measure(row: SeedRow, target: float, slim: torch.nn.Module, setup: DigitsSetup, seed: int, fraction: float) -> None:
     row.macs.setdefault(target, []).append(fraction)
     row.add(target, "pruned", setup.accuracy(slim))
     setup.recalibrate(slim)
@@ -262,7 +242,7 @@ def measure(row: Row, target: float, slim: torch.nn.Module, setup: DigitsSetup, 
 
 
 # ----------------------------------------------------------------------------- report
-def table(rows: dict[str, Row], targets: list[float]) -> list[str]:
+def table(rows: dict[str, SeedRow], targets: list[float]) -> list[str]:
     head = "| method | " + " | ".join(f"{t:.2f} MACs: {s}" for t in targets for s in STAGES) + " | MACs reached |"
     out = [head, "|" + "---|" * (len(targets) * len(STAGES) + 2)]
     for r in rows.values():
@@ -275,7 +255,7 @@ def table(rows: dict[str, Row], targets: list[float]) -> list[str]:
     return out
 
 
-def check_targets(rows: dict[str, Row], targets: list[float]) -> list[str]:
+def check_targets(rows: dict[str, SeedRow], targets: list[float]) -> list[str]:
     misses = []
     ours = rows.get("pruning_ir loss_aware + global")
     if ours is None:
@@ -322,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     all_misses: list[str] = []
     models = args.models.split(",")
     if "digits" in models:
-        rows: dict[str, Row] = {}
+        rows: dict[str, SeedRow] = {}
         agreement: dict[str, list[float]] = {}
         run_digits(args, rows, agreement)
         base = rows.pop("original (unpruned)")

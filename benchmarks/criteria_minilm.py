@@ -35,12 +35,12 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import _common  # noqa: F401  (puts the repository root on sys.path)
 import torch
-from _common import REPO, short_error
+from _common import REPO, SeedRow, short_error
 
 sys.path.insert(0, str(REPO / "examples"))
 
@@ -76,32 +76,8 @@ def minilm_misses() -> list[str]:
     return list(_misses)
 
 
-@dataclass
-class Row:
-    """Mean cosine per (target, stage) over seeds for one method."""
-
-    method: str
-    values: dict[tuple[float, str], list[float]] = field(default_factory=dict)
-    macs: dict[float, list[float]] = field(default_factory=dict)
-    failed: str = ""
-
-    def add(self, target: float, stage: str, value: float) -> None:
-        self.values.setdefault((target, stage), []).append(value)
-
-    def mean(self, target: float, stage: str) -> float:
-        v = self.values.get((target, stage), [])
-        return statistics.fmean(v) if v else float("nan")
-
-    def cell(self, target: float, stage: str) -> str:
-        v = self.values.get((target, stage), [])
-        if not v:
-            return "-"
-        sd = statistics.stdev(v) if len(v) > 1 else 0.0
-        return f"{statistics.fmean(v):.3f} ± {sd:.3f}"
-
-    def reached(self, target: float) -> float:
-        v = self.macs.get(target, [])
-        return statistics.fmean(v) if v else float("nan")
+def new_row(name: str) -> SeedRow:
+    return SeedRow(name)
 
 
 @dataclass
@@ -256,14 +232,14 @@ def tp_prune(teacher: nn.Module, importance: str, global_pruning: bool, target: 
 
 
 # ----------------------------------------------------------------------------- driver
-def measure(row: Row, target: float, slim: nn.Module, setup: Setup, epochs: int) -> None:
+def measure(row: SeedRow, target: float, slim: nn.Module, setup: Setup, epochs: int) -> None:
     row.macs.setdefault(target, []).append(setup.encoder_fraction(slim))
     row.add(target, "pruned", setup.cosine(slim))
     ex.distill(slim, setup.teacher_cal, setup.cal, epochs, LR, setup.seed, quiet=True)
     row.add(target, "distilled", setup.cosine(slim))
 
 
-def attempt(row: Row, target: float, build: Callable[[], nn.Module], setup: Setup, epochs: int) -> None:
+def attempt(row: SeedRow, target: float, build: Callable[[], nn.Module], setup: Setup, epochs: int) -> None:
     try:
         slim = build()
     except Exception as exc:
@@ -272,7 +248,7 @@ def attempt(row: Row, target: float, build: Callable[[], nn.Module], setup: Setu
     measure(row, target, slim, setup, epochs)
 
 
-def run_all(args: argparse.Namespace, criteria: list[str], rows: dict[str, Row]) -> None:
+def run_all(args: argparse.Namespace, criteria: list[str], rows: dict[str, SeedRow]) -> None:
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -282,8 +258,8 @@ def run_all(args: argparse.Namespace, criteria: list[str], rows: dict[str, Row])
     teacher = AutoModel.from_pretrained(path, local_files_only=True).eval()
     epochs = args.finetune_epochs
 
-    def row(name: str) -> Row:
-        return rows.setdefault(name, Row(name))
+    def row(name: str) -> SeedRow:
+        return rows.setdefault(name, new_row(name))
 
     for seed in range(args.seeds):
         torch.manual_seed(seed)
@@ -316,7 +292,7 @@ def run_all(args: argparse.Namespace, criteria: list[str], rows: dict[str, Row])
         print(f"[minilm seed {seed}] {time.perf_counter() - t_seed:.1f}s", flush=True)
 
 
-def table(rows: dict[str, Row], targets: list[float]) -> list[str]:
+def table(rows: dict[str, SeedRow], targets: list[float]) -> list[str]:
     cols = [f"{t:.2f} MACs: {s}" for t in targets for s in STAGES]
     out = ["| method | " + " | ".join(cols) + " | MACs reached |", "|" + "---|" * (len(cols) + 2)]
     for r in rows.values():
@@ -327,7 +303,7 @@ def table(rows: dict[str, Row], targets: list[float]) -> list[str]:
     return out
 
 
-def check_targets(rows: dict[str, Row], targets: list[float]) -> list[str]:
+def check_targets(rows: dict[str, SeedRow], targets: list[float]) -> list[str]:
     ours = rows.get("pruning_ir loss_aware + global")
     if ours is None:
         return ["loss_aware + global was not run"]
@@ -353,7 +329,7 @@ def run_minilm(args: argparse.Namespace) -> list[str]:
     torch.set_num_threads(args.threads)
     criteria = [c for c in MINILM_CRITERIA if c in args.criteria or c == "loss_aware"]
     skipped = [c for c in args.criteria if c not in criteria]
-    rows: dict[str, Row] = {}
+    rows: dict[str, SeedRow] = {}
     t0 = time.perf_counter()
     run_all(args, criteria, rows)
     elapsed = time.perf_counter() - t0
