@@ -86,6 +86,8 @@ class BinarySearchLatencyLabelSelector(LabelSelector):
         while hi - lo > 1:
             mid = (lo + hi) // 2
             lat = ev(ranked[:mid])
+            if lat <= target:
+                lat = ev.confirm(ranked[:mid])
             log.log(level, "binary search: %d labels removed -> %.6g (target %.6g)", mid, lat, target)
             if lat <= target:
                 hi = best = mid

@@ -64,6 +64,9 @@ class KnapsackLabelSelector(LabelSelector):
             else :class:`~pruning_ir.MacsModel`); its units need not match the function's.
         tolerance: stop when ``target * (1 - tolerance) <= latency <= target``.
 
+    A candidate that meets the target is measured a second time (functions without a cost
+    model) and accepted only if both measurements meet it.
+
     Bounds: a target at or above the unpruned model's latency returns no labels; a target
     below the smallest model the constraints allow returns that smallest model's labels with
     a warning. The returned selection never exceeds the target otherwise.
@@ -171,6 +174,8 @@ class KnapsackLabelSelector(LabelSelector):
                                                      labels_of, kept_score, inner_rounds)
             solve_s = time.perf_counter() - t0
             lat = ev(labels_of(new))
+            if lat <= target:
+                lat = ev.confirm(labels_of(new))
             ok = lat <= target
             self.history.append({"iteration": it, "proxy_budget": budget, "latency": lat, "feasible": ok,
                                  "removed": int(sum(m.sum() for m in new.values())), "kept_score": kept_score(new),
