@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import random
 import statistics
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -31,13 +31,7 @@ from pruning_ir.errors import InvalidInputError
 aten = torch.ops.aten
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """The oracles run real forwards (ResNet-50 at 224x224): one thread avoids oversubscribing CI."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------------ oracles

@@ -19,7 +19,7 @@ import itertools
 import random
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -40,13 +40,7 @@ from pruning_ir.errors import InvalidInputError, LatencyMeasurementError, Prunin
 from pruning_ir.latency import LatencyLUT, MacsLatency, MeasuredLatency, ParamsLatency
 from pruning_ir.latency.measure import MACS_EXTRA_FLOPS
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_subset(ir: PruningIR, rng: random.Random, keep: int = 1) -> list[Label]:

@@ -43,7 +43,6 @@ examples run in well under three minutes on a 2-core CPU.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -303,13 +302,7 @@ def build(c0: int, program: list[Block], seed: int) -> tuple[ProgramNet, Tensor]
 # --------------------------------------------------------------------------- #
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tensors here are tiny: intra-op threads only add synchronisation, which stalls on a busy 2-core runner."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _n_params(model: nn.Module) -> int:
