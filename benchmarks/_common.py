@@ -403,3 +403,16 @@ class SeedRow:
     def reached(self, target: float) -> float:
         v = self.macs.get(target, [])
         return statistics.fmean(v) if v else float("nan")
+
+
+def seed_table(rows: dict[str, SeedRow], targets: Sequence[float], stages: Sequence[str],
+               failed_chars: int | None = None) -> list[str]:
+    """Markdown table: one row per method, a ``mean ± std`` column per (target, stage), the MACs reached."""
+    cols = [f"{t:.2f} MACs: {s}" for t in targets for s in stages]
+    out = ["| method | " + " | ".join(cols) + " | MACs reached |", "|" + "---|" * (len(cols) + 2)]
+    for r in rows.values():
+        cells = [r.cell(t, s) for t in targets for s in stages]
+        reached = ", ".join(f"{r.reached(t):.3f}" for t in targets if r.macs.get(t))
+        note = f" (failed: {r.failed[:failed_chars]})" if r.failed else ""
+        out.append(f"| {r.method}{note} | " + " | ".join(cells) + f" | {reached or '-'} |")
+    return out

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import _common  # noqa: F401  (puts the repository root on sys.path)
 import torch
 import torch.nn.functional as F
-from _common import REPO, SeedRow, busy_warning, write_result
+from _common import REPO, SeedRow, busy_warning, seed_table, write_result
 
 sys.path.insert(0, str(REPO / "examples"))
 
@@ -243,16 +243,7 @@ def measure(row: SeedRow, target: float, slim: torch.nn.Module, setup: DigitsSet
 
 # ----------------------------------------------------------------------------- report
 def table(rows: dict[str, SeedRow], targets: list[float]) -> list[str]:
-    head = "| method | " + " | ".join(f"{t:.2f} MACs: {s}" for t in targets for s in STAGES) + " | MACs reached |"
-    out = [head, "|" + "---|" * (len(targets) * len(STAGES) + 2)]
-    for r in rows.values():
-        if r.method.startswith("original"):
-            continue
-        cells = [r.cell(t, s) for t in targets for s in STAGES]
-        reached = ", ".join(f"{statistics.fmean(r.macs[t]):.3f}" for t in targets if r.macs.get(t))
-        note = f" (failed: {r.failed[:80]})" if r.failed else ""
-        out.append(f"| {r.method}{note} | " + " | ".join(cells) + f" | {reached or '-'} |")
-    return out
+    return seed_table(rows, targets, STAGES, 80)
 
 
 def check_targets(rows: dict[str, SeedRow], targets: list[float]) -> list[str]:

@@ -30,7 +30,6 @@ import argparse
 import copy
 import functools
 import random
-import statistics
 import sys
 import time
 import warnings
@@ -40,7 +39,7 @@ from typing import Any
 
 import _common  # noqa: F401  (puts the repository root on sys.path)
 import torch
-from _common import REPO, SeedRow, short_error
+from _common import REPO, SeedRow, seed_table, short_error
 
 sys.path.insert(0, str(REPO / "examples"))
 
@@ -293,14 +292,7 @@ def run_all(args: argparse.Namespace, criteria: list[str], rows: dict[str, SeedR
 
 
 def table(rows: dict[str, SeedRow], targets: list[float]) -> list[str]:
-    cols = [f"{t:.2f} MACs: {s}" for t in targets for s in STAGES]
-    out = ["| method | " + " | ".join(cols) + " | MACs reached |", "|" + "---|" * (len(cols) + 2)]
-    for r in rows.values():
-        cells = [r.cell(t, s) for t in targets for s in STAGES]
-        reached = ", ".join(f"{statistics.fmean(r.macs[t]):.3f}" for t in targets if r.macs.get(t))
-        note = f" (failed: {r.failed})" if r.failed else ""
-        out.append(f"| {r.method}{note} | " + " | ".join(cells) + f" | {reached or '-'} |")
-    return out
+    return seed_table(rows, targets, STAGES, None)
 
 
 def check_targets(rows: dict[str, SeedRow], targets: list[float]) -> list[str]:
