@@ -31,7 +31,7 @@ EXPECTED_GROUPS: dict[str, list[int]] = {
     "mha_separate": [3, 5],  # 3 heads, 5 features per head (q/k/v tied by head_dim)
     "mha_fused": [4, 5],
     "mha_sdpa": [3, 5],
-    "mha_torch": [],  # nn.MultiheadAttention ties its widths in Python: reported, not pruned
+    "mha_torch": [3, 5, 5, 15],  # nn.MultiheadAttention: 3 heads, q/k and v features per head, embed
     "gqa": [2, 3, 4],  # 2 kv heads, 3 query heads per kv head, head_dim 4
     "gqa_repeat_interleave": [2, 3, 4],
     "embedding_tied": [14, 22],
@@ -69,10 +69,20 @@ def test_unknown_op_is_reported() -> None:
     assert "aten._fft_r2c" in ir.report()
 
 
-def test_multihead_attention_is_reported() -> None:
+class _CustomMHA(nn.MultiheadAttention):
+    """A subclass with its own forward over the stock functional code (whose Python ties the
+    inner width to ``embed_dim``): not traced through pruning_ir's explicit forward."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kw: object) -> tuple[torch.Tensor, None]:
+        return super().forward(q, k, v, need_weights=False)[0] * 2, None
+
+
+def test_multihead_attention_subclass_with_own_forward_is_reported() -> None:
     model, x = TOY_CASES["mha_torch"]()
+    model.attn.__class__ = _CustomMHA
     ir = PruningIR(model, example_inputs=x)
-    assert "MultiheadAttention" in ir.report()
+    assert "MultiheadAttention 'attn' ties its inner width to embed_dim" in ir.report()
+    assert not any("attn.in_proj_weight" in name for g in ir.prunable_label_groups() for name, _ in g.members)
 
 
 def test_literal_equal_to_a_size_attribute_is_handled_conservatively() -> None:

@@ -9,6 +9,8 @@ realistic scale, complementing the tiny models of ``tests/hf_zoo.py``:
 * :func:`mobilenet_v2` - MobileNetV2 width 1.0 (inverted residuals, depthwise 3x3
   convs, ReLU6, linear bottlenecks); names and parameter count (3,504,872) match
   ``torchvision.models.mobilenet_v2``.
+* :func:`vit_b_16` - ViT-B/16 with torchvision's module names and parameter count
+  (86,567,656): ``nn.MultiheadAttention`` blocks, class token, position embedding.
 * :func:`llama_7b_meta` - ``transformers.LlamaForCausalLM`` with the real LLaMA-7B
   config, built on the ``meta`` device (no memory is allocated, nothing can be
   computed numerically; useful for graph capture / planning at scale).
@@ -45,9 +47,11 @@ __all__ = [
     "InvertedResidual",
     "MobileNetV2",
     "ResNet50",
+    "VisionTransformer",
     "llama_7b_meta",
     "mobilenet_v2",
     "resnet50",
+    "vit_b_16",
 ]
 
 IMAGENET_INPUT_SHAPE = (1, 3, 224, 224)
@@ -333,10 +337,80 @@ def llama_7b_meta() -> ZooCase:
     )
 
 
+# ---------------------------------------------------------------------- ViT (torchvision layout)
+class MLPBlock(nn.Sequential):
+    """Linear -> GELU -> Dropout -> Linear -> Dropout (torchvision ``MLPBlock``)."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0) -> None:
+        super().__init__(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim),
+                         nn.Dropout(dropout))
+
+
+class EncoderBlock(nn.Module):
+    """Pre-norm block with ``nn.MultiheadAttention`` (torchvision ``EncoderBlock``)."""
+
+    def __init__(self, heads: int, dim: int, mlp_dim: int) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(dim, eps=1e-6)
+        self.self_attention = nn.MultiheadAttention(dim, heads, dropout=0.0, batch_first=True)
+        self.dropout = nn.Dropout(0.0)
+        self.ln_2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = MLPBlock(dim, mlp_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.ln_1(x)
+        y, _ = self.self_attention(y, y, y, need_weights=False)
+        x = x + self.dropout(y)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Encoder(nn.Module):
+    def __init__(self, seq: int, layers: int, heads: int, dim: int, mlp_dim: int) -> None:
+        super().__init__()
+        self.pos_embedding = nn.Parameter(torch.empty(1, seq, dim).normal_(std=0.02))
+        self.dropout = nn.Dropout(0.0)
+        self.layers = nn.Sequential(*[EncoderBlock(heads, dim, mlp_dim) for _ in range(layers)])
+        self.ln = nn.LayerNorm(dim, eps=1e-6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ln(self.layers(self.dropout(x + self.pos_embedding)))
+
+
+class VisionTransformer(nn.Module):
+    """ViT with torchvision's module names: ``conv_proj``, ``class_token``,
+    ``encoder.pos_embedding``, ``encoder.layers.<i>.self_attention`` (``nn.MultiheadAttention``),
+    ``heads.head``."""
+
+    def __init__(self, image: int = 224, patch: int = 16, layers: int = 12, heads: int = 12, dim: int = 768,
+                 mlp_dim: int = 3072, classes: int = 1000) -> None:
+        super().__init__()
+        self.patch = patch
+        self.dim = dim
+        self.conv_proj = nn.Conv2d(3, dim, patch, patch)
+        self.class_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.encoder = Encoder((image // patch) ** 2 + 1, layers, heads, dim, mlp_dim)
+        self.heads = nn.Sequential()
+        self.heads.add_module("head", nn.Linear(dim, classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        x = self.conv_proj(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.class_token.expand(n, -1, -1), x], dim=1)
+        return self.heads(self.encoder(x)[:, 0])
+
+
+def vit_b_16() -> ZooCase:
+    """ViT-B/16 (86,567,656 params, as ``torchvision.models.vit_b_16``): input (1, 3, 224, 224)."""
+    torch.manual_seed(0)
+    model = perturb_constant_tensors(VisionTransformer(), seed=0).eval()
+    return ZooCase(name="vit_b_16_torch", model=model, example_inputs=(_image_input(),))
+
+
 # ------------------------------------------------------------------------- registry
 TORCH_CASES: dict[str, Callable[[], ZooCase]] = {
     "resnet50": resnet50,
     "mobilenet_v2_torch": mobilenet_v2,
+    "vit_b_16_torch": vit_b_16,
 }
 
 META_CASES: dict[str, Callable[[], ZooCase]] = {

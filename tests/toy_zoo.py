@@ -781,11 +781,10 @@ class TorchMHANet(nn.Module):
     the residual and head in share labels.  Inside, the packed
     in_proj_weight (45, 15) has q/k/v row blocks at offsets 0/15/30: q and k
     rows share labels per (head, dim) and v rows share labels with
-    out_proj columns — but nn.MultiheadAttention ties the inner dim to
-    embed_dim, so the inner dims can only be pruned if the module is
-    rewritten; the safe answer is to treat them as one with embed_dim and
-    keep ``embed_dim`` divisible by ``num_heads`` (update embed_dim /
-    head_dim attributes).  Head out (10) is the output.
+    out_proj columns; heads (3) are whole units across q/k/v/out_proj.
+    The stock class ties the inner dim to embed_dim in Python, so a pruned
+    module becomes ``pruning_ir.modules.PrunedMultiheadAttention``.  Head
+    out (10) is the output.
     """
 
     def __init__(self) -> None:

@@ -112,6 +112,22 @@ class Graph:
     """Canonical parameter/buffer name -> value id (only those the trace touched)."""
     aliases: dict[str, str] = field(default_factory=dict)
     """Every other name of a shared (tied) parameter -> its canonical name."""
+    explicit_modules: set[str] = field(default_factory=set)
+    """Module paths traced through an explicit forward of ours (stock ``nn.MultiheadAttention``
+    through ``pruning_ir.modules.mha_forward``): their attention scale is a constant held by the
+    module, and their sizes are set by a dedicated rewrite, not by matching attribute values."""
+
+    def live_nodes(self) -> set[int]:
+        """Nodes whose outputs reach a model output (the others only feed unused results)."""
+        live: set[int] = set()
+        stack = [self.values[v].producer for v in self.outputs]
+        while stack:
+            nid = stack.pop()
+            if nid < 0 or nid in live:
+                continue
+            live.add(nid)
+            stack.extend(self.values[v].producer for v in self.nodes[nid].tensor_args())
+        return live
 
     def value(self, vid: int) -> Value:
         return self.values[vid]

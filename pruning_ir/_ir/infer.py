@@ -70,8 +70,10 @@ def infer(graph: Graph, *, soft_tracing: bool = True, keep_io: bool = True) -> I
     sp = SpaceTable()
     res = InferResult(sp)
     _init_value_axes(graph, sp, keep_io)
+    live = graph.live_nodes()
     for node in graph.nodes:
         ctx = Ctx(graph, sp, node)
+        ctx.live = node.nid in live
         if node.op in _RANDOM and not any(i.kind == "random" for i in res.issues):
             res.issues.append(Issue("random", node.module, node.op, "random values in forward: outputs differ "
                                     "between runs (use eval() or fixed inputs for equivalence checks)"))

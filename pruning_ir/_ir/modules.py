@@ -4,6 +4,10 @@ Some library modules tie sizes together in Python (``nn.MultiheadAttention``
 computes ``head_dim = embed_dim // num_heads`` from its *input* width and asserts
 that q/k/v have that width). Such ties are not index couplings, so the op rules
 cannot see them; the module's channels are made unprunable here, with a reason.
+
+Stock ``nn.MultiheadAttention`` instances are traced through an explicit forward
+instead (``pruning_ir.modules``) and need no constraint; a *subclass* with its own
+forward may still call the stock functional code, so it keeps the constraint.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from ..modules import PrunedMultiheadAttention, traces_explicitly
 from .graph import Graph
 from .infer import InferResult, Issue
 
@@ -31,6 +36,8 @@ def _rigid_params(mod: nn.Module, path: str, graph: Graph, res: InferResult, rea
 
 
 def _mha(mod: nn.Module, path: str, graph: Graph, res: InferResult) -> None:
+    if traces_explicitly(mod) or isinstance(mod, PrunedMultiheadAttention):
+        return
     reason = (f"nn.MultiheadAttention '{path}' ties its inner width to embed_dim in Python; use separate "
               "q/k/v nn.Linear layers to prune its heads")
     _rigid_params(mod, path, graph, res, reason)

@@ -30,7 +30,7 @@ def tie_shared_sizes(model: nn.Module, graph: Graph, res: InferResult) -> None:
             by_module.setdefault(node.module, {}).setdefault(f.old, []).append(f.layout)
     for path, by_value in by_module.items():
         mod = modules.get(path)
-        if mod is None:
+        if mod is None or path in graph.explicit_modules:
             continue
         attrs = size_attributes(mod)
         for value, layouts in by_value.items():

@@ -23,6 +23,7 @@ from torch import nn
 
 from .._ir.axes import kept_size
 from .._ir.snapshot import Snapshot
+from ..modules import PrunedMultiheadAttention
 
 _SIZE_NAME = re.compile(r"(head|dim|size|hidden|channel|feature|group|width|embed|inner|split|^n_|num_|heads|nf$|nx$)",
                         re.I)
@@ -137,6 +138,8 @@ def update_known(mod: nn.Module, changes: list[tuple[str, int, int]], log: list[
         if mod.weight is not None:
             setattr_("num_channels", mod.weight.shape[0])
         return {"num_groups", "num_channels"}
+    if isinstance(mod, nn.MultiheadAttention):
+        return _update_mha(mod, changes, setattr_, path)
     if isinstance(mod, nn.Embedding):
         setattr_("num_embeddings", mod.weight.shape[0])
         setattr_("embedding_dim", mod.weight.shape[1])
@@ -148,6 +151,49 @@ def update_known(mod: nn.Module, changes: list[tuple[str, int, int]], log: list[
             setattr_("nx", weight.shape[0])
         return {"nf", "nx"}
     return set()
+
+
+_MHA_ATTRS = {"embed_dim", "kdim", "vdim", "num_heads", "head_dim", "v_head_dim", "scaling", "dropout",
+              "batch_first", "add_zero_attn"}
+
+
+def _update_mha(mod: nn.MultiheadAttention, changes: list[tuple[str, int, int]], setattr_: Any,
+                path: str) -> set[str]:
+    """Sizes of an ``nn.MultiheadAttention`` traced through ``pruning_ir.modules.mha_forward``.
+
+    That forward splits the packed projection with ``[H*d, H*d, H*dv]`` and views each
+    projection as ``(B, L, H, -1)``: the split's facts give the new q/k/v widths, the
+    views' facts the new head count. If anything changed, the instance becomes a
+    :class:`~pruning_ir.modules.PrunedMultiheadAttention` (the stock forward requires
+    every inner width to equal ``embed_dim``).
+    """
+    from ..modules import _sizes
+
+    head_dim, v_head_dim, scale = _sizes(mod)
+    heads_new = {n for op, o, n in changes if op == "aten.view" and o == mod.num_heads}
+    n_heads = heads_new.pop() if len(heads_new) == 1 else int(mod.num_heads)
+    if mod.in_proj_weight is not None:
+        split = [n for op, _, n in changes if op == "aten.split_with_sizes"][:3]
+        widths = split if len(split) == 3 else [n_heads * head_dim] * 2 + [n_heads * v_head_dim]
+        kdim = vdim = int(mod.in_proj_weight.shape[1])
+    else:
+        widths = [int(w.shape[0]) for w in (mod.q_proj_weight, mod.k_proj_weight, mod.v_proj_weight)]
+        kdim, vdim = int(mod.k_proj_weight.shape[1]), int(mod.v_proj_weight.shape[1])
+    embed_dim = int(mod.out_proj.weight.shape[0])
+    new = {"embed_dim": embed_dim, "kdim": kdim, "vdim": vdim, "num_heads": n_heads,
+           "head_dim": widths[0] // n_heads, "v_head_dim": widths[2] // n_heads}
+    old = {"embed_dim": mod.embed_dim, "kdim": mod.kdim, "vdim": mod.vdim, "num_heads": mod.num_heads,
+           "head_dim": head_dim, "v_head_dim": v_head_dim}
+    if new == old and not isinstance(mod, PrunedMultiheadAttention):
+        return _MHA_ATTRS
+    if not isinstance(mod, PrunedMultiheadAttention):
+        mod.__class__ = PrunedMultiheadAttention
+        setattr_("_qkv_same_embed_dim", False)
+        mod.__dict__["v_head_dim"] = v_head_dim
+        mod.__dict__["scaling"] = scale
+    for name, value in new.items():
+        setattr_(name, value)
+    return _MHA_ATTRS
 
 
 def _candidates(mod: nn.Module) -> dict[str, Any]:
@@ -220,4 +266,13 @@ def update_attributes(model: nn.Module, snap: Snapshot, kept: dict[int, torch.Te
         handled = update_known(mod, changes, log, path)
         if any(o != n for _, o, n in changes):
             update_generic(mod, changes, lists.get(path, []), handled, log, unresolved, path, undo)
+    for path, mod in model.named_modules():
+        # the nested-tensor fast path of nn.TransformerEncoder assumes stock attention layers
+        if isinstance(mod, nn.TransformerEncoder) and getattr(mod, "use_nested_tensor", False) and any(
+                isinstance(m, PrunedMultiheadAttention) for m in mod.modules()):
+            mod.use_nested_tensor = False
+            log.append(f"{path or '<root>'}.use_nested_tensor: True -> False (pruned attention layers)")
+    from .hf_config import update_hf_config
+
+    update_hf_config(model, snap, kept, log)
     return log, unresolved

@@ -21,7 +21,9 @@ from .._ir.spaces import ONE, Layout, SpaceTable
 Rule = Callable[["Ctx"], None]
 RULES: dict[str, Rule] = {}
 _VIEWS = {"aten.t", "aten.transpose", "aten.permute", "aten.view", "aten._unsafe_view", "aten.reshape",
-          "aten.expand", "aten.clone", "aten._to_copy", "aten.alias", "aten.unsqueeze", "aten.squeeze"}
+          "aten.expand", "aten.clone", "aten._to_copy", "aten.alias", "aten.unsqueeze", "aten.squeeze",
+          "aten.split", "aten.split_with_sizes", "aten.unsafe_split", "aten.unsafe_split_with_sizes",
+          "aten.chunk", "aten.slice", "aten.narrow", "aten.contiguous"}
 
 
 def rule(*names: str) -> Callable[[Rule], Rule]:
@@ -42,6 +44,8 @@ class Ctx:
         self.graph = graph
         self.spaces = spaces
         self.node = node
+        self.live = True
+        """False when the node's outputs reach no model output: its notes (inexactness) are moot."""
 
     # ---------------------------------------------------------------- inputs
     def a(self, name: str, default: Any = None) -> Any:
@@ -98,6 +102,8 @@ class Ctx:
         self.spaces.mark_rigid(layout, f"{reason} ({self.where()})")
 
     def note(self, layout: Layout, note: str) -> None:
+        if not self.live:
+            return
         self.spaces.add_note(layout, f"{note} ({self.where()})")
 
     def fact(self, path: tuple[Any, ...], layout: Layout, old: int, kind: str = "size") -> None:

@@ -41,7 +41,8 @@ def matmul(ctx: Ctx) -> None:
         return
     xa, xb = ctx.axes(a), ctx.axes(b)
     ctx.unify(xa[-1], xb[-2])
-    if not ctx.from_params(a) and not ctx.from_params(b) and sa[-1] > 1:
+    if not ctx.from_params(a) and not ctx.from_params(b) and sa[-1] > 1 \
+            and ctx.node.module not in ctx.graph.explicit_modules:
         ctx.note(xa[-1], "contraction of two activations (attention q·kᵀ): a scale that Python computes "
                  "from this width (1/sqrt(head_dim)) changes when it is pruned")
     out_shape = ctx.out_shape(0)

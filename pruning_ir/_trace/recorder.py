@@ -18,11 +18,13 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .._ir.graph import Graph, Node, Value, ValueRef
 from ..errors import TraceError
+from ..modules import PrunedMultiheadAttention, explicit_forward, traces_explicitly
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +119,48 @@ class _Recorder(TorchDispatchMode):
         if self.observer is not None:
             self.observer(node, flat)
         return out
+
+
+    def composite(self, name: str, overload: Any, func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
+        """Record a composite call (run with recording suppressed) as one node named ``name``."""
+        bound = self.encode(bind(overload, args, kwargs))
+        self.suppress += 1
+        try:
+            out = func(*args, **kwargs)
+        except Exception:
+            if self.fail_stack is None:
+                self.fail_stack = (tuple(self.stack), name)
+            raise
+        finally:
+            self.suppress -= 1
+        nid = len(self.graph.nodes)
+        flat, _ = pytree.tree_flatten(out)
+        outputs = [self.new_value(o, "op", producer=nid) if isinstance(o, torch.Tensor) else -1 for o in flat]
+        node = Node(nid, name, (), bound, outputs, None, tuple(self.stack))
+        self.graph.nodes.append(node)
+        if self.observer is not None:
+            self.observer(node, flat)
+        return out
+
+
+# Composite functions recorded as one node, above the dispatcher: the kernel that runs them
+# (flash, memory-efficient, math) depends on the device, the dtype and the head sizes, so the
+# ATen ops below them differ between the traced model, its meta copy and the slim model.
+_COMPOSITES = {torch.nn.functional.scaled_dot_product_attention:
+               ("aten.scaled_dot_product_attention", torch.ops.aten.scaled_dot_product_attention.default)}
+
+
+class _CompositeRecorder(TorchFunctionMode):
+    def __init__(self, rec: _Recorder) -> None:
+        super().__init__()
+        self.rec = rec
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        spec = _COMPOSITES.get(func)
+        if spec is None or self.rec.suppress:
+            return func(*args, **kwargs)
+        return self.rec.composite(spec[0], spec[1], func, args, kwargs)
 
 
 def bind(func: Any, args: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -216,12 +260,21 @@ def record(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
     # attributes (caches filled in forward) as they were
     saved = {name: b.detach().clone() for name, b in model.named_buffers() if b.device.type != "meta"}
     attrs = _save_attributes(model)
+    # stock nn.MultiheadAttention runs as explicit ops (see pruning_ir.modules); no fused fast paths
+    explicit = {p: m for p, m in model.named_modules()
+                if traces_explicitly(m) and not (leaves and _leaf_match(m, leaves))}
+    for m in explicit.values():
+        m.forward = explicit_forward(m)  # type: ignore[method-assign]
+    graph.explicit_modules = set(explicit) | {p for p, m in model.named_modules()
+                                         if isinstance(m, PrunedMultiheadAttention)}
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
     try:
         flat_in, _ = pytree.tree_flatten((args, kwargs))
         for i, t in enumerate(flat_in):
             if isinstance(t, torch.Tensor):
                 graph.inputs.append(rec.new_value(t, "input", name=f"input[{i}]"))
-        with torch.no_grad(), rec:
+        with torch.no_grad(), rec, _CompositeRecorder(rec):
             out = model(*args, **kwargs)
         flat_out, _ = pytree.tree_flatten(_to_pytree(out))
         for t in flat_out:
@@ -248,6 +301,9 @@ def record(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
                 if name in saved and b.shape == saved[name].shape:
                     b.copy_(saved[name])
         _restore_attributes(attrs)
+        for m in explicit.values():
+            m.__dict__.pop("forward", None)
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     return graph
 
 
