@@ -6,9 +6,10 @@ shapes. Which config field sizes which tensor is the model class's business, so 
 here is checked rather than guessed: the size-like integer fields whose value some pruned
 axis or recorded size had are given candidate new values (the sizes those became), each
 candidate config is instantiated on the ``meta`` device (no memory, no arithmetic), and the
-first one whose parameter and buffer shapes equal the slim model's is kept. When none does
-(heads or widths pruned differently in different layers, which one config cannot say),
-the config is left as it was and the rewrite log says so.
+first one whose parameter and buffer shapes equal the slim model's is kept (at most
+``MAX_BUILDS`` builds). When parameter axes of one size became several sizes (layers pruned
+differently, the usual result of global or budget selection), no build is tried; then, as
+when no candidate matches, the config is left as it was and the rewrite log says so.
 """
 
 from __future__ import annotations
@@ -63,9 +64,10 @@ def _meta_shapes(model: nn.Module, config: Any) -> dict[str, tuple[int, ...]] | 
     return _shapes(ref)
 
 
-def size_changes(snap: Snapshot, kept: dict[int, torch.Tensor], model: nn.Module) -> dict[int, set[int]]:
-    """Old size -> the new sizes it became: parameter axes of the slim model, and the sizes
-    recorded in the trace (head counts, split sizes)."""
+def size_changes(snap: Snapshot, kept: dict[int, torch.Tensor],
+                 model: nn.Module) -> tuple[dict[int, set[int]], dict[int, set[int]]]:
+    """Old size -> the new sizes it became: (parameter axes of the slim model only; those and
+    the sizes recorded in the trace, such as head counts and split sizes)."""
     out: dict[int, set[int]] = {}
     params = dict(model.named_parameters(remove_duplicate=False))
     for name, vid in snap.graph.params.items():
@@ -75,6 +77,7 @@ def size_changes(snap: Snapshot, kept: dict[int, torch.Tensor], model: nn.Module
         for old, new in zip(snap.graph.values[vid].shape, p.shape, strict=False):
             if old != new:
                 out.setdefault(int(old), set()).add(int(new))
+    axes = {k: set(v) for k, v in out.items()}
     for node in snap.graph.nodes:
         for f in node.facts:
             if snap.spaces.any_positional(f.layout):
@@ -82,7 +85,7 @@ def size_changes(snap: Snapshot, kept: dict[int, torch.Tensor], model: nn.Module
             new = kept_size(snap.spaces, f.layout, kept)
             if new != f.old:
                 out.setdefault(int(f.old), set()).add(int(new))
-    return out
+    return axes, out
 
 
 def update_hf_config(model: nn.Module, snap: Snapshot, kept: dict[int, torch.Tensor], log_: list[str]) -> None:
@@ -91,13 +94,21 @@ def update_hf_config(model: nn.Module, snap: Snapshot, kept: dict[int, torch.Ten
         return
     config = model.config
     target = _shapes(model)
-    changes = size_changes(snap, kept, model)
+    axes, changes = size_changes(snap, kept, model)
     fields = {k: v for k, v in vars(config).items()
               if type(v) is int and not k.startswith("_") and _SIZE_NAME.search(k) and not _NOT_SIZE.search(k)
               and v in changes}
     if not fields:
         return
     names = sorted(fields)
+    spread = sorted(n for n in names if len(axes.get(fields[n], ())) > 1)
+    if spread:
+        # parameter axes of one size became several sizes: layers differ (no meta builds needed)
+        log_.append(f"config: {', '.join(f'{n}={fields[n]}' for n in spread)} became "
+                    f"{' / '.join(str(sorted(axes[fields[n]])) for n in spread)} in different layers; one config "
+                    "cannot say that, so it is left unchanged: save the slim model with torch.save, "
+                    "from_pretrained would rebuild the original shapes")
+        return
     # each field keeps its value or takes one the same size became; fewest changed fields first
     # (a size that several fields hold, like hidden_size == heads * head_dim, need not change)
     options = [[fields[n]] + sorted(changes[fields[n]], reverse=True) for n in names]
