@@ -347,6 +347,31 @@ def phi() -> ZooCase:
     )
 
 
+def gpt_neox() -> ZooCase:
+    """GPTNeoXForCausalLM (Pythia): fused qkv laid out per head ``(H, 3 * head_dim)``, chunked
+    into q/k/v, partial rotary (half of each head), parallel attention + MLP residual."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    config = GPTNeoXConfig(
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        intermediate_size=INTER,
+        max_position_embeddings=MAX_POS,
+        rotary_pct=0.5,
+        attention_dropout=0.0,
+        hidden_dropout=0.0,
+    )
+    return ZooCase(
+        name="gpt_neox",
+        model=_build(GPTNeoXForCausalLM, config),
+        example_inputs=(_input_ids(),),
+        example_kwargs={"use_cache": False},
+        output_to_tensor=_logits,
+    )
+
+
 def opt() -> ZooCase:
     """OPTForCausalLM: pre-LN decoder, learned positions with offset 2, fc1/fc2 MLP."""
     from transformers import OPTConfig, OPTForCausalLM
@@ -626,6 +651,7 @@ HF_CASES: dict[str, Callable[[], ZooCase]] = {
     "qwen2": qwen2,
     "phi": phi,
     "opt": opt,
+    "gpt_neox": gpt_neox,
     "t5": t5,
     "vit": vit,
     "swin": swin,

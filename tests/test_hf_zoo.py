@@ -40,3 +40,20 @@ def test_slim_model_still_generates_with_its_kv_cache(name: str) -> None:
     out = slim.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0)
     assert out.shape == (1, 8)
     assert torch.equal(out[:, :4], ids)
+
+
+def test_fused_per_head_qkv_with_partial_rotary_keeps_heads() -> None:
+    """GPT-NeoX: qkv viewed as (H, 3 * head_dim) and chunked, rotary on half of each head.
+    Heads (4 per layer) stay one prunable group each: the rotary concatenation inside a head
+    must not cut the head axis into one-channel groups (it did before heads x (pairs ++ rest)
+    was represented by defining the projection axis instead of cutting it)."""
+    from pruning_ir import PruningIR, verify_pruning
+
+    case = HF_CASES["gpt_neox"]()
+    ir = PruningIR(case.model, example_inputs=case.example_inputs, example_kwargs=case.example_kwargs)
+    sizes = sorted(g.size for g in ir.prunable_label_groups())
+    assert sizes.count(4) == 2 and 1 not in sizes, ir.report()
+    heads = [g for g in ir.prunable_label_groups() if g.size == 4]
+    for g in heads:
+        rep = verify_pruning(ir, ir.labels(g)[:2])
+        assert rep.exact and rep.params_after < rep.params_before

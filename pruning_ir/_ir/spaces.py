@@ -284,10 +284,51 @@ class SpaceTable:
                 return
             if layout_size(x) != layout_size(y):
                 raise Misaligned(f"sizes {layout_size(x)} and {layout_size(y)} differ")
+            if self._pin_single(x, y) or self._pin_single(y, x):
+                continue
+            if x == ONE or y == ONE:
+                return
+            if self._define(x, y) or self._define(y, x):
+                return
             x, y = self._align(x, y)
             if not any(self._unify_terms(tx, ty) for tx, ty in zip(x, y, strict=True)):
                 return
         raise Misaligned("unify did not converge")
+
+    def _pin_single(self, x: Layout, y: Layout) -> bool:
+        """``x`` is a size-1 axis without a channel space (a one-channel slice feeding a layer
+        whose width is 1): the one channel of ``y`` it meets cannot be removed. Cuts that
+        channel out of its leaf and pins it; True when a cut was made (restart)."""
+        if x != ONE or y == ONE:
+            return False
+        for f in y[0]:
+            if self.find(f[0]) in self.rigid:
+                continue
+            leaf, cut = self._isolate(f)
+            if cut:
+                return True
+            self.rigid.setdefault(leaf, "a one-channel axis meets it (removing the channel would leave it empty)")
+        return False
+
+    def _define(self, x: Layout, y: Layout) -> bool:
+        """Make ``x``, one whole free leaf, stand for the concatenation ``y``.
+
+        Matching a leaf term by term against a concatenation would cut the leaf at every
+        boundary and, through products like ``heads x (rotary pairs ++ pass-through)``,
+        cut the other side's leaves too (each head its own one-channel group). Defining the
+        leaf as ``y`` says the same (its slots are ``y``'s, in order) and cuts nothing."""
+        if len(x) != 1 or len(x[0]) != 1 or len(y) < 2:
+            return False
+        leaf, s, e = x[0][0]
+        if s != 0 or e != self.size[leaf] or leaf in self.rigid or leaf in self.defn:
+            return False
+        if any(f[0] == leaf for t in y for f in t):
+            return False
+        notes = self.notes.pop(leaf, [])
+        self.defn[leaf] = y
+        for note in notes:
+            self.add_note(y, note)
+        return True
 
     def _align(self, x: Layout, y: Layout) -> tuple[Layout, Layout]:
         while True:
