@@ -21,12 +21,12 @@ For every model and every target fraction:
   kept labels); the same budget reached by ``GlobalScoreLabelSelector`` and ``UniformLabelSelector``
   (their ratio bisected so MACs <= target) and by ``BinarySearchLatencyLabelSelector``, with their
   kept scores. Target: ``0.98 * target <= knapsack MACs <= target``.
-* **(b) Measured-latency targets.** ``KnapsackLabelSelector(target * baseline ms, MeasuredLatency(...),
-  cost_model=LatencyLUT(ir))``; the chosen slim model is then re-measured interleaved with the
-  original (41 rounds, median per-round ratio) and ``(slim / original) / target`` is reported. Target:
-  within 5%. For comparison (not a target) the same with a drift-cancelling latency function defined
-  here (candidate timed interleaved with the original), which separates the selector from the machine's
-  load changes between the baseline and a candidate.
+* **(b) Measured-latency targets.** ``KnapsackLabelSelector(target * baseline ms, MeasuredLatency(...,
+  reference=original), cost_model=LatencyLUT(ir))`` (the paired, drift-cancelling measurement); the
+  returned slim model is then re-measured interleaved with the original (41 rounds, median per-round
+  ratio) and ``(slim / original) / target`` is reported. Target: within 5%. For comparison (not a
+  target) the same with the absolute ``MeasuredLatency(...)``, which a change of the machine's load
+  between the baseline and a candidate fools.
 * **(c) Realised speed-up.** The slim models of the MACs targets (knapsack, global, uniform) and
   Torch-Pruning's (``MetaPruner`` + ``MagnitudeImportance(p=2)``, output layer ignored, its
   ``pruning_ratio`` searched to the same MACs) are timed interleaved with the original: latency
@@ -86,8 +86,8 @@ MODELS = ("resnet", "vit", "llama")
 TARGETS = (0.75, 0.5, 0.33)
 MACS_TOL = 0.02  # knapsack MACs must be in [target * (1 - MACS_TOL), target]
 LAT_TOL = 0.05  # re-measured latency must be within 5% of the target
-MEASURED = "MeasuredLatency"
-PAIRED = "paired (drift-cancelling)"
+MEASURED = "absolute"
+PAIRED = "paired"
 
 
 # ----------------------------------------------------------------------------- models
@@ -281,21 +281,6 @@ def interleaved(models: Sequence[nn.Module], case: ZooCase, rounds: int, warmup:
     return [statistics.median(a / b for a, b in zip(s, samples[0], strict=True)) for s in samples]
 
 
-class PairedLatency:
-    """A latency function that cancels the machine's drift: ``fn(model)`` times ``model`` and the
-    original in ``rounds`` interleaved rounds and returns ``base_ms`` x the median per-round ratio.
-
-    Not part of pruning_ir: what a user of ``KnapsackLabelSelector`` on a shared machine can pass as
-    ``latency_calculation_function`` instead of :class:`MeasuredLatency` (absolute milliseconds).
-    """
-
-    def __init__(self, reference: nn.Module, case: ZooCase, base_ms: float, rounds: int) -> None:
-        self.reference, self.case, self.base_ms, self.rounds = reference, case, base_ms, rounds
-
-    def __call__(self, model: nn.Module) -> float:
-        return self.base_ms * interleaved([self.reference, model], self.case, self.rounds)[1]
-
-
 def chosen_entry(history: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The round KnapsackLabelSelector keeps: the feasible one with the highest kept score (first on ties)."""
     best = None
@@ -471,6 +456,8 @@ class LatRow:
     base_ms: float = 0.0
     trace: str = ""  # latency / target per round, chosen round starred
     selector_ms: float | None = None  # the selector's own measurement of the chosen candidate
+    confirmed: str = ""  # the selector's final re-measurement: search -> confirmed latency / target
+    fn_drift: float | None = None  # the function's reading of the original after the search / baseline
     aa: float | None = None
     ratio: float | None = None  # re-measured slim / original (interleaved medians)
     lut_ratio: float | None = None
@@ -650,9 +637,12 @@ def run_model(name: str, targets: list[float], st: Settings, threads: int, macs_
 
         # ---------------------------------------------------------------- (b) measured-latency targets
         lat_slims: list[tuple[LatRow, nn.Module]] = []
-        functions: list[tuple[str, Callable[[nn.Module], float]]] = [(MEASURED, latency_fn)]
+        functions: list[tuple[str, Callable[[nn.Module], float]]] = []
         if st.paired_rounds:
-            functions.append((PAIRED, PairedLatency(reference, case, info.base_ms, st.paired_rounds)))
+            functions.append((PAIRED, MeasuredLatency(case.example_inputs, case.example_kwargs, warmup=st.lat_warmup,
+                                                      repeats=st.paired_rounds, num_threads=threads,
+                                                      reference=reference, reference_ms=info.base_ms)))
+        functions.append((MEASURED, latency_fn))
         for fn_name, fn in functions:
             lrow = LatRow(name, target, fn_name, base_ms=info.base_ms)
             try:
@@ -666,9 +656,16 @@ def run_model(name: str, targets: list[float], st: Settings, threads: int, macs_
                 lrow.rounds = len(sel.history)
                 lrow.solver_s = sum(h["solver_s"] for h in sel.history)
                 chosen = chosen_entry(sel.history)
-                lrow.selector_ms = None if chosen is None else chosen["latency"]
-                lrow.trace = " ".join(f"{h['latency'] / (target * info.base_ms):.2f}{'*' if h is chosen else ''}"
-                                      for h in sel.history)
+                kept_now = kept_score(ir, labels)
+                final = next((c for c in sel.confirmation if c["chosen"]), None)
+                lrow.selector_ms = final["latency"] if final else None if chosen is None else chosen["latency"]
+                t_ms = target * info.base_ms
+                returned = [abs(h["kept_score"] - kept_now) <= 1e-12 * abs(kept_now) for h in sel.history]
+                lrow.trace = " ".join(f"{h['latency'] / t_ms:.2f}{'*' if r else ''}"
+                                      for h, r in zip(sel.history, returned, strict=True))
+                lrow.confirmed = " ".join(f"{c['search_latency'] / t_ms:.2f}>{c['latency'] / t_ms:.2f}"
+                                          f"{'*' if c['chosen'] else ''}" for c in sel.confirmation)
+                lrow.fn_drift = fn(model) / info.base_ms
                 lrow.macs_fraction = float(macs.cost(labels)) / info.base_macs
                 lrow.kept = kept_score(ir, labels)
                 if lut is not None:
@@ -679,8 +676,8 @@ def run_model(name: str, targets: list[float], st: Settings, threads: int, macs_
                 lrow.note = "; ".join(notes)
             except Exception as exc:
                 lrow.note = f"error: {full_error(exc, 300)}"
-                if fn_name == MEASURED:
-                    misses.append(f"{name} latency {target}: knapsack failed: {short_error(exc, 200)}")
+                (misses if fn_name == PAIRED else info_misses).append(
+                    f"{name} latency {target} ({fn_name}): knapsack failed: {short_error(exc, 200)}")
             lat_rows.append(lrow)
             log(f"latency target {target} ({fn_name}): selected in {lrow.select_s or 0:.1f}s ({lrow.rounds} rounds)")
 
@@ -700,7 +697,7 @@ def run_model(name: str, targets: list[float], st: Settings, threads: int, macs_
                 miss = (f"{name} latency {target} ({lrow.function}): re-measured latency ratio {lrow.ratio:.3f} is "
                         f"{lrow.ratio / target:.3f} of the target (needs within {LAT_TOL:.0%}; A/A {aa:.3f} in the "
                         "same session)")
-                (misses if lrow.function == MEASURED else info_misses).append(miss)
+                (misses if lrow.function == PAIRED else info_misses).append(miss)
     if tp is not None and tp.errors:
         info.notes += [f"Torch-Pruning {c} configuration: {e}" for c, e in tp.errors.items()]
     info.seconds = time.perf_counter() - t_model
@@ -722,7 +719,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-tp", action="store_true", help="skip Torch-Pruning")
     ap.add_argument("--tp-timeout", type=float, default=30.0, help="seconds per Torch-Pruning prune (default 30)")
     ap.add_argument("--no-paired", action="store_true",
-                    help="skip the measured-latency targets with the drift-cancelling paired latency function")
+                    help="skip the measured-latency targets with the paired (drift-cancelling) MeasuredLatency")
     ap.add_argument("--out", default="latency_targets.md", help="file name under benchmarks/results/")
     args = ap.parse_args(argv)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
@@ -743,7 +740,7 @@ def main(argv: list[str] | None = None) -> int:
     st = Settings(calib_batches=2 if args.quick else 4, lut_repeats=3 if args.quick else 7,
                   lat_warmup=2 if args.quick else 3, lat_repeats=9 if args.quick else 21,
                   max_iterations=4 if args.quick else 8, rounds=15 if args.quick else 41,
-                  paired_rounds=0 if args.no_paired else (7 if args.quick else 11),
+                  paired_rounds=0 if args.no_paired else (9 if args.quick else 21),
                   tp_evals=5 if args.quick else 8, tp_timeout=args.tp_timeout, with_tp=with_tp)
 
     t_start = time.perf_counter()
@@ -787,13 +784,15 @@ def main(argv: list[str] | None = None) -> int:
           removed_vs_knapsack(r, macs_rows, totals), f3(r.select_s, ".2f"), f3(r.solver_s, ".2f"),
           "-" if r.rounds is None else r.rounds, r.note) for r in macs_rows])
     lat_table = markdown_table(
-        ("model", "target", "latency function", "baseline ms", "target ms", "selector's ms (kept round)",
-         "re-measured ratio", "ratio / target", "A/A", "LUT-predicted ratio", "MACs fraction", "kept score",
-         "rounds", "latency / target per round (* kept)", "select s", "solver s", "notes"),
+        ("model", "target", "latency function", "baseline ms", "target ms", "selector's ms (returned)",
+         "re-measured ratio", "ratio / target", "A/A", "fn drift", "LUT-predicted ratio", "MACs fraction",
+         "kept score", "rounds", "latency / target per round (* returned)", "confirmation: search > re-measured",
+         "select s", "solver s", "notes"),
         [(r.model, r.target, r.function, f"{r.base_ms:.2f}", f"{r.target * r.base_ms:.2f}", f3(r.selector_ms, ".2f"),
-          f3(r.ratio), f3(None if r.ratio is None else r.ratio / r.target), f3(r.aa), f3(r.lut_ratio),
-          f3(r.macs_fraction), "-" if r.kept is None else f"{r.kept:.6g}", "-" if r.rounds is None else r.rounds,
-          r.trace, f3(r.select_s, ".1f"), f3(r.solver_s, ".1f"), r.note) for r in lat_rows])
+          f3(r.ratio), f3(None if r.ratio is None else r.ratio / r.target), f3(r.aa), f3(r.fn_drift),
+          f3(r.lut_ratio), f3(r.macs_fraction), "-" if r.kept is None else f"{r.kept:.6g}",
+          "-" if r.rounds is None else r.rounds, r.trace, r.confirmed, f3(r.select_s, ".1f"), f3(r.solver_s, ".1f"),
+          r.note) for r in lat_rows])
     speed_table = markdown_table(
         ("model", "target", "method", "MACs ratio", "latency ratio", "gap (latency - MACs)", "A/A ratio", "notes"),
         [(r.model, r.target, r.method, f3(r.macs_fraction), f3(r.latency_ratio),
@@ -832,16 +831,20 @@ def main(argv: list[str] | None = None) -> int:
         macs_table, "",
         "## (b) Measured-latency targets", "",
         f"`KnapsackLabelSelector(target * baseline ms, fn, cost_model=LatencyLUT(ir, repeats={st.lut_repeats}), "
-        f"max_iterations={st.max_iterations}, tolerance=0.03)` with two latency functions `fn`: "
-        f"**{MEASURED}** (`MeasuredLatency(warmup={st.lat_warmup}, repeats={st.lat_repeats})`, absolute ms: the "
-        "acceptance check) and, for comparison, **" + PAIRED + "** (a function defined in this script that "
-        f"times the candidate interleaved with the original for {st.paired_rounds} rounds and returns baseline ms "
-        "x the median per-round ratio, so that a change of the machine's load between the baseline and the "
-        "candidate cancels). The baseline is the median of three `MeasuredLatency` calls on the original. "
-        "*selector's ms* is the selector's own measurement of the round it kept (the feasible round with the "
-        "highest kept score); *re-measured ratio* is slim / original from a separate session of "
+        f"max_iterations={st.max_iterations}, tolerance=0.03)` with two latency functions `fn`: **{PAIRED}**, "
+        f"`MeasuredLatency(warmup={st.lat_warmup}, repeats={st.paired_rounds}, reference=<deep copy of the "
+        "original>, reference_ms=baseline)` (each call times the candidate and the original back to back in "
+        f"{st.paired_rounds} pairs of alternating order and returns baseline ms x the median per-pair ratio, so "
+        "that a change of the machine's speed cancels: **the acceptance check**), and, for comparison, "
+        f"**{MEASURED}**, `MeasuredLatency(warmup={st.lat_warmup}, repeats={st.lat_repeats})` (median of "
+        "absolute ms). The baseline is the median of three absolute calls on the original. Before returning, "
+        "the selector re-measures its best rounds side by side with the original (`confirmation_passes=2`); "
+        "*confirmation* lists them as latency / target in the search > re-measured (* returned), and "
+        "*selector's ms* is the returned one's re-measured latency. *fn drift* = the function's reading of the "
+        "original after the search / baseline (how far the machine moved the function during the run: 1.0 "
+        "for a drift-free function). *re-measured ratio* is slim / original from a separate session of "
         f"{stat} (median per-round ratio), with a deep copy of the original as A/A control. "
-        f"Target: re-measured ratio within {LAT_TOL:.0%} of the target fraction.", "",
+        f"Target: re-measured ratio within {LAT_TOL:.0%} of the target fraction, for the {PAIRED} function.", "",
         lat_table, "",
         "## (c) Realised speed-up of the MACs-target models", "",
         f"Latency ratio = slim / original, median per-round ratio over {stat} in which every model of the same "
@@ -854,7 +857,7 @@ def main(argv: list[str] | None = None) -> int:
     doc += [f"- MISSED {m}" for m in misses] or ["- all met"]
     doc.append("")
     if info_misses:
-        doc += [f"Not targets (the comparison latency function, {PAIRED}):", "",
+        doc += [f"Not targets (the comparison latency function, {MEASURED}):", "",
                 *[f"- missed {m}" for m in info_misses], ""]
     notes = [f"- {i.name}: {n}" for i in infos for n in i.notes] + [f"- {i.name}: {i.lut}" for i in infos if i.lut]
     if notes:

@@ -15,6 +15,7 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from hf_zoo import HF_CASES, hf_available
@@ -25,7 +26,7 @@ from toy_zoo import TOY_CASES
 from zoo_types import ZooCase
 
 from pruning_ir import Label, LabelError, PruningIR, UniformLabelSelector
-from pruning_ir.cost import MacsModel, ParamsModel
+from pruning_ir.cost import CostModel, MacsModel, NodeCostModel, ParamsModel
 from pruning_ir.errors import InvalidInputError
 
 aten = torch.ops.aten
@@ -329,6 +330,51 @@ def test_breakdown_sums_to_the_total() -> None:
     assert all("aten.convolution" in k for k in parts)
     params = ParamsModel(ir)
     assert sum(params.breakdown(labels).values()) == params.params(labels)
+
+
+@pytest.mark.parametrize("name", ["inception", "mha_sdpa", "gqa", "split_chunk", "embedding_tied"])
+@pytest.mark.parametrize("cls", [MacsModel, ParamsModel, NodeCostModel])
+def test_per_tag_queries_split_the_total_and_the_label_costs(name: str, cls: type[CostModel]) -> None:
+    """tag_costs sums to cost and matches breakdown; tag_savings summed over tags is label_costs,
+    and each (label, tag) delta is the difference of two per-tag queries."""
+    ir, _ = _toy_ir(name)
+    cm = cls(ir)
+    rng = random.Random(name)
+    for removed in ([], UniformLabelSelector(0.5).select(ir), random_subset(ir, rng)):
+        per = cm.tag_costs(removed)
+        assert per.dtype == np.int64 and int(per.sum()) == cm.cost(removed)
+        assert dict(zip(cm.tags, per.tolist(), strict=True)) == cm.breakdown(removed)
+        masks = {g.gid: np.zeros(g.size, dtype=bool) for g in ir.prunable_label_groups()}
+        for lab in removed:
+            masks[lab.group][lab.index] = True
+        assert np.array_equal(cm.tag_costs_from_removed(masks), per)
+        ts = cm.tag_savings(removed)
+        assert np.array_equal(ts.costs, per)
+        total = np.zeros(ts.n_pieces, dtype=np.int64)
+        np.add.at(total, ts.piece, ts.delta)
+        want = cm.label_costs(removed)
+        got = ts.per_label(total)
+        assert all(np.array_equal(got[g], want[g]) for g in want)
+        assert all(np.array_equal(ts.kept[g], ~masks[g]) for g in masks)
+        for g in ir.prunable_label_groups():
+            i = next((int(i) for i in np.flatnonzero(~masks[g.gid])), None)
+            if i is None or int((~masks[g.gid]).sum()) < 2:
+                continue
+            expect = np.zeros_like(per)
+            sel = ts.piece == ts.pieces[g.gid][i]
+            np.add.at(expect, ts.tag[sel], ts.delta[sel])
+            assert np.array_equal(per - cm.tag_costs([*removed, ir.labels(g)[i]]), expect), (g.gid, i)
+
+
+def test_node_cost_model_counts_each_mac_node_and_the_other_elements() -> None:
+    ir, _ = _toy_ir("inception")
+    terms, macs = NodeCostModel(ir), MacsModel(ir)
+    assert terms.tags[0] == "<elements written by the other ops>" and terms.tags[1:] == macs.tags
+    assert len(terms.nodes) == len(macs.tags) and terms.n_other == len(ir.graph.nodes) - len(terms.nodes)
+    assert terms.tag_costs()[1:].tolist() == macs.tag_costs().tolist()
+    labels = UniformLabelSelector(0.5).select(ir)
+    assert terms.tag_costs(labels)[1:].tolist() == macs.tag_costs(labels).tolist()
+    assert 0 < terms.tag_costs(labels)[0] < terms.tag_costs()[0]
 
 
 # ------------------------------------------------------------------------------------------ coverage

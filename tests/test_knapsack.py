@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import math
 import time
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -18,6 +20,7 @@ from pruning_ir import (
     MacsModel,
     PruningIR,
 )
+from pruning_ir.selectors._mckp import solve_mckp
 
 
 class MacsFn:
@@ -223,3 +226,115 @@ def test_a_lucky_first_measurement_is_not_trusted() -> None:
                 BinarySearchLatencyLabelSelector(target, noisy)):
         labels = sel.select(ir)
         assert linear_macs(ir.prune(labels=labels).model) <= target, type(sel).__name__
+
+
+# ------------------------------------------------------------------------------ the count program
+def _brute_mckp(scores: list[np.ndarray], savings: list[np.ndarray], need: float) -> float:
+    best = math.inf
+    for combo in itertools.product(*(range(len(s)) for s in scores)):
+        if sum(float(c[i]) for c, i in zip(savings, combo, strict=True)) >= need:
+            best = min(best, sum(float(w[i]) for w, i in zip(scores, combo, strict=True)))
+    return best
+
+
+@pytest.mark.parametrize("max_states", [200_000, 1])  # 1: the reduced program goes to HiGHS instead
+@pytest.mark.parametrize("seed", range(6))
+def test_multiple_choice_knapsack_matches_brute_force(seed: int, max_states: int) -> None:
+    """Options of any shape: non-convex, negative scores, zero savings, ties."""
+    rng = np.random.default_rng(seed)
+    scores, savings = [], []
+    for _ in range(4):
+        k = int(rng.integers(1, 7))
+        w = rng.normal(size=k).round(1) if seed % 2 else np.cumsum(rng.random(k))
+        c = np.cumsum(rng.integers(0, 4, size=k)).astype(float)
+        scores.append(w)
+        savings.append(c)
+    top = sum(float(c.max()) for c in savings)
+    for need in (0.0, 0.3 * top, 0.7 * top, top):
+        res = solve_mckp(scores, savings, need, rel_gap=0.0, max_states=max_states)
+        got_c = sum(float(c[i]) for c, i in zip(savings, res.choice, strict=True))
+        got_w = sum(float(w[i]) for w, i in zip(scores, res.choice, strict=True))
+        assert got_c >= need - 1e-9 and got_w == pytest.approx(res.objective)
+        assert res.status == "optimal" and res.lower_bound <= got_w + 1e-9
+        assert got_w == pytest.approx(_brute_mckp(scores, savings, need), abs=1e-9), need
+    res = solve_mckp(scores, savings, top + 1.0)
+    assert res.status == "infeasible"
+    assert res.choice == [int(np.flatnonzero(c == c.max())[np.argmin(w[c == c.max()])])  # most saving, least score
+                          for c, w in zip(savings, scores, strict=True)]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("uniform", [True, False])
+def test_count_program_equals_the_label_milp_on_a_larger_instance(seed: int, uniform: bool) -> None:
+    """The round's program over counts and the 0/1 program over labels (HiGHS, precedence chains,
+    step integers) reach the same optimum within the gap, on 8 groups of 24-96 labels with
+    bounds and steps, equal or unequal label costs inside a group."""
+    rng = np.random.default_rng(seed)
+    scores, costs, order, bounds = {}, {}, {}, {}
+    for gid in range(8):
+        n = int(rng.integers(24, 97))
+        scores[gid] = rng.gamma(0.5, size=n) * 10.0 ** rng.uniform(-3, 0)
+        costs[gid] = (np.full(n, rng.uniform(1, 50)) if uniform else rng.uniform(1, 50, size=n)).round(1)
+        order[gid] = np.argsort(scores[gid], kind="stable")
+        step = [1, 1, 2, 4, 8][gid % 5]
+        bounds[gid] = (*GroupConstraint(low=0.1, high=0.9 if gid % 3 else None, step=step).bounds(n), step)
+    total = sum(float(c.sum()) for c in costs.values())
+    sel = KnapsackLabelSelector(1.0, MacsFn(), verbose=False)
+    for frac in (0.2, 0.45, 0.7):
+        need = frac * total
+        new, status_new = sel._solve_counts(scores, costs, order, bounds, need)
+        old, status_old = sel._solve_labels(scores, costs, order, bounds, need)
+        assert status_new == status_old == "optimal"
+        removed = {}
+        for name, sol in (("counts", new), ("labels", old)):
+            assert sum(float(costs[g][m].sum()) for g, m in sol.items()) >= need * (1 - 1e-6), name
+            for g, m in sol.items():
+                r = int(m.sum())
+                lo, hi, step = bounds[g]
+                assert lo <= len(m) - r <= hi and (len(m) - r) % step == 0, (name, g)
+                assert np.array_equal(np.flatnonzero(m), np.sort(order[g][:r])), (name, g)  # score order
+            removed[name] = sum(float(scores[g][m].sum()) for g, m in sol.items())
+        assert removed["counts"] <= removed["labels"] * (1 + 2e-4)
+        assert removed["labels"] <= removed["counts"] * (1 + 2e-4)
+
+
+# ------------------------------------------------------------------------------ drifting measurements
+def test_confirmation_cancels_a_speed_up_of_the_machine() -> None:
+    """The machine gets 20% faster after the unpruned model is measured: every later absolute
+    reading is 20% low. Trusting them returns a model over the target; re-measuring the best
+    rounds side by side with the unpruned model (ratios, in the units of the first measurement)
+    returns one within it."""
+    ir = _mlp((12, 16, 10, 6, 3), seed=11)
+    calls = {"n": 0}
+
+    def drifting(model: nn.Module) -> float:
+        calls["n"] += 1
+        return linear_macs(model) * (1.0 if calls["n"] <= 2 else 0.8)
+
+    def true_cost(labels: list) -> float:
+        return linear_macs(ir.prune(labels=labels).model) if labels else linear_macs(ir.model)
+
+    target = 0.5 * linear_macs(ir.model)
+    fooled = KnapsackLabelSelector(target, drifting, verbose=False, max_iterations=6, confirmation_passes=0)
+    assert true_cost(fooled.select(ir)) > target and not fooled.confirmation
+    calls["n"] = 0
+    sel = KnapsackLabelSelector(target, drifting, verbose=False, max_iterations=6)
+    labels = sel.select(ir)
+    assert true_cost(labels) <= target
+    chosen = [c for c in sel.confirmation if c["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["latency"] == pytest.approx(true_cost(labels))
+    assert any(c["search_latency"] <= target < c["latency"] for c in sel.confirmation)  # a reading it rejected
+
+
+def test_outer_budget_steps() -> None:
+    """Over points only: the secant through the two lowest (the unpruned model is one), its slope
+    kept within 3x of the proportional one; in a bracket, bisection after two rounds on one side."""
+    step = KnapsackLabelSelector._next_budget
+    units = 10.0  # proxy budget per ms, proportional: baseline 100 units = 10 ms
+    assert step(50, 6.0, 5.0, [], [(100, 10.0), (50, 6.0)], units, [False]) == pytest.approx(37.5)
+    # two nearby rounds 0.01 ms apart: their slope (100 units/ms) is noise, capped at 30
+    assert step(51, 6.01, 5.0, [], [(100, 10.0), (50, 6.0), (51, 6.01)], units, [False, False]) == pytest.approx(25.0)
+    # bracket: secant towards the aim, then bisection once two rounds in a row fell on one side
+    assert step(40, 6.0, 5.0, [(30, 4.0)], [(40, 6.0)], units, [True, False]) == pytest.approx(35.0)
+    assert step(38, 5.5, 5.0, [(30, 4.0)], [(38, 5.5), (40, 6.0)], units, [True, False, False]) == pytest.approx(34.0)
+    assert step(50, math.inf, 5.0, [], [(100, 10.0), (50, math.inf)], units, [False]) == pytest.approx(45.0)

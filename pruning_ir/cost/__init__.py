@@ -3,6 +3,6 @@ labels, without re-running the model (see :mod:`pruning_ir.cost.macs` for the co
 
 from __future__ import annotations
 
-from .macs import MAC_OPS, CostModel, MacsModel, ParamsModel
+from .macs import MAC_OPS, CostModel, MacsModel, NodeCostModel, ParamsModel, TagSavings
 
-__all__ = ["MAC_OPS", "CostModel", "MacsModel", "ParamsModel"]
+__all__ = ["MAC_OPS", "CostModel", "MacsModel", "NodeCostModel", "ParamsModel", "TagSavings"]

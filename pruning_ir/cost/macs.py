@@ -47,7 +47,7 @@ from __future__ import annotations
 import bisect
 import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -62,7 +62,7 @@ from ..errors import InvalidInputError
 if TYPE_CHECKING:
     from ..ir import PruningIR
 
-__all__ = ["MAC_OPS", "CostModel", "MacsModel", "ParamsModel"]
+__all__ = ["MAC_OPS", "CostModel", "MacsModel", "NodeCostModel", "ParamsModel", "TagSavings"]
 
 Axis = Layout | int
 """A size a cost depends on: an axis layout (its kept size varies with the labels) or a constant."""
@@ -432,12 +432,11 @@ class _Perturbations:
     pm_start: np.ndarray
     pma_axis: np.ndarray
     pma_pa: np.ndarray
+    _keys: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(init=False, default=None)
 
-    def savings(self, poly: _Poly, kept: np.ndarray) -> np.ndarray:
-        """Cost saved by removing one kept slot of each piece (0 for pieces with none kept)."""
-        saving = np.zeros(self.p_lo.size, dtype=np.int64)
-        if self.pm_mono.size == 0:
-            return saving
+    def _mono_deltas(self, poly: _Poly, kept: np.ndarray) -> np.ndarray:
+        """For every touched (piece, monomial) entry, what removing one slot of the piece
+        subtracts from the monomial (valid for pieces with a kept slot)."""
         fc = poly.factors(kept)
         tv = np.multiply.reduceat(fc, poly.t_start) * poly.t_coef
         av = np.add.reduceat(tv, poly.a_start) + poly.a_const
@@ -447,11 +446,47 @@ class _Perturbations:
         d_axis = np.append(np.add.reduceat(tv[self.pt_term] - tv_new, self.pa_start), 0)
         vals = av[self.pma_axis] - d_axis[self.pma_pa]  # -1 picks the appended 0
         mv_new = np.multiply.reduceat(vals, self.pm_start) * poly.m_coef[self.pm_mono]
-        np.add.at(saving, self.pm_piece, mv[self.pm_mono] - mv_new)
+        out: np.ndarray = mv[self.pm_mono] - mv_new
+        return out
+
+    def _no_kept(self, poly: _Poly, kept: np.ndarray) -> np.ndarray:
         csum = np.zeros(poly.n_slots + 1, dtype=np.int64)
         np.cumsum(kept, out=csum[1:])
-        saving[csum[self.p_hi] == csum[self.p_lo]] = 0
+        out: np.ndarray = csum[self.p_hi] == csum[self.p_lo]
+        return out
+
+    def savings(self, poly: _Poly, kept: np.ndarray) -> np.ndarray:
+        """Cost saved by removing one kept slot of each piece (0 for pieces with none kept)."""
+        saving = np.zeros(self.p_lo.size, dtype=np.int64)
+        if self.pm_mono.size == 0:
+            return saving
+        np.add.at(saving, self.pm_piece, self._mono_deltas(poly, kept))
+        saving[self._no_kept(poly, kept)] = 0
         return saving
+
+    def tag_keys(self, poly: _Poly, n_tags: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The distinct touched (piece, tag) pairs and, per touched monomial entry, its pair."""
+        if self._keys is None:
+            key = self.pm_piece * n_tags + poly.m_tag[self.pm_mono]
+            uniq, inv = np.unique(key, return_inverse=True)
+            self._keys = (uniq // n_tags, uniq % n_tags, inv.reshape(-1))
+        return self._keys
+
+    def tag_deltas(self, poly: _Poly, kept: np.ndarray, n_tags: int,
+                   exact_float: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(piece, tag, delta)``: removing one kept slot of ``piece`` lowers ``tag`` by ``delta``
+        (0 for pieces with no kept slot); one entry per touched (piece, tag) pair."""
+        k_piece, k_tag, inv = self.tag_keys(poly, n_tags)
+        if self.pm_mono.size == 0:
+            return k_piece, k_tag, np.zeros(0, dtype=np.int64)
+        d = self._mono_deltas(poly, kept)
+        if exact_float:  # every partial sum is below 2**53: float sums are exact, and faster
+            delta = np.bincount(inv, weights=d, minlength=k_piece.size).astype(np.int64)
+        else:
+            delta = np.zeros(k_piece.size, dtype=np.int64)
+            np.add.at(delta, inv, d)
+        delta[self._no_kept(poly, kept)[k_piece]] = 0
+        return k_piece, k_tag, delta
 
 
 def _perturbations(poly: _Poly, snap: Snapshot, leaf_slot: dict[int, tuple[int, int]]) -> _Perturbations:
@@ -510,6 +545,38 @@ def _perturbations(poly: _Poly, snap: Snapshot, leaf_slot: dict[int, tuple[int, 
 LabelsArg = Iterable[Label] | None
 
 
+@dataclass(frozen=True)
+class TagSavings:
+    """Per-tag savings of removing one more label, given a selection (see
+    :meth:`CostModel.tag_savings`).
+
+    Labels are grouped into *pieces*: runs of a group's labels that every cost term uses
+    alike, so removing any kept label of a piece changes every tag by the same amount. The
+    entries are sparse: removing one kept label of piece ``piece[i]`` lowers the cost of tag
+    ``tag[i]`` by ``delta[i]`` (0 when the piece has no kept label left); pairs not listed do
+    not change.
+    """
+
+    piece: np.ndarray
+    """Piece of each entry (int64)."""
+    tag: np.ndarray
+    """Tag of each entry (int64), an index into :attr:`CostModel.tags`."""
+    delta: np.ndarray
+    """What removing one kept label of the piece subtracts from the tag's cost (int64)."""
+    n_pieces: int
+    """Number of pieces."""
+    pieces: dict[int, np.ndarray]
+    """Prunable group id -> piece of each of its labels."""
+    kept: dict[int, np.ndarray]
+    """Prunable group id -> whether each of its labels is kept in the selection."""
+    costs: np.ndarray
+    """Each tag's cost at the selection (int64, as :meth:`CostModel.tag_costs`)."""
+
+    def per_label(self, piece_values: np.ndarray) -> dict[int, np.ndarray]:
+        """Spread a value per piece to the labels of every group (0 for removed labels)."""
+        return {gid: np.where(self.kept[gid], piece_values[p], 0) for gid, p in self.pieces.items()}
+
+
 class CostModel:
     """A cost (MACs, parameters) that is a polynomial in the kept sizes of the IR's axes.
 
@@ -548,6 +615,7 @@ class CostModel:
             raise OverflowError(f"{type(self).__name__}: a single op's cost exceeds int64; use smaller example inputs")
         self._baseline = int(self._poly.total(self._full_fc))
         self._pert: _Perturbations | None = None
+        self._piece_of_slot: np.ndarray | None = None
 
     def _collect(self, snap: Snapshot, builder: _Builder) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -691,13 +759,52 @@ class CostModel:
 
     def breakdown(self, removed_labels: LabelsArg = None) -> dict[str, int]:
         """The cost split by where it arises (a node for MACs, a parameter for parameters)."""
-        poly = self._poly
-        mv = poly.monomials(poly.factors(self._kept_from_labels(removed_labels)))
-        per = np.zeros(len(self._tags), dtype=np.int64)
-        np.add.at(per, poly.m_tag, mv)
-        for tag, c in poly.const_by_tag.items():
-            per[tag] += c
+        per = self.tag_costs(removed_labels)
         return {name: int(per[i]) for i, name in enumerate(self._tags)}
+
+    # ----------------------------------------------------------------------------- per tag
+    @property
+    def tags(self) -> list[str]:
+        """Where the cost arises, in tag order: a node for MACs (``"#nid op module"``), a
+        parameter for parameters (the keys of :meth:`breakdown`)."""
+        return list(self._tags)
+
+    def tag_costs(self, removed_labels: LabelsArg = None) -> np.ndarray:
+        """The cost of each tag (int64, in :attr:`tags` order) with ``removed_labels`` removed."""
+        return self._tag_values(self._kept_from_labels(removed_labels))
+
+    def tag_costs_from_removed(self, removed: Mapping[int, torch.Tensor | np.ndarray]) -> np.ndarray:
+        """:meth:`tag_costs` for masks of removed slots per group id (no label validation)."""
+        return self._tag_values(self._kept_from_removed(removed))
+
+    def tag_savings(self, removed_labels: LabelsArg = None) -> TagSavings:
+        """What removing one more label lowers each tag's cost by, given ``removed_labels``
+        (exact, interactions included; summed over tags it is :meth:`label_costs`)."""
+        kept = self._kept_from_labels(removed_labels)
+        pert = self._pieces()
+        piece, tag, delta = pert.tag_deltas(self._poly, kept, len(self._tags), self._baseline < 2**53)
+        if self._piece_of_slot is None:
+            self._piece_of_slot = np.repeat(np.arange(pert.p_lo.size), pert.p_hi - pert.p_lo)
+        pos = self._piece_of_slot
+        pieces, kept_by = {}, {}
+        for gid, leaf in self._gid_leaf.items():
+            off, size = self._leaf_slot[leaf]
+            pieces[gid] = pos[off : off + size]
+            kept_by[gid] = kept[off : off + size].astype(bool)
+        return TagSavings(piece, tag, delta, int(pert.p_lo.size), pieces, kept_by, self._tag_values(kept))
+
+    def _tag_values(self, kept: np.ndarray) -> np.ndarray:
+        poly = self._poly
+        out = np.zeros(len(self._tags), dtype=np.int64)
+        if poly.m_coef.size:
+            mv = poly.monomials(poly.factors(kept))
+            if self._baseline < 2**53:  # every partial sum is below 2**53: float sums are exact, and faster
+                out += np.bincount(poly.m_tag, weights=mv, minlength=out.size).astype(np.int64)
+            else:
+                np.add.at(out, poly.m_tag, mv)
+        for tag, c in poly.const_by_tag.items():
+            out[tag] += c
+        return out
 
     # ----------------------------------------------------------------------------- internals
     def _pieces(self) -> _Perturbations:
@@ -804,3 +911,60 @@ class ParamsModel(CostModel):
     def params(self, removed_labels: LabelsArg = None) -> int:
         """Parameter count of the model with ``removed_labels`` removed (``None``: unpruned)."""
         return self.cost(removed_labels)
+
+
+class NodeCostModel(CostModel):
+    """Per-node costs for latency models: the MACs of every MAC-carrying node under its own tag,
+    and, under tag 0, the elements written by every other node (leaf modules included).
+
+    The per-tag queries (:meth:`~CostModel.tag_costs`, :meth:`~CostModel.tag_savings`) are what
+    it is for: :class:`~pruning_ir.latency.LatencyLUT` looks each node up on its own latency
+    curve and the other ops' elements on the overhead's. The total (:meth:`~CostModel.cost`)
+    mixes MACs and elements and means little on its own.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from pruning_ir import PruningIR
+        >>> from pruning_ir.cost import NodeCostModel
+        >>> ir = PruningIR(nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3)),
+        ...                example_inputs=(torch.randn(2, 4),))
+        >>> terms = NodeCostModel(ir)
+        >>> [len(terms.nodes), terms.tags[0]]
+        [2, '<elements written by the other ops>']
+        >>> terms.tag_costs().tolist()    # t (64) + relu (32) + t (48) elements; 2*4*16, 2*16*3 MACs
+        [144, 128, 96]
+    """
+
+    unit = "MACs (nodes) / elements (tag 0)"
+
+    def __init__(self, ir: PruningIR, snapshot_name: str = "main") -> None:
+        self.nodes: list[Node] = []
+        """The MAC-carrying nodes, node ``i`` under tag ``i + 1``."""
+        self.n_other = 0
+        """Number of other nodes (their output elements are tag 0)."""
+        self.uncounted: list[str] = []
+        """MAC-carrying nodes whose form is not understood (counted as other nodes)."""
+        super().__init__(ir, snapshot_name)
+
+    def _collect(self, snap: Snapshot, builder: _Builder) -> None:
+        graph = snap.graph
+        other = self._tag("<elements written by the other ops>")
+        for node in graph.nodes:
+            formula = None if node.leaf else MAC_OPS.get(node.op)
+            monos = None
+            if formula is not None:
+                try:
+                    monos = formula(graph, node)
+                except _NotUnderstood as exc:
+                    self.uncounted.append(f"{node.op} in '{node.module or '<root>'}': {exc}")
+            if monos is None:
+                self.n_other += 1
+                for vid in node.outputs:
+                    if vid >= 0:
+                        builder.add(1, _axes(graph, ValueRef(vid)), other)
+                continue
+            tag = self._tag(f"#{node.nid} {node.op} {node.module or '<root>'}")
+            self.nodes.append(node)
+            for coef, axes in monos:
+                builder.add(coef, axes, tag)

@@ -24,11 +24,21 @@ Model of the latency (all in milliseconds)::
   ops that the selection keeps (read off the IR): those ops are memory-bound, so their time
   follows the tensor sizes rather than the MACs, and part of the overhead (Python, dispatch)
   does not shrink at all. ``fixed`` and ``variable`` come from a **two-point fit**: the slim
-  model at the smallest width is built (``ir.prune``) and measured too, interleaved with the
-  full model, and the overhead at both widths fixes the line (clamped to non-negative parts;
+  model at the smallest width is built (``ir.prune``) and measured too, paired with the full
+  model (``MeasuredLatency(reference=...)``: its ratio to the full model, drift-cancelling),
+  and the overhead at both widths fixes the line (clamped to non-negative parts;
   the baseline stays the measured latency). When there is no smaller width, or that model cannot
   be built or run, ``fixed`` is estimated as the number of other ops times the measured latency
   of a one-element ``add`` (:attr:`LatencyLUT.overhead_fit` says which).
+
+**Calibration.** The ops are timed alone, and the two-point fit cannot explain a model that
+runs *faster* than its ops alone (the overhead is clamped at 0: on a loaded CPU the op timings
+after cache flushes can sum to more than the model) nor a slim model slower than the ops and
+the largest fixed overhead allow. Predictions are therefore mapped by an affine
+``scale x table + shift`` (:attr:`LatencyLUT.calibration`) that reproduces both measured models,
+the unpruned one and the slim one at the smallest width; it is the identity when the fit
+already does. Without a slim model, only a scale, from the unpruned model's latency, when the
+ops alone exceed it.
 
 Measurements are deduplicated: a node is timed once per distinct ``(op, argument shapes and
 values)``, so the repeated blocks of a ResNet stage cost one measurement per width, and a node
@@ -60,8 +70,8 @@ from .._ir.axes import kept_size
 from .._ir.graph import Graph, Node, ValueRef, set_path
 from .._ir.labels import Label
 from .._ir.snapshot import Snapshot
-from .._ir.spaces import Layout, SpaceTable
-from ..cost import MAC_OPS, CostModel, ParamsModel
+from .._ir.spaces import SpaceTable
+from ..cost import NodeCostModel, ParamsModel, TagSavings
 from ..errors import InvalidInputError, LatencyMeasurementError
 from .measure import MeasuredLatency, _model_device, _resolve_threads, _sync_clock, time_calls
 
@@ -77,112 +87,18 @@ _DEFAULT_FLUSH_BYTES = 64 * 2**20
 
 
 # ------------------------------------------------------------------------------------ per-node terms
-def _value_axes(graph: Graph, vid: int) -> Sequence[Layout | int]:
-    v = graph.values[vid]
-    return v.axes if len(v.axes) == len(v.shape) else v.shape
+class _Fractions:
+    """Per-tag values of a :class:`~pruning_ir.cost.NodeCostModel` as fractions of their full values."""
 
+    def __init__(self, terms: NodeCostModel) -> None:
+        self.full = terms.tag_costs().astype(np.float64)
+        self._safe = np.where(self.full > 0, self.full, 1.0)
 
-class _NodeTerms(CostModel):
-    """MACs of every MAC-carrying node under its own tag (tags ``1..``), and tag 0: the
-    elements written by every other node (leaf modules included).
-
-    Builds on :class:`~pruning_ir.cost.CostModel`'s compiled polynomial; adds per-tag
-    evaluation and per-(piece, tag) savings of removing one label.
-    """
-
-    unit = "MACs"
-
-    def __init__(self, ir: PruningIR, snapshot_name: str) -> None:
-        self.nodes: list[Node] = []
-        self.n_other = 0
-        self.uncounted: list[str] = []
-        super().__init__(ir, snapshot_name)
-        self.n_tags = len(self._tags)
-        self._const = np.zeros(self.n_tags, dtype=np.float64)
-        for tag, c in self._poly.const_by_tag.items():
-            self._const[tag] += c
-        self.full = self.values(np.ones(self._poly.n_slots, dtype=np.int64))
-        self._safe_full = np.where(self.full > 0, self.full, 1.0)
-        self._keys: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-
-    def _collect(self, snap: Snapshot, builder: Any) -> None:
-        graph = snap.graph
-        other = self._tag("<elements written by the other ops>")
-        for node in graph.nodes:
-            formula = None if node.leaf else MAC_OPS.get(node.op)
-            monos = None
-            if formula is not None:
-                try:
-                    monos = formula(graph, node)
-                except Exception as exc:  # a form MacsModel does not understand either
-                    self.uncounted.append(f"{node.op} in '{node.module or '<root>'}': {exc}")
-            if monos is None:
-                self.n_other += 1
-                for vid in node.outputs:
-                    if vid >= 0:
-                        builder.add(1, _value_axes(graph, vid), other)
-                continue
-            tag = self._tag(f"#{node.nid} {node.op} {node.module or '<root>'}")
-            self.nodes.append(node)
-            for coef, axes in monos:
-                builder.add(coef, axes, tag)
-
-    # ------------------------------------------------------------------------------ evaluation
-    def values(self, kept: np.ndarray) -> np.ndarray:
-        """Per-tag value (float64) for a 0/1 vector of kept slots."""
-        poly = self._poly
-        out = self._const.copy()
-        if poly.m_coef.size:
-            mv = poly.monomials(poly.factors(kept))
-            out += np.bincount(poly.m_tag, weights=mv, minlength=self.n_tags)
-        return out
-
-    def fractions(self, values: np.ndarray, tags: np.ndarray | None = None) -> np.ndarray:
+    def __call__(self, values: np.ndarray, tags: np.ndarray | None = None) -> np.ndarray:
         """Values over their full values (tags ``tags``, default all); 1 where the full value is 0."""
         if tags is None:
-            return np.where(self.full > 0, values / self._safe_full, 1.0)
-        return np.where(self.full[tags] > 0, values / self._safe_full[tags], 1.0)
-
-    def kept_from_labels(self, labels: Iterable[Label] | None) -> np.ndarray:
-        return self._kept_from_labels(labels)
-
-    def kept_from_removed(self, removed: Mapping[int, Any]) -> np.ndarray:
-        return self._kept_from_removed(removed)
-
-    def piece_bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        pert = self._pieces()
-        return pert.p_lo, pert.p_hi
-
-    def slot_ranges(self) -> dict[int, tuple[int, int]]:
-        """Prunable group id -> ``(first slot, size)``."""
-        return {gid: self._leaf_slot[leaf] for gid, leaf in self._gid_leaf.items()}
-
-    def piece_tag_deltas(self, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """What removing one slot of each piece subtracts from each tag it touches.
-
-        Returns ``(piece, tag, delta)`` arrays, one entry per touched (piece, tag) pair (the
-        per-tag split of :meth:`CostModel.label_costs`' savings).
-        """
-        pert = self._pieces()
-        poly = self._poly
-        if self._keys is None:
-            key = pert.pm_piece * self.n_tags + poly.m_tag[pert.pm_mono]
-            uniq, inv = np.unique(key, return_inverse=True)
-            self._keys = (uniq // self.n_tags, uniq % self.n_tags, inv.reshape(-1))
-        k_piece, k_tag, inv = self._keys
-        if pert.pm_mono.size == 0:
-            return k_piece, k_tag, np.zeros(0, dtype=np.float64)
-        # the same arithmetic as the savings of CostModel.label_costs, kept per monomial
-        fc = poly.factors(kept)
-        tv = np.multiply.reduceat(fc, poly.t_start) * poly.t_coef
-        av = np.add.reduceat(tv, poly.a_start) + poly.a_const
-        mv = np.multiply.reduceat(av[poly.m_axes], poly.m_start) * poly.m_coef
-        tv_new = np.multiply.reduceat(fc[pert.ptf_factor] - pert.ptf_dec, pert.pt_fstart) * poly.t_coef[pert.pt_term]
-        d_axis = np.append(np.add.reduceat(tv[pert.pt_term] - tv_new, pert.pa_start), 0)
-        vals = av[pert.pma_axis] - d_axis[pert.pma_pa]
-        mv_new = np.multiply.reduceat(vals, pert.pm_start) * poly.m_coef[pert.pm_mono]
-        delta = np.bincount(inv, weights=mv[pert.pm_mono] - mv_new, minlength=k_piece.size)
-        return k_piece, k_tag, delta
+            return np.where(self.full > 0, values / self._safe, 1.0)
+        return np.where(self.full[tags] > 0, values / self._safe[tags], 1.0)
 
 
 # -------------------------------------------------------------------------------- op measurement
@@ -360,8 +276,10 @@ class LatencyLUT:
         threads = _resolve_threads(num_threads)
         self.widths = ws
         self.device = device
-        terms = _NodeTerms(ir, snapshot_name)
+        terms = NodeCostModel(ir, snapshot_name)
         self._terms = terms
+        self._frac = fractions = _Fractions(terms)
+        n_tags = len(terms.tags)
         self.unmeasured: list[str] = list(terms.uncounted)
         """Nodes that may carry MACs but were not timed (their time stays in the overhead)."""
 
@@ -379,8 +297,8 @@ class LatencyLUT:
         for w in ws:
             kept_leaf, removed = self._uniform(snap, w)
             removed_at[w] = removed
-            values = terms.values(terms.kept_from_removed(removed))
-            frac = frac_at[w] = terms.fractions(values)
+            values = terms.tag_costs_from_removed(removed).astype(np.float64)
+            frac = frac_at[w] = fractions(values)
             # between two calls of an op the model touches its parameters and activations
             touched = elem_bytes * (params.cost_from_removed(removed) + int(values[0]))
             nbytes = min(touched, flush_limit)
@@ -413,27 +331,28 @@ class LatencyLUT:
                     table.insert(0, (0.0, 0.0))
                 tables.append(table)
         self._x, self._y, self._slope = self._compile(tables)
-        self._rows = np.arange(terms.n_tags)
+        self._rows = np.arange(n_tags)
 
         # the whole model, and the slim model at the smallest width for the overhead's fit
         fn = MeasuredLatency(args, kwargs, warmup=warmup, repeats=repeats, num_threads=threads)
         w_min = ws[-1]
         small = self._slim(ir, snapshot_name, snap, removed_at[w_min]) if w_min < 1.0 else None
-        full_runs: list[float] = []
+        full_runs = [fn(ir.model) for _ in range(2)]
         small_runs: list[float] = []
-        for _ in range(1 if small is None else 2):  # interleaved: both see the same machine load
-            full_runs.append(fn(ir.model))
-            if small is not None:
-                try:
-                    small_runs.append(fn(small))
-                except LatencyMeasurementError as exc:
-                    log.warning("LatencyLUT: the slim model at width %g failed to run (%s); the overhead is "
-                                "split with the dispatch estimate", w_min, exc)
-                    small = None
+        if small is not None:
+            # paired with the unpruned model (drift-cancelling): the ratio of the two is what the
+            # fit needs, and a change of the machine's load between two absolute runs would bend it
+            paired = MeasuredLatency(args, kwargs, warmup=warmup, repeats=repeats, num_threads=threads,
+                                     reference=ir.model, reference_ms=statistics.fmean(full_runs))
+            try:
+                small_runs.append(paired(small))
+            except LatencyMeasurementError as exc:
+                log.warning("LatencyLUT: the slim model at width %g failed to run (%s); the overhead is "
+                            "split with the dispatch estimate", w_min, exc)
         del small
         self.measured_ms = statistics.fmean(full_runs)
         """Measured latency of the unpruned model on the snapshot's example inputs (ms)."""
-        ops_ms = self._ops_ms(np.ones(terms.n_tags))
+        ops_ms = self._ops_ms(np.ones(n_tags))
         overhead = max(self.measured_ms - ops_ms, 0.0)
         self.dispatch_ms: float | None = None
         """Measured latency of a one-element ``add`` (ms), when the overhead split used it."""
@@ -454,15 +373,29 @@ class LatencyLUT:
         """The overhead at full width: ``(fixed, variable)`` in ms (see the module docstring)."""
         tables[0] = [(0.0, fixed), (1.0, overhead)]
         self._x, self._y, self._slope = self._compile(tables)
-        self._baseline = float(self._latencies(self._rows, np.ones(terms.n_tags)).sum())
+        self.calibration = (1.0, 0.0)
+        """``(scale, shift)``: predictions are ``scale x`` the table's sum ``+ shift`` (ms), the
+        affine map that reproduces both measured models (see the module docstring)."""
+        raw_full = float(self._latencies(self._rows, np.ones(n_tags)).sum())
+        if small_runs:
+            raw_small = float(self._latencies(self._rows, frac_at[w_min]).sum())
+            m_full, m_small = self.measured_ms, statistics.fmean(small_runs)
+            if raw_full > raw_small and m_full > m_small:
+                scale = (m_full - m_small) / (raw_full - raw_small)
+                if abs(scale - 1.0) > 1e-6 or abs(m_full - raw_full) > 1e-6 * m_full:
+                    self.calibration = (scale, m_full - scale * raw_full)
+        elif raw_full > 0 and ops_ms > self.measured_ms:  # the ops alone take longer than the model
+            self.calibration = (self.measured_ms / raw_full, 0.0)
+        self._baseline = self.calibration[0] * raw_full + self.calibration[1]
         self.build_seconds = time.perf_counter() - t_start
         """Wall-clock time of the construction (s)."""
         if self.unmeasured:
             log.warning("LatencyLUT: %d MAC-carrying nodes not timed (their time is in the overhead): %s",
                         len(self.unmeasured), "; ".join(self.unmeasured[:5]))
         log.info("LatencyLUT: %d MAC nodes, %d measurements, measured %.3f ms = ops %.3f + overhead %.3f "
-                 "(fixed %.3f; %s), built in %.1fs", len(terms.nodes), self.n_measurements, self.measured_ms,
-                 ops_ms, overhead, fixed, self.overhead_fit, self.build_seconds)
+                 "(fixed %.3f; %s), calibration %.3g x + %.3g ms, built in %.1fs", len(terms.nodes),
+                 self.n_measurements, self.measured_ms, ops_ms, overhead, fixed, self.overhead_fit,
+                 *self.calibration, self.build_seconds)
 
     def _ops_ms(self, frac: np.ndarray) -> float:
         """Sum of the MAC nodes' latencies (before the overhead's table is set, its row is 0)."""
@@ -540,66 +473,68 @@ class LatencyLUT:
         out: np.ndarray = np.maximum(val, 0.0)
         return out
 
-    def _per_tag(self, kept: np.ndarray) -> np.ndarray:
-        return self._latencies(self._rows, self._terms.fractions(self._terms.values(kept)))
+    def _per_tag(self, values: np.ndarray) -> np.ndarray:
+        """The table's latency of each tag (before the calibration)."""
+        return self._latencies(self._rows, self._frac(values.astype(np.float64)))
+
+    def _predict(self, values: np.ndarray) -> float:
+        scale, shift = self.calibration
+        return max(scale * float(self._per_tag(values).sum()) + shift, 0.0)
 
     def baseline(self) -> float:
-        """Predicted latency with nothing removed (ms): the measured latency when the ops explain
-        no more than it, else the sum of the ops' latencies."""
+        """Predicted latency with nothing removed (ms): the measured latency of the unpruned model
+        (the calibration maps the table onto it), unless the measurements give no usable
+        calibration and the ops alone take longer than the model (then the ops' sum)."""
         return self._baseline
 
     def cost(self, removed_labels: Iterable[Label] | None = None) -> float:
         """Predicted latency (ms) with ``removed_labels`` removed (``None``: nothing removed).
 
         Labels are checked like :meth:`~pruning_ir.PruningIR.check_labels` (same errors)."""
-        return float(self._per_tag(self._terms.kept_from_labels(removed_labels)).sum())
+        return self._predict(self._terms.tag_costs(removed_labels))
 
     def cost_from_removed(self, removed: Mapping[int, torch.Tensor | np.ndarray]) -> float:
         """Predicted latency (ms) for bool masks of removed slots per prunable group id (no label
         validation: a mask may remove a whole group)."""
-        return float(self._per_tag(self._terms.kept_from_removed(removed)).sum())
+        return self._predict(self._terms.tag_costs_from_removed(removed))
 
     def label_costs(self, removed_labels: Iterable[Label] | None = None) -> dict[int, np.ndarray]:
         """For every prunable group, the predicted latency saved (ms) by removing each label in
         addition to ``removed_labels`` (a float64 vector over the group's slots; 0 for removed
         slots). Exact under the table's model: each node's MACs (and the elements written)
         after the removal, read off the IR, are looked up on its curve."""
-        terms = self._terms
-        kept = terms.kept_from_labels(removed_labels)
-        values = terms.values(kept)
-        now = self._latencies(self._rows, terms.fractions(values))
-        k_piece, k_tag, delta = terms.piece_tag_deltas(kept)
-        p_lo, p_hi = terms.piece_bounds()
-        saving = np.zeros(p_lo.size, dtype=np.float64)
-        if delta.size:
-            after = terms.fractions(values[k_tag] - delta, k_tag)
-            np.add.at(saving, k_piece, now[k_tag] - self._latencies(k_tag, after))
-        csum = np.zeros(kept.size + 1, dtype=np.int64)
-        np.cumsum(kept, out=csum[1:])
-        saving[csum[p_hi] == csum[p_lo]] = 0.0  # no kept slot left in the piece
-        per_slot = np.repeat(np.maximum(saving, 0.0), p_hi - p_lo) * kept  # >= 0 up to rounding anyway
-        return {gid: per_slot[off : off + size] for gid, (off, size) in terms.slot_ranges().items()}
+        return self._label_costs(self._terms.tag_savings(removed_labels))
+
+    def _label_costs(self, ts: TagSavings) -> dict[int, np.ndarray]:
+        values = ts.costs.astype(np.float64)
+        now = self._latencies(self._rows, self._frac(values))
+        saving = np.zeros(ts.n_pieces, dtype=np.float64)
+        if ts.delta.size:
+            after = self._frac(values[ts.tag] - ts.delta, ts.tag)
+            np.add.at(saving, ts.piece, now[ts.tag] - self._latencies(ts.tag, after))
+        # >= 0 up to rounding anyway; a piece with no kept label has no delta, so it saves 0
+        return ts.per_label(self.calibration[0] * np.maximum(saving, 0.0))
 
     def marginal_costs(self, removed_labels: Iterable[Label] | None = None) -> dict[int, float]:
         """For every prunable group id, the mean predicted saving (ms) of removing one more of
         its kept labels given ``removed_labels``."""
-        out: dict[int, float] = {}
-        kept = self._terms.kept_from_labels(removed_labels)
-        ranges = self._terms.slot_ranges()
-        for gid, costs in self.label_costs(removed_labels).items():
-            off, size = ranges[gid]
-            k = kept[off : off + size].astype(bool)
-            out[gid] = float(costs[k].mean()) if k.any() else 0.0
-        return out
+        ts = self._terms.tag_savings(removed_labels)
+        return {gid: float(c[ts.kept[gid]].mean()) if ts.kept[gid].any() else 0.0
+                for gid, c in self._label_costs(ts).items()}
 
     def breakdown(self, removed_labels: Iterable[Label] | None = None) -> dict[str, float]:
-        """Predicted latency (ms) per MAC node (``"#nid op module"``) and of the overhead."""
-        per = self._per_tag(self._terms.kept_from_labels(removed_labels))
-        names = ["<overhead: the other ops>"] + [f"#{n.nid} {n.op} {n.module or '<root>'}" for n in self._terms.nodes]
-        return {name: float(v) for name, v in zip(names, per)}
+        """Predicted latency (ms) per MAC node (``"#nid op module"``), of the overhead and of the
+        calibration's shift (the entries sum to :meth:`cost`, clamping at 0 aside)."""
+        scale, shift = self.calibration
+        per = scale * self._per_tag(self._terms.tag_costs(removed_labels))
+        names = ["<overhead: the other ops>", *self._terms.tags[1:]]
+        out = {name: float(v) for name, v in zip(names, per, strict=True)}
+        out["<calibration shift>"] = shift
+        return out
 
     def __repr__(self) -> str:
         fixed, var = self.overhead_ms
         return (f"LatencyLUT({self._baseline:.4g} ms unpruned on {self.device}: {len(self._terms.nodes)} MAC nodes, "
                 f"{self.n_measurements} measurements at widths {self.widths}, overhead {fixed:.3g} fixed + "
-                f"{var:.3g} ms variable; measured {self.measured_ms:.4g} ms)")
+                f"{var:.3g} ms variable, calibration {self.calibration[0]:.3g} x + {self.calibration[1]:.3g} ms; "
+                f"measured {self.measured_ms:.4g} ms)")

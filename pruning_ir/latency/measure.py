@@ -79,6 +79,33 @@ def time_calls(fn: Callable[[], Any], *, warmup: int, repeats: int, num_threads:
     return samples[-repeats:]
 
 
+def time_pairs(a: Callable[[], Any], b: Callable[[], Any], *, warmup: int, repeats: int, num_threads: int,
+               clock: Clock | None = None) -> list[tuple[float, float]]:
+    """Seconds per call of ``a`` and of ``b``, timed back to back in ``repeats`` pairs.
+
+    The pairs alternate their order (``a b``, ``b a``, ``a b``, ...), so a load that grows or
+    shrinks steadily over a pair hits both calls alike on average. Runs inside
+    :meth:`torch.utils.benchmark.Timer.timeit` like :func:`time_calls` (thread count, garbage
+    collector off); ``warmup`` untimed pairs come first.
+    """
+    clk = _sync_clock if clock is None else clock
+    pairs: list[tuple[float, float]] = []
+
+    def block() -> None:
+        flip = len(pairs) % 2 == 1
+        first, second = (b, a) if flip else (a, b)
+        t0 = clk()
+        first()
+        t1 = clk()
+        second()
+        t2 = clk()
+        pairs.append((t2 - t1, t1 - t0) if flip else (t1 - t0, t2 - t1))
+
+    Timer(stmt="block()", globals={"block": block}, num_threads=num_threads, timer=clk).timeit(
+        number=warmup + repeats)
+    return pairs[-repeats:]
+
+
 def _model_device(model: nn.Module, args: Sequence[Any], kwargs: dict[str, Any]) -> torch.device:
     """The device of the model's first parameter or buffer, else of its first input tensor, else CPU."""
     for p in model.parameters():
@@ -104,20 +131,35 @@ class MeasuredLatency:
     else buffers, else the inputs); inputs on another device are moved there once per call.
     CUDA work is synchronised around every timed run.
 
+    **Paired (drift-cancelling) mode.** With ``reference=`` (typically the unpruned model), every
+    call times the model and the reference back to back in ``repeats`` pairs of alternating
+    order and returns ``reference_ms x`` the median per-pair ratio ``model / reference``. A
+    change of the machine's speed (another job starting, frequency scaling, thermal throttling)
+    slows both runs of a pair alike and cancels in the ratio, where an absolute measurement
+    reports it as the model's latency; the result stays in milliseconds *of the reference's
+    first measurement*, so targets set as a fraction of the reference's latency keep their
+    meaning. ``reference_ms`` is the reference's median in the first call unless given. Each
+    call costs twice the runs.
+
     Args:
         example_inputs: a tensor, a tuple of positional inputs or a dict of keyword inputs
             (as for :class:`~pruning_ir.PruningIR`).
         example_kwargs: extra keyword inputs.
-        warmup: untimed runs before timing (the first also checks that the model runs;
-            ``Timer`` adds two more).
-        repeats: timed runs; the result is their median.
+        warmup: untimed runs (pairs, in paired mode) before timing (the first also checks that
+            the model runs; ``Timer`` adds two more).
+        repeats: timed runs (pairs); the result is their median (of ratios).
         num_threads: torch CPU threads while timing (default: ``torch.get_num_threads()`` at
             call time).
         timer: the clock in seconds (default: :mod:`torch.utils.benchmark`'s, which
             synchronises the accelerator); for tests and custom clocks.
+        reference: a model to time alongside every measured model (paired mode). It must run on
+            the example inputs; it is not modified (its modes are restored).
+        reference_ms: the reference's latency to scale ratios by (default: measured in the first
+            call, then kept).
 
     Raises:
         LatencyMeasurementError: the model fails to run on the inputs, or lives on ``meta``.
+        InvalidInputError: the reference fails to run.
 
     Example:
         >>> import torch
@@ -125,52 +167,107 @@ class MeasuredLatency:
         >>> fn = MeasuredLatency((torch.randn(2, 8),), warmup=1, repeats=3)
         >>> fn(nn.Linear(8, 4)) > 0
         True
+        >>> big = nn.Sequential(nn.Linear(8, 512), nn.Linear(512, 4))
+        >>> paired = MeasuredLatency((torch.randn(2, 8),), warmup=1, repeats=5, reference=big)
+        >>> paired(big) > 0 and paired.reference_ms is not None
+        True
     """
 
     def __init__(self, example_inputs: Any, example_kwargs: dict[str, Any] | None = None, *, warmup: int = 3,
-                 repeats: int = 20, num_threads: int | None = None, timer: Clock | None = None) -> None:
+                 repeats: int = 20, num_threads: int | None = None, timer: Clock | None = None,
+                 reference: nn.Module | None = None, reference_ms: float | None = None) -> None:
         self.args, self.kwargs = _as_call(example_inputs, example_kwargs)
         self.warmup = _check_count(warmup, "warmup", 0)
         self.repeats = _check_count(repeats, "repeats", 1)
         self.num_threads = None if num_threads is None else _check_count(num_threads, "num_threads", 1)
         if timer is not None and not callable(timer):
             raise InvalidInputError(f"timer={timer!r} is not callable: give a function returning seconds.")
+        if reference is not None and not isinstance(reference, nn.Module):
+            raise InvalidInputError(f"reference={reference!r}: give the nn.Module to time alongside (e.g. the "
+                                    "unpruned model).")
+        if reference_ms is not None and (isinstance(reference_ms, bool) or not isinstance(reference_ms, (int, float))
+                                         or not math.isfinite(reference_ms) or reference_ms <= 0):
+            raise InvalidInputError(f"reference_ms={reference_ms!r}: give a positive number of milliseconds.")
+        if reference_ms is not None and reference is None:
+            raise InvalidInputError("reference_ms= needs reference= (the model it is the latency of).")
         self.timer = timer
+        self.reference = reference
+        self.reference_ms: float | None = None if reference_ms is None else float(reference_ms)
+        """Milliseconds that a ratio of 1.0 stands for (paired mode)."""
         self.samples: list[float] = []
-        """Seconds per timed run of the last call (its median is what the call returned)."""
+        """Seconds per timed run of the model in the last call."""
+        self.reference_samples: list[float] = []
+        """Seconds per timed run of the reference in the last call (paired mode)."""
+        self.ratios: list[float] = []
+        """Per-pair ``model / reference`` ratios of the last call (paired mode)."""
 
-    def __call__(self, model: nn.Module) -> float:
-        """Median latency of ``model``'s forward pass in milliseconds."""
-        if not isinstance(model, nn.Module):
-            raise InvalidInputError(f"MeasuredLatency times nn.Modules, got {type(model).__name__}.")
+    @property
+    def drift_cancelling(self) -> bool:
+        """Whether readings are ratios to a reference (paired mode): selectors then compare them
+        as they are, without re-measuring the unpruned model next to them."""
+        return self.reference is not None
+
+    def _runner(self, model: nn.Module) -> Callable[[], None]:
         device = _model_device(model, self.args, self.kwargs)
         if device.type == "meta":
             raise LatencyMeasurementError(f"{type(model).__name__} is on the meta device: it cannot be timed. "
                                           "Materialise it on a real device first (model.to_empty(device=...)).")
         args, kwargs = _to_device((self.args, self.kwargs), device)
-        modes = [(m, m.training) for m in model.modules()]
 
         def run() -> None:
             with torch.no_grad():
                 model(*args, **kwargs)
+        return run
 
+    def __call__(self, model: nn.Module) -> float:
+        """Median latency of ``model``'s forward pass in milliseconds (paired mode: the reference's
+        milliseconds times the median ratio)."""
+        if not isinstance(model, nn.Module):
+            raise InvalidInputError(f"MeasuredLatency times nn.Modules, got {type(model).__name__}.")
+        run = self._runner(model)
+        ref = self.reference
+        modes = [(m, m.training) for m in model.modules()]
+        if ref is not None:
+            modes += [(m, m.training) for m in ref.modules()]
+        threads = _resolve_threads(self.num_threads)
         model.eval()
         try:
             try:
                 run()
-                self.samples = time_calls(run, warmup=max(self.warmup - 1, 0), repeats=self.repeats,
-                                          num_threads=_resolve_threads(self.num_threads), clock=self.timer)
             except Exception as exc:
                 raise LatencyMeasurementError(f"{type(model).__name__} failed to run on the example inputs while "
                                               f"measuring its latency: {type(exc).__name__}: {exc}") from exc
+            if ref is None:
+                self.samples = time_calls(run, warmup=max(self.warmup - 1, 0), repeats=self.repeats,
+                                          num_threads=threads, clock=self.timer)
+                return 1e3 * statistics.median(self.samples)
+            ref.eval()
+            try:
+                ref_run = self._runner(ref)
+                ref_run()
+            except Exception as exc:
+                raise InvalidInputError(f"MeasuredLatency: the reference {type(ref).__name__} failed to run on the "
+                                        f"example inputs: {type(exc).__name__}: {exc}") from exc
+            try:
+                pairs = time_pairs(run, ref_run, warmup=max(self.warmup - 1, 0), repeats=self.repeats,
+                                   num_threads=threads, clock=self.timer)
+            except Exception as exc:
+                raise LatencyMeasurementError(f"{type(model).__name__} failed while measuring its latency: "
+                                              f"{type(exc).__name__}: {exc}") from exc
         finally:
             for m, mode in modes:
                 m.training = mode
-        return 1e3 * statistics.median(self.samples)
+        self.samples = [a for a, _ in pairs]
+        self.reference_samples = [b for _, b in pairs]
+        self.ratios = [a / b if b > 0 else math.inf for a, b in pairs]
+        if self.reference_ms is None:
+            self.reference_ms = 1e3 * statistics.median(self.reference_samples)
+        return self.reference_ms * statistics.median(self.ratios)
 
     def __repr__(self) -> str:
+        paired = "" if self.reference is None else f", reference={type(self.reference).__name__}"
         return (f"MeasuredLatency(warmup={self.warmup}, repeats={self.repeats}, "
-                f"num_threads={self.num_threads})")
+                f"num_threads={self.num_threads}{paired})")
 
 
 # ----------------------------------------------------------------------------------------- MACs

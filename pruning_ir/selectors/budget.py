@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -143,6 +144,45 @@ class Evaluator:
         value = max(first, self(labels))
         self.cache[key] = value
         return value
+
+
+    def compare(self, selections: list[list[Label]], passes: int) -> list[float]:
+        """Latencies of ``selections`` re-measured side by side with the unpruned model.
+
+        Every pass measures the unpruned model and each selection's slim model once, in an order
+        that rotates between passes. A selection's latency is its median ratio to the unpruned
+        model's measurement in the same pass, so that a change of the machine's speed since the
+        search cancels, times the unpruned model's latency as first measured (``self([])``, which
+        the selectors confirm with a second reading: latencies stay in the units of the machine
+        as it was when the target was compared with the unpruned model).
+        A function that cancels drift itself (``fn.drift_cancelling`` true, as
+        ``MeasuredLatency(reference=...)``) is not divided by the unpruned model's readings: a
+        selection gets the median of its measurements in the passes and its cached one.
+        Refused candidates get ``inf``; functions with a cost model need no re-measurement (their
+        exact cost is returned)."""
+        if self.exact is not None:
+            return [self(labels) for labels in selections]
+        base = self([])
+        paired = bool(getattr(self.fn, "drift_cancelling", False))
+        models = ([] if paired else [self.ir.model]) + [
+            self.ir.prune(self.name, labels=labels).model if labels else self.ir.model for labels in selections]
+        readings: list[list[float]] = [[] for _ in models]
+        for p in range(passes):
+            for j in range(len(models)):
+                i = (j + p) % len(models)
+                try:
+                    readings[i].append(float(self.fn(models[i])))
+                except LatencyMeasurementError as exc:
+                    log.info("candidate refused by the latency function while re-measuring: %s", exc)
+                    readings[i].append(math.inf)
+                self.measurements += 1
+        if paired:
+            return [statistics.median([self(labels), *r]) for labels, r in zip(selections, readings, strict=True)]
+        out = []
+        for r in readings[1:]:
+            ratios = [a / b for a, b in zip(r, readings[0], strict=True) if 0 < b < math.inf]
+            out.append(base * statistics.median(ratios) if ratios else math.inf)
+        return out
 
 
 def as_float(x: Any, what: str) -> float:
