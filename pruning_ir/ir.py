@@ -19,10 +19,10 @@ from ._ir.modules import apply_module_constraints
 from ._ir.remap import remap_snapshot
 from ._ir.snapshot import Snapshot
 from ._ir.ties import tie_shared_sizes
-from ._rewrite.attributes import edits_for, update_attributes
-from ._rewrite.patch import install
-from ._rewrite.slim import apply_slices, sliced_tensors
-from ._rewrite.verify import VerifyFailure, verify_graph
+from ._rewrite.attributes import update_attributes
+from ._rewrite.patch import Edits, Templates, install, module_edits, patch_literals
+from ._rewrite.slim import slim_model
+from ._rewrite.verify import VerifyFailure, verify_forward, verify_graph
 from ._trace.recorder import record
 from .errors import InvalidInputError, LabelError, SnapshotVersionError
 
@@ -253,12 +253,19 @@ class PruningIR:
         """Remove ``labels``; return a new IR whose ``.model`` is the slim module.
 
         ``inplace=True`` slices this IR's model itself (saves memory). With empty
-        ``labels`` and ``inplace=False`` a copy is returned. ``verify`` re-traces the slim
-        model on the example inputs and checks every op's shapes against the pruned IR; it
-        is also the step that installs run-time patches for channel sizes written as
-        literals in ``forward`` (``h[:, :5]``). ``verify=False`` is for fast candidates in a
-        search (cost and mask estimates): on models with such literals its slim model may
-        compute something else, so re-prune the chosen labels with ``verify=True``.
+        ``labels`` and ``inplace=False`` a copy is returned, sharing no tensor with ``ir.model``.
+
+        Channel sizes that a module's ``forward`` holds as literals (``h[:, :5]``,
+        ``torch.split(x, [5, 8])``) get run-time patches (forward hooks, listed in
+        ``rewrite_log``) whatever ``verify`` is. Which sizes are literals is learnt once per
+        snapshot by one forward of the slim model on the example inputs, then cached, so a
+        search pays it once, not per candidate.
+
+        ``verify=True`` then re-traces the slim model and checks every op's shapes against
+        the pruned IR; where that fails it repairs what it can (restores attributes set by
+        matching values, patches further modules) or raises :class:`~pruning_ir.errors.RewriteError`.
+        ``verify=False`` skips that check (fast candidates in a search): it returns the same
+        model as ``verify=True`` whenever verification passes without repairs.
         ``skip_label_checking`` skips validation of the labels (trusted callers).
         """
         snap = self.snapshot(name)
@@ -271,57 +278,72 @@ class PruningIR:
         else:
             removed = self.check_labels(labels, name)
         kept = {leaf: ~m for leaf, m in removed.items()}
-        new_tensors = sliced_tensors(snap, self._model, removed)
-        slim = apply_slices(self._model, new_tensors, inplace)
+        slim = slim_model(snap, self._model, removed, inplace)
         guesses: dict[str, list[tuple[str, Any]]] = {}
         changes, unresolved = update_attributes(slim, snap, kept, guesses)
         for c in changes:
             log.debug("updated %s", c)
+        edits = module_edits(snap, kept) if removed else {}
+        patched: list[str] = []
         if verify and removed:
             new_snap = remap_snapshot(snap, kept)
-            patched = self._verify_or_patch(slim, snap, new_snap, kept, unresolved, guesses)
-            changes += [f"{m or '<root>'}: literal sizes in forward patched by hooks" for m in patched]
+            ran = False
+            if edits:  # the literal-finding forward (if any) doubles as verification's forward
+                patched, ran = patch_literals(slim, snap, edits, guesses, unresolved,
+                                              lambda: verify_forward(slim, new_snap, unresolved))
+            patched += self._verify_or_patch(slim, new_snap, edits, patched, unresolved, guesses, ran)
             out = PruningIR._from_snapshot(slim, new_snap, self, name)
         else:
+            if edits:
+                patched = patch_literals(slim, snap, edits, guesses, unresolved)[0]
             out = PruningIR._from_snapshot(slim, lambda: remap_snapshot(snap, kept), self, name)
+        changes += [f"{m or '<root>'}: literal sizes in forward patched by hooks" for m in patched]
         out.rewrite_log = changes
         return out
 
-    def _verify_or_patch(self, slim: nn.Module, snap: Snapshot, new_snap: Snapshot, kept: dict[int, torch.Tensor],
-                         unresolved: list[str], guesses: dict[str, list[tuple[str, Any]]]) -> list[str]:
-        """Verify the slim model; where it fails, patch literal sizes of the failing module
-        (or its nearest ancestor with changed facts) and retry. Returns the patched modules."""
+    def _verify_or_patch(self, slim: nn.Module, new_snap: Snapshot, edits: dict[str, tuple[Edits, Templates]],
+                         patched: list[str], unresolved: list[str],
+                         guesses: dict[str, list[tuple[str, Any]]], ran: bool = False) -> list[str]:
+        """Verify the slim model; where it fails, restore attributes set by matching values and
+        patch literal sizes of the failing module (or its nearest ancestor with changed facts),
+        then retry. Returns the modules patched here (``patched``: those patched before;
+        ``ran``: the forward part of verification already passed on the model as it is)."""
         modules = dict(slim.named_modules())
-        with_facts = {n.module for n in snap.graph.nodes if n.facts}
-        patched: list[str] = []
+        done = set(patched)
+        added: list[str] = []
         for _ in range(64):
             try:
-                verify_graph(slim, new_snap, unresolved, self.leaf_modules)
+                verify_graph(slim, new_snap, unresolved, self.leaf_modules, ran)
                 break
             except VerifyFailure as exc:
                 where = exc.module
-                chain = [] if where is None else [where[:i] for i in range(len(where), -1, -1)
-                                                  if i == len(where) or i == 0 or where[i] == "."]
-                chain = [c.rstrip(".") for c in chain] + [""]
-                target = None
-                for path in chain:
-                    if path in guesses and path in modules:
+                chain = [] if where is None else [where[:i] for i in range(len(where), 0, -1)
+                                                  if i == len(where) or where[i] == "."]
+                acted = False
+                for path in [*chain, ""]:
+                    if path not in modules:
+                        continue
+                    if path in guesses:
                         # an attribute set by matching values was the wrong one: restore, then patch
                         for attr, old in guesses.pop(path):
                             setattr(modules[path], attr, old)
-                    if path in with_facts and path not in patched and path in modules:
-                        edits, templates = edits_for(snap, kept, path)
-                        if edits:
-                            target = (path, edits, templates)
+                        acted = True
+                    if path in edits:
+                        if path not in done:
+                            install(modules[path], *edits[path])
+                            done.add(path)
+                            added.append(path)
+                            acted = True
                             break
-                if target is None:
+                        if acted:
+                            break  # restored in a patched module: its patch now rewrites those sizes
+                if not acted:
                     raise
-                install(modules[target[0]], target[1], target[2])
-                patched.append(target[0])
-        if patched:
+                ran = False
+        if added:
             log.warning("slim %s: modules %s hold channel sizes as literals in forward; their ops are patched "
-                        "at run time by forward hooks", type(slim).__name__, patched)
-        return patched
+                        "at run time by forward hooks", type(slim).__name__, added)
+        return added
 
     # ------------------------------------------------------------------ inspection
     def lint(self, name: str = DEFAULT) -> None:
