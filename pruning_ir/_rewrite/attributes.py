@@ -60,33 +60,6 @@ def list_changes(snap: Snapshot, kept: dict[int, torch.Tensor]) -> dict[str, lis
     return out
 
 
-def edits_for(snap: Snapshot, kept: dict[int, torch.Tensor],
-              module: str) -> tuple[dict[str, list[list[Any]]], dict[str, list[dict[str, Any]]]]:
-    """Per op name, per occurrence in ``module``'s own code: the (path, old, new) edits; and for
-    slices the non-tensor arguments at the new sizes (see ``patch.LiteralShapePatch``)."""
-    from .patch import SLICE_LIKE
-
-    edits: dict[str, list[list[Any]]] = {}
-    templates: dict[str, list[dict[str, Any]]] = {}
-    for node in snap.graph.nodes:
-        if node.module != module or node.leaf:
-            continue
-        op = SLICE_LIKE.get(node.op, node.op)
-        row = []
-        args = {k: v for k, v in node.kwargs.items() if k in ("dim", "start", "end", "step")}
-        for f in node.facts:
-            new = kept_size(snap.spaces, f.layout, kept)
-            if new != f.old:
-                row.append((f.path, f.old, new))
-                if len(f.path) == 1 and f.path[0] in args:
-                    args[f.path[0]] = new
-        edits.setdefault(op, []).append(row)
-        templates.setdefault(op, []).append(args if (row and node.op == "aten.slice") else {})
-    keep = {op for op, rows in edits.items() if any(rows)}
-    return ({op: rows for op, rows in edits.items() if op in keep},
-            {op: t for op, t in templates.items() if op in keep})
-
-
 def _conv_groups(changes: list[tuple[str, int, int]], old: int) -> int:
     for op, o, n in changes:
         if op in ("aten.convolution", "aten._convolution") and o == old:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
+import json
 import logging
 from typing import Any
 
@@ -54,7 +55,28 @@ def _quiet_transformers() -> Any:
         hf_log.setLevel(level)
 
 
+_SHAPES_CACHE: dict[tuple[type, str], dict[str, tuple[int, ...]] | None] = {}
+_CACHE_LIMIT = 64
+
+
 def _meta_shapes(model: nn.Module, config: Any) -> dict[str, tuple[int, ...]] | None:
+    """Parameter/buffer shapes of ``type(model)(config)`` built on meta; cached per class and
+    config (a search that prunes many candidates to the same sizes builds each config once)."""
+    try:
+        key = (type(model), json.dumps(config.to_dict(), sort_keys=True, default=str))
+    except Exception:  # a config that does not serialise: build without caching
+        key = None
+    if key is not None and key in _SHAPES_CACHE:
+        return _SHAPES_CACHE[key]
+    shapes = _build_meta_shapes(model, config)
+    if key is not None:
+        if len(_SHAPES_CACHE) >= _CACHE_LIMIT:
+            _SHAPES_CACHE.pop(next(iter(_SHAPES_CACHE)))
+        _SHAPES_CACHE[key] = shapes
+    return shapes
+
+
+def _build_meta_shapes(model: nn.Module, config: Any) -> dict[str, tuple[int, ...]] | None:
     try:
         with _quiet_transformers(), torch.device("meta"):
             ref = type(model)(config)
