@@ -16,6 +16,11 @@ def keep_mask(sp: SpaceTable, layout: Layout, removed: dict[int, torch.Tensor]) 
     norm = sp.normalize(layout)
     if not any(leaf in removed for t in norm for leaf, _, _ in t):
         return None
+    return normalized_keep_mask(norm, removed)
+
+
+def normalized_keep_mask(norm: Layout, removed: dict[int, torch.Tensor]) -> torch.Tensor | None:
+    """:func:`keep_mask` of an already normalised layout."""
     parts: list[torch.Tensor] = []
     for t in norm:
         m = torch.ones(1, dtype=torch.bool)

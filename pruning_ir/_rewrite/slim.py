@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .._ir.axes import normalized_keep_mask
 from .._ir.snapshot import Snapshot
 from .._ir.spaces import Layout
 
@@ -108,16 +109,8 @@ def _keep_index(layout: Layout, removed: dict[int, torch.Tensor],
             return whole[leaf]
         k = (~r[s:e]).nonzero().squeeze(1)
         return None if k.numel() == e - s else k
-    parts: list[torch.Tensor] = []
-    for t in layout:
-        m = torch.ones(1, dtype=torch.bool)
-        for leaf, s, e in t:
-            r = removed.get(leaf)
-            f = torch.ones(e - s, dtype=torch.bool) if r is None else ~r[s:e]
-            m = (m[:, None] & f[None, :]).reshape(-1)
-        parts.append(m)
-    mask = torch.cat(parts) if parts else torch.ones(0, dtype=torch.bool)
-    return None if bool(mask.all()) else mask.nonzero().squeeze(1)
+    mask = normalized_keep_mask(layout, removed)
+    return None if mask is None else mask.nonzero().squeeze(1)
 
 
 def named_tensor_map(model: nn.Module) -> dict[str, torch.Tensor]:

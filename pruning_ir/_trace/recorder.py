@@ -102,12 +102,21 @@ class _Recorder(TorchDispatchMode):
         # encode inputs before running: an in-place op must see the old version
         bound = self.encode(bind(func, args, kwargs))
         alias_write = _writes_to_view(func, args, kwargs)
+        out = self._run(name, func, args, kwargs)
+        self._record(name, bound, out, alias_write)
+        return out
+
+    def _run(self, name: str, func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
+        """Run one call; on failure remember where (the first failure names the module)."""
         try:
-            out = func(*args, **kwargs)
+            return func(*args, **kwargs)
         except Exception:
             if self.fail_stack is None:
                 self.fail_stack = (tuple(self.stack), name)
             raise
+
+    def _record(self, name: str, bound: dict[str, Any], out: Any, alias_write: list[torch.Tensor]) -> None:
+        """Append the node of a finished call and give its tensor outputs new values."""
         nid = len(self.graph.nodes)
         flat, _ = pytree.tree_flatten(out)
         outputs = [self.new_value(o, "op", producer=nid) if isinstance(o, torch.Tensor) else -1 for o in flat]
@@ -118,7 +127,6 @@ class _Recorder(TorchDispatchMode):
         self.graph.nodes.append(node)
         if self.observer is not None:
             self.observer(node, flat)
-        return out
 
 
     def composite(self, name: str, overload: Any, func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
@@ -126,20 +134,10 @@ class _Recorder(TorchDispatchMode):
         bound = self.encode(bind(overload, args, kwargs))
         self.suppress += 1
         try:
-            out = func(*args, **kwargs)
-        except Exception:
-            if self.fail_stack is None:
-                self.fail_stack = (tuple(self.stack), name)
-            raise
+            out = self._run(name, func, args, kwargs)
         finally:
             self.suppress -= 1
-        nid = len(self.graph.nodes)
-        flat, _ = pytree.tree_flatten(out)
-        outputs = [self.new_value(o, "op", producer=nid) if isinstance(o, torch.Tensor) else -1 for o in flat]
-        node = Node(nid, name, (), bound, outputs, None, tuple(self.stack))
-        self.graph.nodes.append(node)
-        if self.observer is not None:
-            self.observer(node, flat)
+        self._record(name, bound, out, [])
         return out
 
 
