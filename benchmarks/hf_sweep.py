@@ -21,8 +21,10 @@ a segfault or a memory blow-up costs one row, not the run. Status per model:
 
 * ``ok-exact``: slim == masked original within float rounding;
 * ``ok-inexact-listed``: not exact, and ``verify_pruning`` lists why (a norm, mean or softmax
-  over pruned channels, a Python-held scale);
-* ``WRONG``: not exact and **no reason listed** -- a silently wrong model, the worst outcome;
+  over pruned channels, a Python-held scale), and the selection's labels from groups *without*
+  such notes, pruned alone, are exact (``note-free diff``);
+* ``WRONG``: not exact and **no reason listed**, or the note-free part not exact -- a silently
+  wrong model, the worst outcome;
 * ``nothing-prunable``: the IR found no prunable label group (or the selector removed nothing);
 * ``error``: a ``pruning_ir.errors.PruningIRError`` (a clear refusal: allowed);
 * ``CRASH``: any other exception raised while ``pruning_ir`` ran (the innermost frame is
@@ -274,6 +276,7 @@ class Row:
     prunable: int | None = None
     labels: int | None = None
     max_abs_diff: float | None = None
+    clean_diff: float | None = None  # max_abs_diff when only groups without notes are pruned
     reasons: list[str] = field(default_factory=list)
     seconds: float | None = None
 
@@ -491,8 +494,21 @@ def run_one(model_type: str, class_names: list[str], conn: Connection, verbose: 
         row.reasons = list(rep.inexact_reasons)
         if rep.exact:
             row.status = "ok-exact"
+            row.clean_diff = rep.max_abs_diff
         elif rep.inexact_reasons:
             row.status = "ok-inexact-listed"
+            # the listed reasons must be the whole story: the groups without notes, pruned
+            # alone, must match the masked original exactly
+            groups = ir.label_groups()
+            clean = [lab for lab in labels if not groups[lab.group].notes]
+            if clean:
+                stage("verify-clean")
+                rep_clean = verify_pruning(ir, clean)
+                row.clean_diff = rep_clean.max_abs_diff
+                if not rep_clean.exact:
+                    row.status = "WRONG"
+                    row.detail = (f"groups without notes: max_abs_diff {rep_clean.max_abs_diff:.3e} "
+                                  f"(max |ref| {rep_clean.max_reference:.3e}), not exact")
         else:
             row.status = "WRONG"
             row.detail = f"max_abs_diff {rep.max_abs_diff:.3e} (max |ref| {rep.max_reference:.3e}), no reason listed"
@@ -574,7 +590,7 @@ def warm_up() -> None:
 
 # ----------------------------------------------------------------------------- report
 HEADERS = ("model_type", "class", "status", "params", "params after", "#groups", "#prunable groups",
-           "#prunable labels", "IR build s", "max_abs_diff", "total s", "detail")
+           "#prunable labels", "IR build s", "max_abs_diff", "note-free diff", "total s", "detail")
 
 
 def fmt_params(n: int | None) -> str:
@@ -593,7 +609,8 @@ def table_row(r: Row) -> list[str]:
     return [r.model_type, r.cls, r.status, fmt_params(r.params_before), after,
             "-" if r.groups is None else str(r.groups), "-" if r.prunable is None else str(r.prunable),
             "-" if r.labels is None else str(r.labels), fmt_s(r.build_s),
-            "-" if r.max_abs_diff is None else f"{r.max_abs_diff:.2e}", fmt_s(r.seconds),
+            "-" if r.max_abs_diff is None else f"{r.max_abs_diff:.2e}",
+            "-" if r.clean_diff is None else f"{r.clean_diff:.2e}", fmt_s(r.seconds),
             detail if len(detail) <= 110 else detail[:109] + "…"]
 
 
@@ -689,8 +706,10 @@ def main(argv: list[str] | None = None) -> int:
         "model, else the base model; inputs `input_ids` + padded `attention_mask` (text) or `pixel_values` "
         "(vision). Each model runs in its own subprocess: `PruningIR(model, ...)`, "
         "`UniformLabelSelector(0.3).select(ir)`, `verify_pruning(ir, labels)`. Status: `ok-exact`; "
-        "`ok-inexact-listed` (inexact with the reasons listed by the IR); `WRONG` (inexact, no reason: a "
-        "silently wrong model); `nothing-prunable`; `error` (a `pruning_ir.errors` refusal); `CRASH` (any "
+        "`ok-inexact-listed` (inexact with the reasons listed by the IR, and exact when only the groups "
+        "without such notes are pruned: `note-free diff`); `WRONG` (inexact with no reason listed, or the "
+        "note-free part inexact: a silently wrong model); `nothing-prunable`; `error` (a `pruning_ir.errors` "
+        "refusal); `CRASH` (any "
         "other exception while pruning_ir ran, or the subprocess died); `timeout`; `skipped` (the generic "
         "recipe does not fit the model; listed below). `params after` = parameters of the slim model "
         "(ratio to before); `IR build s` = `PruningIR(...)`; `total s` = the whole subprocess.",

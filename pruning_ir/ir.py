@@ -20,7 +20,7 @@ from ._ir.remap import remap_snapshot
 from ._ir.snapshot import Snapshot
 from ._ir.ties import tie_shared_sizes
 from ._rewrite.attributes import update_attributes
-from ._rewrite.patch import Edits, Templates, install, module_edits, patch_literals
+from ._rewrite.patch import ModuleEdits, install, module_edits, patch_literals
 from ._rewrite.slim import slim_model
 from ._rewrite.verify import VerifyFailure, verify_forward, verify_graph
 from ._trace.recorder import record
@@ -301,7 +301,7 @@ class PruningIR:
         out.rewrite_log = changes
         return out
 
-    def _verify_or_patch(self, slim: nn.Module, new_snap: Snapshot, edits: dict[str, tuple[Edits, Templates]],
+    def _verify_or_patch(self, slim: nn.Module, new_snap: Snapshot, edits: dict[str, ModuleEdits],
                          patched: list[str], unresolved: list[str],
                          guesses: dict[str, list[tuple[str, Any]]], ran: bool = False) -> list[str]:
         """Verify the slim model; where it fails, restore attributes set by matching values and

@@ -499,6 +499,39 @@ def swin() -> ZooCase:
     )
 
 
+def segformer() -> ZooCase:
+    """SegformerModel: overlapping patch embeddings, spatial-reduction attention (keys and
+    values from a strided conv over the token grid, ``reshape(b, num_channels, -1)`` with
+    the *input* width, a size the code holds that pruning the conv changes), Mix-FFN with
+    a depthwise conv.
+
+    Stages of widths 16/24/40 (heads 1/2/4: head dims 16/12/10), reductions 4/2/1.
+    """
+    from transformers import SegformerConfig, SegformerModel
+
+    config = SegformerConfig(
+        num_channels=3,
+        num_encoder_blocks=3,
+        depths=[1, 1, 1],
+        sr_ratios=[4, 2, 1],
+        hidden_sizes=[16, 24, 40],
+        patch_sizes=[7, 3, 3],
+        strides=[4, 2, 2],
+        num_attention_heads=[1, 2, 4],
+        mlp_ratios=[2, 2, 2],
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        drop_path_rate=0.0,
+    )
+    return ZooCase(
+        name="segformer",
+        model=_build(SegformerModel, config),
+        example_inputs=(_pixels(),),
+        example_kwargs={},
+        output_to_tensor=_last_hidden,
+    )
+
+
 def convnext() -> ZooCase:
     """ConvNextModel: depthwise 7x7 conv, channels-last LN, Linear MLP, layer scale.
 
@@ -655,6 +688,7 @@ HF_CASES: dict[str, Callable[[], ZooCase]] = {
     "t5": t5,
     "vit": vit,
     "swin": swin,
+    "segformer": segformer,
     "convnext": convnext,
     "resnet": resnet,
     "mobilenet_v2": mobilenet_v2,

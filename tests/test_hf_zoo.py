@@ -57,3 +57,28 @@ def test_fused_per_head_qkv_with_partial_rotary_keeps_heads() -> None:
     for g in heads:
         rep = verify_pruning(ir, ir.labels(g)[:2])
         assert rep.exact and rep.params_after < rep.params_before
+
+
+@pytest.mark.parametrize("name", ["llama", "mistral"])
+def test_query_group_pruned_down_to_one_head_per_kv_head(name: str) -> None:
+    """6 query heads over 2 kv heads; removing 2 of the 3 queries of every kv head makes
+    ``num_key_value_groups`` 1, and ``repeat_kv`` then returns early: the slim model skips the
+    expand/reshape the original ran. Verification used to compare op by op and refused the
+    correct model (then restored the attribute and broke it). Oracle: the masked original,
+    also with a global selection that reaches that point."""
+    import torch
+
+    from pruning_ir import GlobalScoreLabelSelector, PruningIR, verify_pruning
+
+    case = HF_CASES[name]()
+    ir = PruningIR(case.model, example_inputs=case.example_inputs, example_kwargs=case.example_kwargs)
+    per_kv = [g for g in ir.prunable_label_groups() if g.structured and g.size == 3]
+    assert len(per_kv) == 2
+    labels = [lab for g in per_kv for lab in ir.labels(g)[:2]]
+    slim = ir.prune(labels=labels)
+    assert {m.num_key_value_groups for m in slim.model.modules() if hasattr(m, "num_key_value_groups")} == {1}
+    rep = verify_pruning(ir, labels)
+    assert rep.max_abs_diff < 1e-5, rep
+    longer = torch.randint(3, 100, (3, 11))  # another batch size and sequence length
+    assert verify_pruning(ir, labels, example_inputs=(longer,)).max_abs_diff < 1e-5
+    ir.prune(labels=GlobalScoreLabelSelector(0.4).select(ir))

@@ -326,6 +326,35 @@ def test_confirmation_cancels_a_speed_up_of_the_machine() -> None:
     assert any(c["search_latency"] <= target < c["latency"] for c in sel.confirmation)  # a reading it rejected
 
 
+def test_binary_search_confirmation_cancels_a_speed_up_of_the_machine() -> None:
+    """The same drift for the binary search: its prefixes read 20% low, so the one it settles on
+    is over the target; side by side with the unpruned model it is not, and the search goes on
+    to the right with drift-corrected readings until a prefix meets the target."""
+    ir = _mlp((12, 16, 10, 6, 3), seed=11)
+    calls = {"n": 0}
+
+    def drifting(model: nn.Module) -> float:
+        calls["n"] += 1
+        return linear_macs(model) * (1.0 if calls["n"] <= 2 else 0.8)
+
+    def true_cost(labels: list) -> float:
+        return linear_macs(ir.prune(labels=labels).model) if labels else linear_macs(ir.model)
+
+    target = 0.5 * linear_macs(ir.model)
+    fooled = BinarySearchLatencyLabelSelector(target, drifting, confirmation_passes=0)
+    assert true_cost(fooled.select(ir)) > target and not fooled.confirmation
+    calls["n"] = 0
+    sel = BinarySearchLatencyLabelSelector(target, drifting)
+    labels = sel.select(ir)
+    assert true_cost(labels) <= target
+    chosen = [c for c in sel.confirmation if c["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["removed"] == len(labels)
+    assert chosen[0]["latency"] == pytest.approx(true_cost(labels))
+    # the shortest prefix that meets the target at the true cost (the ranking is fixed)
+    shorter = BinarySearchLatencyLabelSelector(target, linear_macs, confirmation_passes=0).select(ir)
+    assert len(labels) == len(shorter)
+
+
 def test_outer_budget_steps() -> None:
     """Over points only: the secant through the two lowest (the unpruned model is one), its slope
     kept within 3x of the proportional one; in a bracket, bisection after two rounds on one side."""

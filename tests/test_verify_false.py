@@ -57,9 +57,7 @@ class ViewLiteralNet(nn.Module):
 
 
 class SliceBlock(nn.Module):
-    """Literal offsets in a submodule's own code (the patch goes on ``block``, not the root).
-    (``x.narrow(1, 6, 8)`` would not do: ``narrow`` checks its literal length before any op
-    is dispatched, so the build-time probe makes such channels unprunable.)"""
+    """Literal offsets in a submodule's own code (the patch goes on ``block``, not the root)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -104,6 +102,60 @@ class PlainAttributeNet(nn.Module):
         return self.conv_a(h[:, : self.k]) + self.conv_b(h[:, self.k : self.k + (c - self.k)])
 
 
+class ComposedLiteralNet(nn.Module):
+    """Case: literals in functions that check their sizes in Python before any ATen op runs,
+    so a stale literal raises instead of reaching the patch: ``reshape`` of a transposed
+    (non-viewable) tensor, ``unflatten`` and ``narrow`` (literal start and length).
+    Coupling: conv out (12) with the tokens' channel axis and lin in (12); conv2 out (11)
+    with lin2 in, its slice [2:9] read by the narrow."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 12, 3, padding=1)
+        self.lin = nn.Linear(12, 7)
+        self.conv2 = nn.Conv2d(3, 11, 1)
+        self.lin2 = nn.Linear(11, 7)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.relu(self.conv(x))
+        tokens = h.transpose(2, 3).reshape(h.shape[0], 12, -1).transpose(1, 2)  # (B, WH, 12)
+        g = F.relu(self.conv2(x))
+        cols = g.flatten(2).sum(-1).unflatten(1, (11, 1)).sum(-1)  # (B, 11)
+        picked = g.narrow(1, 2, 7).sum(dim=(1, 2, 3))[:, None]
+        return self.lin(tokens).sum(dim=1) + self.lin2(cols) + picked
+
+
+def _repeat_kv(h: Tensor, n_rep: int) -> Tensor:
+    b, kv, s, d = h.shape
+    if n_rep == 1:  # as in HF LLaMA: the expand/reshape is skipped
+        return h
+    return h[:, :, None].expand(b, kv, n_rep, s, d).reshape(b, kv * n_rep, s, d)
+
+
+class GQALiteralNet(nn.Module):
+    """Case: GQA attention with literal head counts (``view(b, s, 6, 4)``, ``view(b, s, 24)``)
+    next to ``repeat_kv``, which skips its expand/reshape once ``n_rep`` becomes 1. The patch
+    must rewrite the literals of the calls the slim code makes, not of the recorded calls
+    at the same position (the skipped ones shift every later ``view`` by two).
+    Coupling: 2 kv heads x 3 queries each; q/k head dim 4, v head dim 4."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q = nn.Linear(10, 24)
+        self.k = nn.Linear(10, 8)
+        self.v = nn.Linear(10, 8)
+        self.o = nn.Linear(24, 10)
+        self.n_rep = 3
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, s, _ = x.shape
+        q = self.q(x).view(b, s, 6, 4).transpose(1, 2)
+        k = _repeat_kv(self.k(x).view(b, s, -1, 4).transpose(1, 2), self.n_rep)
+        v = _repeat_kv(self.v(x).view(b, s, -1, 4).transpose(1, 2), self.n_rep)
+        a = torch.softmax(q @ k.transpose(-1, -2), dim=-1) @ v
+        return self.o(a.transpose(1, 2).reshape(b, s, 24))
+
+
 def _case(cls: type[nn.Module]) -> Callable[[], tuple[nn.Module, tuple[Tensor, ...]]]:
     def make() -> tuple[nn.Module, tuple[Tensor, ...]]:
         torch.manual_seed(0)
@@ -119,9 +171,11 @@ LITERAL_CASES: dict[str, Callable[[], tuple[nn.Module, tuple[Tensor, ...]]]] = {
     "plain_attribute": _case(PlainAttributeNet),
     "split_chunk": TOY_CASES["split_chunk"],  # torch.split(x, [5, 8])
     "split_add": TOY_CASES["split_add"],  # torch.split(x, 6)
+    "composed_literal": _case(ComposedLiteralNet),
 }
 PATCHED = {"slice_sum": "<root>", "view_literal": "<root>", "slice_in_child": "block",
-           "plain_attribute": "<root>", "split_chunk": "<root>", "split_add": "<root>"}
+           "plain_attribute": "<root>", "split_chunk": "<root>", "split_add": "<root>",
+           "composed_literal": "<root>"}
 
 
 def _random_labels(ir: PruningIR, seed: int) -> list[Label]:
@@ -259,3 +313,35 @@ def test_fast_slim_model_is_independent_of_the_original(name: str, ratio: float)
     sum(t.float().pow(2).sum() for t in flat if isinstance(t, Tensor) and t.is_floating_point()).backward()
     opt.step()
     assert state_hash(model) == before
+
+
+@pytest.mark.parametrize("verify", [False, True])
+def test_literal_patch_follows_calls_the_slim_code_skips(verify: bool) -> None:
+    """Query heads per kv head 3 -> 1: ``repeat_kv`` stops calling expand/reshape, and the
+    literal ``6`` and ``24`` must still be rewritten (to 2 and 8). The slim model then equals
+    the masked original on the traced inputs and on another batch size and length, also
+    after a dill round-trip of the slim model (the patch keeps what it learnt)."""
+    import io
+
+    import dill
+
+    torch.manual_seed(0)
+    model = GQALiteralNet().eval()
+    x = torch.randn(2, 5, 10)
+    ir = PruningIR(model, example_inputs=(x,))
+    per_kv = [g for g in ir.prunable_label_groups() if g.size == 3]
+    assert len(per_kv) == 1, ir.report()
+    for k in (1, 2):
+        labels = ir.labels(per_kv[0])[:k]
+        slim = ir.prune(labels=labels, verify=verify)
+        assert f"<root>.n_rep: 3 -> {3 - k}" in slim.rewrite_log
+        assert "<root>: literal sizes in forward patched by hooks" in slim.rewrite_log
+        for inputs in [(x,), (torch.randn(3, 9, 10),)]:
+            rep = verify_pruning(ir, labels, example_inputs=inputs)
+            assert rep.max_abs_diff < 1e-5, rep
+        buf = io.BytesIO()
+        torch.save(slim.model, buf, pickle_module=dill)
+        buf.seek(0)
+        loaded = torch.load(buf, pickle_module=dill, weights_only=False)
+        y = torch.randn(4, 6, 10)
+        assert torch.equal(loaded(y), slim.model(y))

@@ -7,7 +7,7 @@ import math
 import warnings
 from collections.abc import Callable
 from itertools import repeat
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -40,24 +40,40 @@ class BinarySearchLatencyLabelSelector(LabelSelector):
             :class:`~pruning_ir.LatencyMeasurementError` (counted as over the budget).
         min_kept: labels each group keeps at least.
         verbose: log every probe at INFO level.
+        confirmation_passes: for latency functions without a cost model (measurements), passes
+            of the final side-by-side re-measurement (0: trust the search's measurements).
+
+    Measurements are noisy and drift on a shared machine. In the search, a prefix that meets
+    the target is measured a second time and counts only if both readings do. Before
+    returning, the shortest prefixes read within 10% of the target and the best one that met it
+    are re-measured side by side with the unpruned model, ``confirmation_passes`` times in
+    rotating order (as :class:`~pruning_ir.KnapsackLabelSelector` does; ``confirmation`` lists
+    them), and the shortest that meets the target that way is returned.
     """
 
     def __init__(self, target_latency: float, latency_calculation_function: Callable[[nn.Module], float], *,
-                 min_kept: int = 1, verbose: bool = False) -> None:
+                 min_kept: int = 1, verbose: bool = False, confirmation_passes: int = 2) -> None:
         self.target_latency = as_float(target_latency, "target_latency")
         if not callable(latency_calculation_function):
             raise InvalidInputError(f"latency_calculation_function={latency_calculation_function!r} is not callable.")
         if not isinstance(min_kept, int) or min_kept < 1:
             raise InvalidInputError(f"min_kept={min_kept!r}: give an int >= 1.")
+        if not isinstance(confirmation_passes, int) or isinstance(confirmation_passes, bool) or confirmation_passes < 0:
+            raise InvalidInputError(f"confirmation_passes={confirmation_passes!r}: give an int >= 0.")
         self.latency_calculation_function = latency_calculation_function
         self.min_kept = min_kept
         self.verbose = verbose
+        self.confirmation_passes = confirmation_passes
         self.measurements = 0
+        self.confirmation: list[dict[str, Any]] = []
+        """The prefixes re-measured side by side with the unpruned model before returning:
+        labels removed, latency in the search and when re-measured, chosen."""
 
     def select(self, ir: PruningIR, snapshot_name: str = "main") -> list[Label]:
         from .._ir.labels import Label
 
         snap = ir.snapshot(snapshot_name)
+        self.confirmation = []
         ev = Evaluator(ir, snapshot_name, self.latency_calculation_function)
         target = self.target_latency
         cand_s, cand_g, cand_i = [], [], []
@@ -83,11 +99,13 @@ class BinarySearchLatencyLabelSelector(LabelSelector):
         # A refused candidate (LatencyMeasurementError) counts as over-pruned: search left of it.
         lo, hi = 0, len(ranked)
         best = len(ranked) if ev(ranked) <= target else None
+        read: dict[int, float] = {len(ranked): ev(ranked)}
         while hi - lo > 1:
             mid = (lo + hi) // 2
             lat = ev(ranked[:mid])
             if lat <= target:
                 lat = ev.confirm(ranked[:mid])
+            read[mid] = lat
             log.log(level, "binary search: %d labels removed -> %.6g (target %.6g)", mid, lat, target)
             if lat <= target:
                 hi = best = mid
@@ -95,6 +113,8 @@ class BinarySearchLatencyLabelSelector(LabelSelector):
                 hi = mid
             else:
                 lo = mid
+        if best is not None and ev.exact is None and self.confirmation_passes:
+            best = self._confirm(ev, ranked, read, best, target, level)
         self.measurements = ev.measurements
         if best is None:
             raise LatencyMeasurementError(
@@ -102,5 +122,50 @@ class BinarySearchLatencyLabelSelector(LabelSelector):
                 "(candidates were over the budget or refused by the latency function).")
         return ranked[:best]
 
+    def _confirm(self, ev: Evaluator, ranked: list[Label], read: dict[int, float], best: int, target: float,
+                 level: int) -> int:
+        """Re-measure the shortest prefixes read within 10% of the target and ``best`` side by
+        side with the unpruned model (see :meth:`Evaluator.compare`); the shortest that meets
+        the target that way, else the fastest with a warning."""
+        near = sorted(n for n, lat in read.items() if lat <= target * 1.1 and n < best)[-2:]
+        picks = [*near, best]
+        got = ev.compare([ranked[:n] for n in picks], self.confirmation_passes)
+        self.confirmation = [{"removed": n, "search_latency": read[n], "latency": lat, "chosen": False}
+                             for n, lat in zip(picks, got, strict=True)]
+        for c in self.confirmation:
+            log.log(level, "confirmation: %d labels removed, latency %.6g in the search, %.6g side by side with "
+                    "the unpruned model (target %.6g)", c["removed"], c["search_latency"], c["latency"], target)
+        ok = [i for i, lat in enumerate(got) if lat <= target]
+        if ok:
+            self.confirmation[ok[0]]["chosen"] = True
+            return picks[ok[0]]
+        # the machine sped up during the search: go on bisecting to the right of ``best``, every
+        # prefix measured side by side with the unpruned model
+        lo, hi = best, len(ranked)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lat = ev.compare([ranked[:mid]], self.confirmation_passes)[0]
+            self.confirmation.append({"removed": mid, "search_latency": read.get(mid, math.nan), "latency": lat,
+                                      "chosen": False})
+            log.log(level, "confirmation search: %d labels removed -> %.6g side by side (target %.6g)", mid, lat,
+                    target)
+            if lat <= target:
+                hi = mid
+            else:
+                lo = mid
+        if hi == len(ranked) and not any(c["removed"] == hi and c["latency"] <= target for c in self.confirmation):
+            lat = ev.compare([ranked], self.confirmation_passes)[0]
+            self.confirmation.append({"removed": hi, "search_latency": read[hi], "latency": lat, "chosen": False})
+            if lat > target:
+                warnings.warn(f"BinarySearchLatencyLabelSelector: no prefix met the target {target:.6g} when "
+                              f"re-measured side by side with the unpruned model; returning the smallest model "
+                              f"({lat:.6g}).", RuntimeWarning, stacklevel=3)
+        for c in reversed(self.confirmation):
+            if c["removed"] == hi:
+                c["chosen"] = True
+                break
+        return hi
+
     def __repr__(self) -> str:
-        return f"BinarySearchLatencyLabelSelector(target_latency={self.target_latency}, min_kept={self.min_kept})"
+        return (f"BinarySearchLatencyLabelSelector(target_latency={self.target_latency}, min_kept={self.min_kept}, "
+                f"confirmation_passes={self.confirmation_passes})")

@@ -1,0 +1,61 @@
+"""Verification re-traces the slim model and compares it op by op with the pruned IR. Code
+may legitimately make fewer (or more) calls in one run than in another; those runs must not
+be refused, and the channels around them must stay prunable.
+
+Oracle: the masked original (``verify_pruning``) and the groups the IR reports prunable.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pruning_ir import PruningIR, UniformLabelSelector, verify_pruning
+
+
+@functools.lru_cache(maxsize=8)
+def _grid(h: int, w: int) -> Tensor:
+    ys = torch.arange(0.5, h) / h
+    xs = torch.arange(0.5, w) / w
+    return torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).flatten(0, 1) * 2 - 1
+
+
+class CachedGridNet(nn.Module):
+    """Case: a position grid from an ``lru_cache``d function of the input size (as DINOv3's
+    RoPE): computed by the first call, served from the cache by the next ones. Coupling: conv
+    out (12) with fc1 in; fc1 out (20) with fc2 in; the grid enters through a Linear(2, 12)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 12, 3, padding=1)
+        self.pos = nn.Linear(2, 12)
+        self.fc1 = nn.Linear(12, 20)
+        self.fc2 = nn.Linear(20, 5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.relu(self.conv(x)).flatten(2).transpose(1, 2)  # (B, HW, 12)
+        h = h + self.pos(_grid(x.shape[2], x.shape[3]))
+        return self.fc2(F.relu(self.fc1(h))).sum(dim=1)
+
+
+def test_results_a_python_cache_serves_do_not_block_pruning() -> None:
+    """The IR is traced on a cold cache (the grid's arange/stack are recorded); verification's
+    re-trace finds them cached. Before, every group failed the build-time probe ("computes
+    unsqueeze where the pruned IR predicts arange") and nothing was prunable."""
+    torch.manual_seed(0)
+    model = CachedGridNet().eval()
+    x = torch.randn(2, 3, 4, 5)
+    _grid.cache_clear()
+    ir = PruningIR(model, example_inputs=(x,))
+    sizes = sorted(g.size for g in ir.prunable_label_groups())
+    assert sizes == [12, 20], ir.report()
+    labels = UniformLabelSelector(0.5).select(ir)
+    rep = verify_pruning(ir, labels)
+    assert rep.exact, rep
+    # and traced on a warm cache (the grid is a constant from outside the trace), the same
+    ir2 = PruningIR(model, example_inputs=(x,))
+    assert sorted(g.size for g in ir2.prunable_label_groups()) == [12, 20], ir2.report()
+    assert verify_pruning(ir2, UniformLabelSelector(0.5).select(ir2)).exact
