@@ -4,7 +4,9 @@ Some couplings live in Python, not in ops: a size read from one tensor's shape a
 reshape another, an assertion on weight shapes. The IR cannot see them, so after label
 inference every prunable group is probed: one label is removed from each group, the slim
 model is built and run; when that fails, the groups are bisected to find the culprits,
-which become unprunable with the error as the reason. Probing runs on a ``meta`` copy of
+which become unprunable with the error as the reason, unless the model stopped running and
+removing a multiple of labels (2, 4, ..., 32) works: then the group prunes in that multiple
+(``LabelGroup.step``, a kernel's alignment). Probing runs on a ``meta`` copy of
 the model (no weight memory, no arithmetic); a model that cannot run on ``meta`` is probed
 for real when it is small, and otherwise not probed (said in the report).
 """
@@ -79,24 +81,31 @@ def _signature(snap: Snapshot, g: LabelGroup) -> tuple[object, ...]:
     return (g.size, tuple(sorted(g.members)), tuple(slot_map(snap.spaces, layout, g.leaf).tolist()))
 
 
-def probe_groups(ir: PruningIR, name: str) -> list[tuple[LabelGroup, str]]:
-    """Prunable groups of snapshot ``name`` whose removal breaks the model, with the error."""
+_STEPS = (2, 4, 8, 16, 32)
+"""Alignments tried for a group whose one-label probe fails because the model stops running
+(a kernel that needs, say, 16-byte strides accepts widths in multiples of 4 floats)."""
+_STEP_PROBES = 64  # extra probes spent on alignments per build, at most
+
+
+def probe_groups(ir: PruningIR, name: str) -> tuple[list[tuple[LabelGroup, str]], dict[int, int]]:
+    """Prunable groups of snapshot ``name`` whose removal breaks the model, with the error; and
+    the groups (by leaf) that prune when their kept size stays a multiple of some step."""
     snap = ir.snapshot(name)
     probe_ir = _probe_ir(ir, name)
     if probe_ir is None:
         snap.issues.append(Issue("probe", "", "", "model too large to probe for real and cannot run on meta: "
                                  "groups were not probed"))
-        return []
+        return [], {}
     probe_snap = probe_ir.snapshot(name)
     by_signature = {_signature(probe_snap, g): g for g in probe_snap.prunable_groups}
 
-    def fails(groups: list[LabelGroup]) -> str | None:
+    def fails(groups: list[LabelGroup], count: int = 1) -> str | None:
         labels = []
         for g in groups:
             twin = by_signature.get(_signature(snap, g))
             if twin is None:
                 return f"group g{g.gid} has no twin in the meta trace"
-            labels.append(Label(probe_snap.owner, twin.gid, twin.size - 1))
+            labels += [Label(probe_snap.owner, twin.gid, twin.size - 1 - k) for k in range(count)]
         try:
             probe_ir.prune(name, labels=labels, verify=True)
         except PruningIRError as exc:
@@ -104,6 +113,21 @@ def probe_groups(ir: PruningIR, name: str) -> list[tuple[LabelGroup, str]]:
         return None
 
     bad: list[tuple[LabelGroup, str]] = []
+    steps: dict[int, int] = {}
+    budget = [_STEP_PROBES]
+
+    def aligned(g: LabelGroup, err: str) -> int | None:
+        """The smallest step at which ``g`` prunes, when a kernel refused the one-label probe."""
+        if "does not run" not in err:
+            return None  # the model ran: a size mismatch found by verification, not an alignment
+        for k in _STEPS:
+            if g.size % k or g.size <= k or budget[0] <= 0:
+                continue
+            budget[0] -= 1
+            if fails([g], k) is None:
+                return k
+        return None
+
     groups = list(snap.prunable_groups)
     # few groups: probe each alone (a joint probe can pass by coincidence, e.g. a Python
     # ``c // 2`` that happens to match); many: probe jointly and bisect failures
@@ -116,19 +140,27 @@ def probe_groups(ir: PruningIR, name: str) -> list[tuple[LabelGroup, str]]:
         if err is None:
             continue
         if len(groups) == 1:
-            bad.append((groups[0], err))
+            g = groups[0]
+            step = aligned(g, err)
+            if step is None:
+                bad.append((g, err))
+            else:
+                steps[g.leaf] = step
             continue
         half = len(groups) // 2
         stack += [groups[:half], groups[half:]]
-    return bad
+    return bad, steps
 
 
 def apply_probe(ir: PruningIR, name: str) -> None:
-    """Make the groups that fail their probe unprunable, with the reason, and report them."""
-    bad = probe_groups(ir, name)
-    if not bad:
+    """Make the groups that fail their probe unprunable, with the reason, and report them; give
+    the groups that prune only in multiples their ``step``."""
+    bad, steps = probe_groups(ir, name)
+    if not bad and not steps:
         return
     snap = ir.snapshot(name)
+    for leaf, step in steps.items():
+        snap.spaces.step[leaf] = step
     for g, err in bad:
         reason = f"pruning it breaks the model's Python code ({err})"
         snap.spaces.rigid[g.leaf] = reason

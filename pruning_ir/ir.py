@@ -246,6 +246,11 @@ class PruningIR:
             if m is not None and bool(m.all()):
                 raise LabelError(f"the labels remove every channel of group g{g.gid} ({g.describe()}); "
                                  "keep at least one.")
+            if m is not None and g.step > 1 and (g.size - int(m.sum())) % g.step:
+                raise LabelError(f"the labels leave {g.size - int(m.sum())} channels in group g{g.gid} "
+                                 f"({g.describe()}), whose kernels need a multiple of {g.step} (group.step): "
+                                 "remove a number of its labels that keeps a multiple, or use a selector (they "
+                                 "round to it).")
         return removed
 
     def prune(self, name: str = DEFAULT, *, labels: Sequence[Label], inplace: bool = False,

@@ -49,3 +49,67 @@ def test_without_probe_the_rewrite_refuses_a_model_it_cannot_verify() -> None:
     hidden = next(g for g in ir.prunable_label_groups() if ("inp.weight", 0) in g.members)
     with pytest.raises(RewriteError, match=r"the slim InputSizedHeads (does not run|runs, but)"):
         ir.prune(labels=ir.labels(hidden)[:1])
+
+
+class GroupedExperts(nn.Module):
+    """Case: two MoE experts through ``torch._grouped_mm``, whose kernel needs 16-byte strides:
+    widths must stay multiples of 4 floats. Coupling: inp out (8) with w1's K; the expert hidden
+    width (12) with w1's N and w2's K; w2's N (8) with out's input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(6, 8)
+        self.w1 = nn.Parameter(torch.randn(2, 8, 12) / 3)
+        self.w2 = nn.Parameter(torch.randn(2, 12, 8) / 3)
+        self.out = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        offs = torch.tensor([4, x.shape[0]], dtype=torch.int32)  # rows 0-3 to expert 0, the rest to 1
+        h = self.inp(x)
+        a = torch.relu(torch._grouped_mm(h, self.w1, offs=offs))
+        return self.out(torch._grouped_mm(a, self.w2, offs=offs))
+
+
+def test_probe_finds_a_kernel_alignment_and_selectors_keep_to_it() -> None:
+    """Removing one label breaks ``_grouped_mm`` ("strides should be multiple of 16 bytes"), and
+    so does removing 2; removing 4 works: the probe makes both groups prunable in multiples of
+    4 instead of unprunable. Every selector then keeps multiples of 4, ``prune`` refuses a count
+    that is not one, and the slim model equals the masked original."""
+    from pruning_ir import (
+        BinarySearchLatencyLabelSelector,
+        GlobalScoreLabelSelector,
+        KnapsackLabelSelector,
+        LabelError,
+        MacsLatency,
+        MacsModel,
+        UniformLabelSelector,
+    )
+
+    torch.manual_seed(0)
+    model = GroupedExperts().eval()
+    x = torch.randn(10, 6)
+    ir = PruningIR(model, example_inputs=(x,))
+    steps = sorted((g.size, g.step) for g in ir.prunable_label_groups())
+    assert steps == [(8, 4), (8, 4), (12, 4)], ir.report()
+    assert "keeps a multiple of 4" in ir.report()
+    g8 = next(g for g in ir.prunable_label_groups() if g.size == 8)
+    with pytest.raises(LabelError, match="multiple of 4"):
+        ir.prune(labels=ir.labels(g8)[:3])
+    macs = MacsModel(ir)
+    fn = MacsLatency((x,))
+    selectors = [UniformLabelSelector(0.3), UniformLabelSelector(0.5), GlobalScoreLabelSelector(0.4),
+                 KnapsackLabelSelector(0.6 * macs.baseline(), fn, verbose=False),
+                 BinarySearchLatencyLabelSelector(0.6 * macs.baseline(), fn)]
+    removed_any = False
+    for sel in selectors:
+        labels = sel.select(ir)
+        for g in ir.prunable_label_groups():
+            n = sum(lab.group == g.gid for lab in labels)
+            assert (g.size - n) % 4 == 0, (sel, g.size, n)
+        removed_any |= bool(labels)
+        if isinstance(sel, (KnapsackLabelSelector, BinarySearchLatencyLabelSelector)):
+            assert 0 < macs.cost(labels) <= 0.6 * macs.baseline(), sel
+        rep = verify_pruning(ir, labels)
+        assert rep.max_abs_diff < 1e-5, (sel, rep)
+    assert removed_any
+    assert UniformLabelSelector(0.3).select(ir) == []  # 12 * 0.3 -> 3, rounded to a multiple: 0

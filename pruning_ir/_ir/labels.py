@@ -49,6 +49,9 @@ class LabelGroup:
     members: list[tuple[str, int]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     origin: str = ""
+    step: int = 1
+    """The number of kept labels must be a multiple of ``step`` (a kernel's alignment: MoE
+    ``_grouped_mm`` needs 16-byte strides); selectors round to it, ``prune`` checks it."""
 
     def describe(self) -> str:
         where = ", ".join(f"{n}[{d}]" for n, d in self.members[:4])
@@ -76,5 +79,5 @@ def build_groups(graph: Graph, sp: SpaceTable) -> list[LabelGroup]:
         if not mem and not ok:
             continue  # activations-only spaces (batch, sequence, spatial) are not listed
         out.append(LabelGroup(len(out), leaf, size, ok, reason, leaf in structured, mem,
-                              list(sp.notes.get(leaf, [])), sp.origin[leaf]))
+                              list(sp.notes.get(leaf, [])), sp.origin[leaf], getattr(sp, "step", {}).get(leaf, 1)))
     return out

@@ -32,6 +32,8 @@ def format_ir(snap: Snapshot, model: nn.Module, max_nodes: int = 60) -> str:
     for gr in snap.groups:
         flag = "prunable" if gr.prunable else f"fixed: {gr.reason}"
         kind = " structured" if gr.structured else ""
+        if gr.step > 1:
+            flag += f" in multiples of {gr.step}"
         lines.append(f"  g{gr.gid}: size {gr.size}{kind}, {flag} -- {gr.describe()}")
     return "\n".join(lines)
 
@@ -47,6 +49,11 @@ def format_report(snap: Snapshot, model: nn.Module) -> str:
         lines.append("unprunable groups:")
         for g in fixed:
             lines.append(f"  g{g.gid} (size {g.size}, {g.describe()}): {g.reason}")
+    stepped = [g for g in snap.prunable_groups if g.step > 1]
+    if stepped:
+        lines.append("prunable only in multiples (a kernel's alignment, found by probing):")
+        for g in stepped:
+            lines.append(f"  g{g.gid} (size {g.size}, {g.describe()}): keeps a multiple of {g.step}")
     inexact = [g for g in snap.prunable_groups if g.notes]
     if inexact:
         lines.append("pruning not exactly equivalent to masking (normalisation/softmax over the group):")

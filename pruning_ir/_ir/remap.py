@@ -63,6 +63,8 @@ def remap_snapshot(snap: Snapshot, kept: dict[int, torch.Tensor]) -> Snapshot:
             nsp.notes[leaf] = list(sp.notes[leaf])
         if leaf in sp.positional:
             nsp.positional.add(leaf)
+        if leaf in getattr(sp, "step", {}):
+            nsp.step[leaf] = sp.step[leaf]
         if leaf in kept:
             nsp.size[leaf] = int(kept[leaf].sum())
     for v in values:

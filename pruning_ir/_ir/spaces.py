@@ -82,6 +82,8 @@ class SpaceTable:
         self.origin: list[str] = []
         self.positional: set[int] = set()
         """Leaves born rigid (model inputs, batch/sequence/spatial axes): sizes read at run time."""
+        self.step: dict[int, int] = {}
+        """Group leaf -> the multiple its kept size must be (a kernel's alignment, found by the probe)."""
 
     # ------------------------------------------------------------------ leaves
     def new_leaf(self, size: int, origin: str, rigid: str | None = None) -> Layout:

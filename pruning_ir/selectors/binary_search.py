@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidInputError, LatencyMeasurementError
-from .base import LabelSelector
+from .base import LabelSelector, align_selection
 from .budget import Evaluator, as_float
 
 if TYPE_CHECKING:
@@ -88,23 +88,30 @@ class BinarySearchLatencyLabelSelector(LabelSelector):
         gids = torch.cat(cand_g)[pick].tolist()
         idx = torch.cat(cand_i)[pick].tolist()
         ranked = list(map(Label, repeat(snap.owner, len(gids)), gids, idx))
+
+        def prefix(n: int) -> list[Label]:
+            """The ``n`` lowest-ranked labels, groups that prune in multiples rounded to them."""
+            return align_selection(ir, ranked[:n], snapshot_name)
+
         level = logging.INFO if self.verbose else logging.DEBUG
         if ev([]) <= target:
             return []
-        if math.isfinite(ev(ranked)) and ev(ranked) > target:  # even the smallest model is too slow
+        total = len(ranked)
+        smallest = ev(prefix(total))
+        if math.isfinite(smallest) and smallest > target:  # even the smallest model is too slow
             warnings.warn(f"BinarySearchLatencyLabelSelector: target {target:.6g} is below the smallest model "
-                          f"({ev(ranked):.6g}); returning that model's labels.", RuntimeWarning, stacklevel=2)
-            return ranked
+                          f"({smallest:.6g}); returning that model's labels.", RuntimeWarning, stacklevel=2)
+            return prefix(total)
         # removing `lo` labels is over the budget; removing `hi` is within it or refused.
         # A refused candidate (LatencyMeasurementError) counts as over-pruned: search left of it.
-        lo, hi = 0, len(ranked)
-        best = len(ranked) if ev(ranked) <= target else None
-        read: dict[int, float] = {len(ranked): ev(ranked)}
+        lo, hi = 0, total
+        best = total if smallest <= target else None
+        read: dict[int, float] = {total: smallest}
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            lat = ev(ranked[:mid])
+            lat = ev(prefix(mid))
             if lat <= target:
-                lat = ev.confirm(ranked[:mid])
+                lat = ev.confirm(prefix(mid))
             read[mid] = lat
             log.log(level, "binary search: %d labels removed -> %.6g (target %.6g)", mid, lat, target)
             if lat <= target:
@@ -114,22 +121,22 @@ class BinarySearchLatencyLabelSelector(LabelSelector):
             else:
                 lo = mid
         if best is not None and ev.exact is None and self.confirmation_passes:
-            best = self._confirm(ev, ranked, read, best, target, level)
+            best = self._confirm(ev, prefix, total, read, best, target, level)
         self.measurements = ev.measurements
         if best is None:
             raise LatencyMeasurementError(
                 f"BinarySearchLatencyLabelSelector: no prefix of the score ranking met the target {target:.6g} "
                 "(candidates were over the budget or refused by the latency function).")
-        return ranked[:best]
+        return prefix(best)
 
-    def _confirm(self, ev: Evaluator, ranked: list[Label], read: dict[int, float], best: int, target: float,
-                 level: int) -> int:
+    def _confirm(self, ev: Evaluator, prefix: Callable[[int], list[Label]], total: int, read: dict[int, float],
+                 best: int, target: float, level: int) -> int:
         """Re-measure the shortest prefixes read within 10% of the target and ``best`` side by
         side with the unpruned model (see :meth:`Evaluator.compare`); the shortest that meets
         the target that way, else the fastest with a warning."""
         near = sorted(n for n, lat in read.items() if lat <= target * 1.1 and n < best)[-2:]
         picks = [*near, best]
-        got = ev.compare([ranked[:n] for n in picks], self.confirmation_passes)
+        got = ev.compare([prefix(n) for n in picks], self.confirmation_passes)
         self.confirmation = [{"removed": n, "search_latency": read[n], "latency": lat, "chosen": False}
                              for n, lat in zip(picks, got, strict=True)]
         for c in self.confirmation:
@@ -141,10 +148,10 @@ class BinarySearchLatencyLabelSelector(LabelSelector):
             return picks[ok[0]]
         # the machine sped up during the search: go on bisecting to the right of ``best``, every
         # prefix measured side by side with the unpruned model
-        lo, hi = best, len(ranked)
+        lo, hi = best, total
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            lat = ev.compare([ranked[:mid]], self.confirmation_passes)[0]
+            lat = ev.compare([prefix(mid)], self.confirmation_passes)[0]
             self.confirmation.append({"removed": mid, "search_latency": read.get(mid, math.nan), "latency": lat,
                                       "chosen": False})
             log.log(level, "confirmation search: %d labels removed -> %.6g side by side (target %.6g)", mid, lat,
@@ -153,8 +160,8 @@ class BinarySearchLatencyLabelSelector(LabelSelector):
                 hi = mid
             else:
                 lo = mid
-        if hi == len(ranked) and not any(c["removed"] == hi and c["latency"] <= target for c in self.confirmation):
-            lat = ev.compare([ranked], self.confirmation_passes)[0]
+        if hi == total and not any(c["removed"] == hi and c["latency"] <= target for c in self.confirmation):
+            lat = ev.compare([prefix(total)], self.confirmation_passes)[0]
             self.confirmation.append({"removed": hi, "search_latency": read[hi], "latency": lat, "chosen": False})
             if lat > target:
                 warnings.warn(f"BinarySearchLatencyLabelSelector: no prefix met the target {target:.6g} when "

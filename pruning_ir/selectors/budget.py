@@ -73,7 +73,8 @@ ConstraintArg: TypeAlias = (
 
 def resolve_constraints(constraint: ConstraintArg, groups: list[LabelGroup]) -> dict[int, tuple[int, int, int]]:
     """Kept-count bounds and step ``(lo, hi, step)`` per prunable group id (``lo``, ``hi``
-    multiples of ``step``)."""
+    multiples of ``step``; a group's own :attr:`~LabelGroup.step` is combined with the
+    constraint's)."""
     out: dict[int, tuple[int, int, int]] = {}
     for g in groups:
         if constraint is None:
@@ -88,6 +89,8 @@ def resolve_constraints(constraint: ConstraintArg, groups: list[LabelGroup]) -> 
             raise InvalidInputError(f"constraint={constraint!r}: give a GroupConstraint, a dict group id -> "
                                     "GroupConstraint, or a function LabelGroup -> GroupConstraint | None.")
         c = c or GroupConstraint()
+        if g.step > 1 and c.step % g.step:  # the group's own alignment (a kernel's) comes on top
+            c = GroupConstraint(c.low, c.high, math.lcm(c.step, g.step))
         lo, hi = c.bounds(g.size)
         out[g.gid] = (lo, hi, c.step if (lo, hi) != (g.size, g.size) or g.size % c.step == 0 else 1)
     return out

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import InvalidInputError
-from .base import LabelSelector
+from .base import LabelSelector, align_selection
 
 if TYPE_CHECKING:
     from .._ir.labels import Label
@@ -92,7 +92,7 @@ class GlobalScoreLabelSelector(LabelSelector):
         pick = torch.argsort(all_scores, stable=True)[:n]
         gids = torch.cat(cand_gid)[pick].tolist()
         idx = torch.cat(cand_idx)[pick].tolist()
-        return list(map(Label, repeat(snap.owner, n), gids, idx))
+        return align_selection(ir, list(map(Label, repeat(snap.owner, n), gids, idx)), snapshot_name)
 
     def __repr__(self) -> str:
         return (f"GlobalScoreLabelSelector(n_or_ratio={self.n_or_ratio}, min_kept={self.min_kept}, "

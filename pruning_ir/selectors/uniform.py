@@ -6,7 +6,7 @@ import math
 from typing import TYPE_CHECKING
 
 from ..errors import InvalidInputError
-from .base import LabelSelector
+from .base import LabelSelector, aligned_removal
 
 if TYPE_CHECKING:
     from .._ir.labels import Label
@@ -19,7 +19,9 @@ class UniformLabelSelector(LabelSelector):
     Within a group the lowest-scored labels go first: the IR's scores when a
     criterion has run, otherwise the mean absolute weight each label removes.
     Structured groups (attention heads, conv groups) are groups like any other,
-    so heads are removed as whole units. At least one label per group is kept.
+    so heads are removed as whole units. At least one label per group is kept, and a group
+    whose kept size must be a multiple of its ``step`` (a kernel's alignment) keeps the next
+    multiple up.
 
     Args:
         pruning_ratio: fraction in ``[0, 1)`` of each group's labels to remove.
@@ -35,9 +37,12 @@ class UniformLabelSelector(LabelSelector):
         self.pruning_ratio = float(pruning_ratio)
 
     def select(self, ir: PruningIR, snapshot_name: str = "main") -> list[Label]:
+        groups = ir.snapshot(snapshot_name).groups
         out: list[Label] = []
         for ordered in ir.selector_label_groups(snapshot_name):
             n = min(math.floor(self.pruning_ratio * len(ordered) + 1e-9), len(ordered) - 1)
+            if ordered:
+                n = aligned_removal(n, len(ordered), groups[ordered[0].group].step)
             out.extend(ordered[:n])
         return out
 
