@@ -75,10 +75,15 @@ def n_params(model: nn.Module) -> int:
 
 
 def random_subset(ir: PruningIR, rng: random.Random, keep: int = 1) -> list[Label]:
-    """Random labels of every prunable group, each group keeping at least ``keep``."""
+    """Random labels of every prunable group, each group keeping at least ``keep`` (and a
+    multiple of its ``step``)."""
     out: list[Label] = []
     for g in ir.prunable_label_groups():
-        out += rng.sample(ir.labels(g), rng.randint(0, g.size - keep))
+        if g.step == 1:
+            n = rng.randint(0, g.size - keep)
+        else:
+            n = rng.choice([n for n in range(g.size - keep + 1) if (g.size - n) % g.step == 0])
+        out += rng.sample(ir.labels(g), n)
     return out
 
 
@@ -176,9 +181,7 @@ def test_toy_zoo_matches_flop_counter_and_parameter_count(name: str) -> None:
 @pytest.mark.parametrize("name", ["bert", "llama", "llama_sdpa"])
 def test_hf_models_match_flop_counter_and_parameter_count(name: str) -> None:
     ir, case = _hf_ir(name)
-    # keep >= 2 labels per group: eager LLaMA fails to prune a GQA query group down to one
-    # query per kv head (a pruning_ir issue, not a cost one)
-    check_against_oracles(ir, case.example_inputs, case.example_kwargs, selections_for(ir, name, keep=2))
+    check_against_oracles(ir, case.example_inputs, case.example_kwargs, selections_for(ir, name))
 
 
 def test_direct_contractions_and_convolutions_match() -> None:
