@@ -208,6 +208,11 @@ def test_bad_arguments() -> None:
         GroupConstraint(step=0)
     with pytest.raises(InvalidInputError, match="max_iterations"):
         KnapsackLabelSelector(1.0, MacsFn(), max_iterations=0)
+    for bad in (-1, True, 1.5):
+        with pytest.raises(InvalidInputError, match="confirmation_passes"):
+            KnapsackLabelSelector(1.0, MacsFn(), confirmation_passes=bad)  # type: ignore[arg-type]
+        with pytest.raises(InvalidInputError, match="confirmation_passes"):
+            BinarySearchLatencyLabelSelector(1.0, MacsFn(), confirmation_passes=bad)  # type: ignore[arg-type]
 
 
 def test_a_lucky_first_measurement_is_not_trusted() -> None:
