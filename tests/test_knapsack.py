@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -304,11 +305,10 @@ def test_count_program_equals_the_label_milp_on_a_larger_instance(seed: int, uni
 
 
 # ------------------------------------------------------------------------------ drifting measurements
-def test_confirmation_cancels_a_speed_up_of_the_machine() -> None:
-    """The machine gets 20% faster after the unpruned model is measured: every later absolute
-    reading is 20% low. Trusting them returns a model over the target; re-measuring the best
-    rounds side by side with the unpruned model (ratios, in the units of the first measurement)
-    returns one within it."""
+def _drift_case() -> tuple[PruningIR, Callable[[nn.Module], float], Callable[[list], float], float, dict[str, int]]:
+    """A machine that gets 20% faster after the unpruned model is measured (twice): every later
+    absolute reading is 20% low. Returns the IR, the drifting function, the true cost of a
+    selection, the target (half the MACs) and the call counter (reset it between selectors)."""
     ir = _mlp((12, 16, 10, 6, 3), seed=11)
     calls = {"n": 0}
 
@@ -319,7 +319,14 @@ def test_confirmation_cancels_a_speed_up_of_the_machine() -> None:
     def true_cost(labels: list) -> float:
         return linear_macs(ir.prune(labels=labels).model) if labels else linear_macs(ir.model)
 
-    target = 0.5 * linear_macs(ir.model)
+    return ir, drifting, true_cost, 0.5 * linear_macs(ir.model), calls
+
+
+def test_confirmation_cancels_a_speed_up_of_the_machine() -> None:
+    """Trusting the drifted readings returns a model over the target; re-measuring the best
+    rounds side by side with the unpruned model (ratios, in the units of the first measurement)
+    returns one within it."""
+    ir, drifting, true_cost, target, calls = _drift_case()
     fooled = KnapsackLabelSelector(target, drifting, verbose=False, max_iterations=6, confirmation_passes=0)
     assert true_cost(fooled.select(ir)) > target and not fooled.confirmation
     calls["n"] = 0
@@ -332,20 +339,10 @@ def test_confirmation_cancels_a_speed_up_of_the_machine() -> None:
 
 
 def test_binary_search_confirmation_cancels_a_speed_up_of_the_machine() -> None:
-    """The same drift for the binary search: its prefixes read 20% low, so the one it settles on
-    is over the target; side by side with the unpruned model it is not, and the search goes on
-    to the right with drift-corrected readings until a prefix meets the target."""
-    ir = _mlp((12, 16, 10, 6, 3), seed=11)
-    calls = {"n": 0}
-
-    def drifting(model: nn.Module) -> float:
-        calls["n"] += 1
-        return linear_macs(model) * (1.0 if calls["n"] <= 2 else 0.8)
-
-    def true_cost(labels: list) -> float:
-        return linear_macs(ir.prune(labels=labels).model) if labels else linear_macs(ir.model)
-
-    target = 0.5 * linear_macs(ir.model)
+    """The same drift for the binary search: the prefix it settles on is over the target; side
+    by side with the unpruned model it is not, and the search goes on to the right with
+    drift-corrected readings until a prefix meets the target."""
+    ir, drifting, true_cost, target, calls = _drift_case()
     fooled = BinarySearchLatencyLabelSelector(target, drifting, confirmation_passes=0)
     assert true_cost(fooled.select(ir)) > target and not fooled.confirmation
     calls["n"] = 0
