@@ -84,7 +84,7 @@ def _signature(snap: Snapshot, g: LabelGroup) -> tuple[object, ...]:
 _STEPS = (2, 4, 8, 16, 32)
 """Alignments tried for a group whose one-label probe fails because the model stops running
 (a kernel that needs, say, 16-byte strides accepts widths in multiples of 4 floats)."""
-_STEP_PROBES = 64  # extra probes spent on alignments per build, at most
+_STEP_PROBES = 32  # extra probes spent on alignments per build, at most
 
 
 def probe_groups(ir: PruningIR, name: str) -> tuple[list[tuple[LabelGroup, str]], dict[int, int]]:
@@ -118,8 +118,9 @@ def probe_groups(ir: PruningIR, name: str) -> tuple[list[tuple[LabelGroup, str]]
 
     def aligned(g: LabelGroup, err: str) -> int | None:
         """The smallest step at which ``g`` prunes, when a kernel refused the one-label probe."""
-        if "does not run" not in err:
-            return None  # the model ran: a size mismatch found by verification, not an alignment
+        if "does not run" not in err or "is invalid for input of size" in err:
+            return None  # the model ran (a size mismatch found by verification), or a reshape of
+            # a Python-held size refused it: not an alignment
         for k in _STEPS:
             if g.size % k or g.size <= k or budget[0] <= 0:
                 continue
