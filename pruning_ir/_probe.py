@@ -8,7 +8,10 @@ which become unprunable with the error as the reason, unless the model stopped r
 removing a multiple of labels (2, 4, ..., 32) works: then the group prunes in that multiple
 (``LabelGroup.step``, a kernel's alignment). Probing runs on a ``meta`` copy of
 the model (no weight memory, no arithmetic); a model that cannot run on ``meta`` is probed
-for real when it is small, and otherwise not probed (said in the report).
+for real when it is small, and otherwise not probed (said in the report). A model whose
+output shapes are drawn at random (a stochastic duration predictor: VITS) fails every probe
+by chance; that is checked first (two runs of the unpruned model, only when the trace saw a
+random op), and then every group is unprunable at once instead of after bisecting them all.
 """
 
 from __future__ import annotations
@@ -81,6 +84,28 @@ def _signature(snap: Snapshot, g: LabelGroup) -> tuple[object, ...]:
     return (g.size, tuple(sorted(g.members)), tuple(slot_map(snap.spaces, layout, g.leaf).tolist()))
 
 
+def _varying_output_shapes(probe_ir: PruningIR, name: str) -> str | None:
+    """Why no pruned model can be checked, when the unpruned one already changes its output
+    shapes between runs (random sampling decides them); ``None`` otherwise. Costs two runs,
+    and only when the trace recorded a random op."""
+    from ._rewrite.verify import run_model
+
+    snap = probe_ir.snapshot(name)
+    if not snap.graph.outputs or not any(i.kind == "random" for i in snap.issues):
+        return None
+    expected = [tuple(s) for s in snap.output_shapes]
+    for _ in range(2):
+        try:
+            shapes = [tuple(t.shape) for t in run_model(probe_ir.model, snap)]
+        except Exception:  # not this check's business: the probes will say what fails
+            return None
+        if shapes[: len(expected)] != expected:
+            return (f"pruning it cannot be checked: the unpruned {type(probe_ir.model).__name__} itself changes "
+                    f"its output shapes from run to run ({shapes} instead of {expected}: random sampling in "
+                    "forward)")
+    return None
+
+
 _STEPS = (2, 4, 8, 16, 32)
 """Alignments tried for a group whose one-label probe fails because the model stops running
 (a kernel that needs, say, 16-byte strides accepts widths in multiples of 4 floats)."""
@@ -88,8 +113,9 @@ _STEP_PROBES = 32  # extra probes spent on alignments per build, at most
 
 
 def probe_groups(ir: PruningIR, name: str) -> tuple[list[tuple[LabelGroup, str]], dict[int, int]]:
-    """Prunable groups of snapshot ``name`` whose removal breaks the model, with the error; and
-    the groups (by leaf) that prune when their kept size stays a multiple of some step."""
+    """Prunable groups of snapshot ``name`` whose removal breaks the model (or cannot be checked),
+    with the reason; and the groups (by leaf) that prune when their kept size stays a multiple
+    of some step."""
     snap = ir.snapshot(name)
     probe_ir = _probe_ir(ir, name)
     if probe_ir is None:
@@ -97,6 +123,9 @@ def probe_groups(ir: PruningIR, name: str) -> tuple[list[tuple[LabelGroup, str]]
                                  "groups were not probed"))
         return [], {}
     probe_snap = probe_ir.snapshot(name)
+    varying = _varying_output_shapes(probe_ir, name)
+    if varying is not None:
+        return [(g, varying) for g in snap.prunable_groups], {}
     by_signature = {_signature(probe_snap, g): g for g in probe_snap.prunable_groups}
 
     def fails(groups: list[LabelGroup], count: int = 1) -> str | None:
@@ -144,7 +173,7 @@ def probe_groups(ir: PruningIR, name: str) -> tuple[list[tuple[LabelGroup, str]]
             g = groups[0]
             step = aligned(g, err)
             if step is None:
-                bad.append((g, err))
+                bad.append((g, f"pruning it breaks the model's Python code ({err})"))
             else:
                 steps[g.leaf] = step
             continue
@@ -162,8 +191,7 @@ def apply_probe(ir: PruningIR, name: str) -> None:
     snap = ir.snapshot(name)
     for leaf, step in steps.items():
         snap.spaces.step[leaf] = step
-    for g, err in bad:
-        reason = f"pruning it breaks the model's Python code ({err})"
+    for g, reason in bad:
         snap.spaces.rigid[g.leaf] = reason
         snap.issues.append(Issue("probe", "", f"g{g.gid}", reason))
     snap.groups = build_groups(snap.graph, snap.spaces)

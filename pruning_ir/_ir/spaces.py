@@ -28,7 +28,10 @@ channels), :meth:`SpaceTable.slice` (``narrow``/``split``), concatenation (tuple
 marks every leaf involved *rigid* (unprunable): never a wrong slice.
 
 Union-find is iterative with path halving; every refinement creates strictly
-smaller leaves, so the restart loops terminate (they are also capped).
+smaller leaves, except the split ``n = 1 x n`` that gives a one-slot factor a partner,
+which is made only when the split leaf is absent from the one slot's side (in
+``1 x 1 x Y == Y`` it would bring the same pair back after every restart: the slot
+is skipped instead); so the restart loops terminate (they are also capped).
 """
 
 from __future__ import annotations
@@ -84,6 +87,20 @@ class SpaceTable:
         """Leaves born rigid (model inputs, batch/sequence/spatial axes): sizes read at run time."""
         self.step: dict[int, int] = {}
         """Group leaf -> the multiple its kept size must be (a kernel's alignment, found by the probe)."""
+        self._links = 0  # unions made so far: with len(defn) and len(rigid), the table's version
+        self._normal: dict[Layout, Layout] = {}  # normalize() results at version _normal_at
+        self._normal_at: tuple[int, int, int] = (0, 0, 0)
+
+    def __getstate__(self) -> dict[str, object]:
+        state = dict(self.__dict__)
+        state["_normal"] = {}  # a cache: not pickled
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self.__dict__.setdefault("_links", 0)  # tables pickled before the cache existed
+        self.__dict__.setdefault("_normal", {})
+        self.__dict__.setdefault("_normal_at", (0, 0, 0))
 
     # ------------------------------------------------------------------ leaves
     def new_leaf(self, size: int, origin: str, rigid: str | None = None) -> Layout:
@@ -128,7 +145,27 @@ class SpaceTable:
 
     # -------------------------------------------------------------- layouts
     def normalize(self, layout: Layout) -> Layout:
-        """Rewrite ``layout`` so that every factor names an undefined representative."""
+        """Rewrite ``layout`` so that every factor names an undefined representative.
+
+        Cached: the result depends only on the unions, definitions and rigid flags made so far
+        (none is ever undone, so their counts version the table), and is kept unless computing
+        it allocated a leaf (a rigid merge, made afresh by every call). Rules, slicing, remapping
+        and the probe normalise the same axes over and over; on a finished table every call after
+        the first is a lookup."""
+        at = (self._links, len(self.defn), len(self.rigid))
+        if at != self._normal_at:
+            self._normal.clear()
+            self._normal_at = at
+        hit = self._normal.get(layout)
+        if hit is not None:
+            return hit
+        n = len(self.size)
+        out = self._normalize(layout)
+        if len(self.size) == n and self._normal_at == at:
+            self._normal[layout] = out
+        return out
+
+    def _normalize(self, layout: Layout) -> Layout:
         out: list[Term] = []
         for term in layout:
             acc: Layout = ONE
@@ -377,6 +414,15 @@ class SpaceTable:
                     return True
                 self._link(a, b)
                 i, j = i + 1, j + 1
+            elif (nf == 1 and self._meets_itself(g, tx)) or (ng == 1 and self._meets_itself(f, ty)):
+                # one slot facing a longer factor whose leaf is on the one slot's side too
+                # (``1 x 1 x Y == Y``): splitting that leaf as ``1 x n`` (below) would bring the
+                # same pair back after the restart, forever. Cut the slot out of its leaf
+                # (restart) and skip it once it is a leaf of its own: a one-slot leaf is inert
+                # (a group of one channel is never removed).
+                if self._isolate(f if nf == 1 else g)[1]:
+                    return True
+                i, j = (i + 1, j) if nf == 1 else (i, j + 1)
             elif nf > ng:
                 if nf % ng:
                     raise Misaligned(f"factor sizes {nf} and {ng} do not divide")
@@ -389,11 +435,17 @@ class SpaceTable:
                 return True
         return False
 
+    def _meets_itself(self, f: Factor, side: Term) -> bool:
+        """True when ``f``'s leaf also occurs in ``side`` (the other term of a unification)."""
+        leaf = self.find(f[0])
+        return any(self.find(g[0]) == leaf for g in side)
+
     def _link(self, a: int, b: int) -> None:
         a, b = self.find(a), self.find(b)
         if a == b:
             return
         self.parent[a] = b
+        self._links += 1
         if a in self.positional:
             self.positional.add(b)
         if a in self.rigid and b not in self.rigid:

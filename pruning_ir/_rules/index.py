@@ -18,6 +18,12 @@ def _clamp(v: int | None, n: int, default: int) -> int:
     return max(0, min(n, v))
 
 
+def _rigid_tail(ctx: Ctx, x: ValueRef, d: int, i: int) -> bool:
+    """True when entries ``i:`` of axis ``d`` of ``x`` are all rigid (their count never changes)."""
+    sp = ctx.spaces
+    return sp.all_rigid(sp.slice(sp.normalize(ctx.axes(x)[d]), i, ctx.shape(x)[d]))
+
+
 @rule("aten.slice", "aten.slice_copy")
 def slice_(ctx: Ctx) -> None:
     x = ctx.a("self")
@@ -34,9 +40,12 @@ def slice_(ctx: Ctx) -> None:
     else:
         sp = ctx.spaces
         axes[d] = sp.slice(sp.normalize(axes[d]), s, e)
-        if start not in (None, 0):
+        # a negative start/end counts from the end: it holds while the entries after it keep
+        # their number, which is certain when they are all rigid (then no fact: its value, the
+        # kept prefix, would never equal the negative literal and always read as changed)
+        if start not in (None, 0) and not (start < 0 and _rigid_tail(ctx, x, d, s)):
             ctx.fact(("start",), sp.slice(sp.normalize(ctx.axes(x)[d]), 0, s), start, "offset")
-        if end is not None and end < sys.maxsize and e < n:
+        if end is not None and end < sys.maxsize and e < n and not (end < 0 and _rigid_tail(ctx, x, d, e)):
             ctx.fact(("end",), sp.slice(sp.normalize(ctx.axes(x)[d]), 0, e), end, "offset")
     ctx.set_out(0, axes)
 

@@ -12,7 +12,9 @@ the build time against Torch-Pruning's dependency graph.
 
 from __future__ import annotations
 
+import functools
 import logging
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -48,8 +50,8 @@ class _Recorder(TorchDispatchMode):
         self.graph = graph
         self.observer = observer
         self.names = names
-        self.current: dict[int, int] = {}  # id(tensor) -> current value id
-        self.keep: list[torch.Tensor] = []  # keeps ids unique while tracing
+        self.current: dict[int, int] = {}  # id(tensor) -> current value id, while the tensor lives
+        self.refs: dict[int, weakref.ref[torch.Tensor]] = {}  # id(tensor) -> its weak reference
         self.stack: list[str] = []
         self.suppress = 0
         self.fail_stack: tuple[tuple[str, ...], str] | None = None
@@ -58,9 +60,21 @@ class _Recorder(TorchDispatchMode):
     def new_value(self, t: torch.Tensor, kind: str, name: str = "", producer: int = -1) -> int:
         vid = len(self.graph.values)
         self.graph.values.append(Value(vid, tuple(int(s) for s in t.shape), str(t.dtype), kind, name, producer))
-        self.current[id(t)] = vid
-        self.keep.append(t)
+        self.track(t, vid)
         return vid
+
+    def track(self, t: torch.Tensor, vid: int) -> None:
+        """Map ``t`` to value ``vid`` until ``t`` is freed (then its id may be reused by another
+        tensor). Holding every traced tensor instead kept all activations alive: slower, and
+        the peak memory of the whole forward."""
+        key = id(t)
+        self.current[key] = vid
+        if key not in self.refs:
+            self.refs[key] = weakref.ref(t, functools.partial(self._forget, key))
+
+    def _forget(self, key: int, _ref: object) -> None:
+        self.current.pop(key, None)
+        self.refs.pop(key, None)
 
     def value_of(self, t: torch.Tensor) -> int:
         vid = self.current.get(id(t))
@@ -96,8 +110,7 @@ class _Recorder(TorchDispatchMode):
             if name == "aten.detach" and isinstance(out, torch.Tensor) and isinstance(args[0], torch.Tensor):
                 src = self.current.get(id(args[0]))
                 if src is not None:
-                    self.current[id(out)] = src
-                    self.keep.append(out)
+                    self.track(out, src)
             return out
         # encode inputs before running: an in-place op must see the old version
         bound = self.encode(bind(func, args, kwargs))
@@ -293,7 +306,7 @@ def record(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
     finally:
         for h in handles:
             h.remove()
-        rec.keep.clear()
+        rec.refs.clear()
         with torch.no_grad():
             for name, b in model.named_buffers():
                 if name in saved and b.shape == saved[name].shape:
