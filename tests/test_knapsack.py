@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -355,6 +356,45 @@ def test_binary_search_confirmation_cancels_a_speed_up_of_the_machine() -> None:
     # the shortest prefix that meets the target at the true cost (the ranking is fixed)
     shorter = BinarySearchLatencyLabelSelector(target, linear_macs, confirmation_passes=0).select(ir)
     assert len(labels) == len(shorter)
+
+
+def test_search_goes_on_when_no_candidate_meets_the_target_side_by_side() -> None:
+    """A machine 20% faster during the search than before and after it, and a latency with a
+    fixed overhead (not proportional to MACs): every round the search settles on is truly over
+    the target, so the side-by-side confirmation rejects them all. The selector then searches
+    on with side-by-side readings and returns a model within the target (before: the fastest
+    rejected one, 20% over, with a warning)."""
+    ir = _mlp((12, 16, 10, 6, 3), seed=11)
+    overhead = 0.3 * linear_macs(ir.model)
+    target = 0.5 * (linear_macs(ir.model) + overhead)
+
+    def true_cost(labels: list) -> float:
+        return linear_macs(ir.prune(labels=labels).model if labels else ir.model) + overhead
+
+    def machine(fast_calls: int) -> tuple[Callable[[nn.Module], float], dict[str, int]]:
+        calls = {"n": 0}
+
+        def fn(model: nn.Module) -> float:
+            calls["n"] += 1
+            return (linear_macs(model) + overhead) * (0.8 if 2 < calls["n"] <= fast_calls else 1.0)
+        return fn, calls
+
+    fn, calls = machine(10**9)
+    fooled = KnapsackLabelSelector(target, fn, verbose=False, max_iterations=6, confirmation_passes=0)
+    assert true_cost(fooled.select(ir)) > 1.1 * target
+    fn, _ = machine(calls["n"])  # fast for exactly the search's calls
+    sel = KnapsackLabelSelector(target, fn, verbose=False, max_iterations=6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "no candidate met the target" warning
+        labels = sel.select(ir)
+    assert true_cost(labels) <= target
+    first = [c for c in sel.confirmation if not math.isnan(c["search_latency"])]
+    assert first and all(c["search_latency"] <= target * 1.1 < c["latency"] for c in first)
+    extra = [h for h in sel.history if h.get("side_by_side")]
+    assert 1 <= len(extra) <= 3
+    chosen = [c for c in sel.confirmation if c["chosen"]]
+    assert len(chosen) == 1 and math.isnan(chosen[0]["search_latency"])
+    assert chosen[0]["latency"] == pytest.approx(true_cost(labels))
 
 
 def test_outer_budget_steps() -> None:

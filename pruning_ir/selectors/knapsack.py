@@ -95,7 +95,11 @@ class KnapsackLabelSelector(LabelSelector):
     the unpruned model, ``confirmation_passes`` times in rotating order, and each gets its median
     ratio to the unpruned model times the unpruned model's latency as measured at the start: the
     highest-scoring one that meets the target that way is returned (``confirmation`` lists
-    them). A machine-wide slowdown or speed-up since the start thus cancels in the final choice.
+    them). When none does, the search goes on from those readings for up to
+    ``max(2, max_iterations // 2)`` more rounds, each candidate measured side by side with the
+    unpruned model (``history`` marks them ``side_by_side``); only if none of them meets the
+    target either is the fastest candidate returned, with a warning. A machine-wide slowdown or
+    speed-up since the start thus cancels in the final choice.
     On a shared machine, prefer a drift-cancelling function, ``MeasuredLatency(...,
     reference=unpruned_model)``, which also steers the search with drift-free readings (its
     readings are re-measured as they are, without the unpruned model next to them).
@@ -258,7 +262,13 @@ class KnapsackLabelSelector(LabelSelector):
                 f"candidate in {self.max_iterations} rounds, the smallest model included; relax the constraints "
                 "or the target.")
         if not exact and self.confirmation_passes:
-            best = self._confirm(ev, rounds, best, (0.0, smallest, small_lat), target, labels_of) or best
+            confirmed = self._confirm(ev, rounds, starts, (0.0, smallest, small_lat), target, labels_of)
+            if confirmed is not None and confirmed[2] > target:
+                # nothing meets the target side by side (the machine sped up, or the search's
+                # readings were lucky): search on, every candidate measured that way
+                confirmed = self._continue(ev, rounds, starts, confirmed, target, aim, p_base, base, scores, order,
+                                           bounds, proxy, labels_of, kept_score, inner_rounds)
+            best = confirmed or best
         if best is None:
             warnings.warn(f"KnapsackLabelSelector: no candidate met the target {target:.6g} in {self.max_iterations} "
                           "rounds; returning the smallest model the constraints allow.", RuntimeWarning, stacklevel=2)
@@ -269,12 +279,13 @@ class KnapsackLabelSelector(LabelSelector):
         return labels_of(chosen)
 
     def _confirm(self, ev: Evaluator, rounds: list[tuple[float, dict[int, np.ndarray], float]],
-                 best: tuple[float, dict[int, np.ndarray], float] | None,
+                 starts: list[tuple[float, dict[int, np.ndarray]]],
                  smallest: tuple[float, dict[int, np.ndarray], float], target: float,
                  labels_of: Callable[[dict[int, np.ndarray]], list[Label]],
                  ) -> tuple[float, dict[int, np.ndarray], float] | None:
         """Re-measure the most promising rounds side by side with the unpruned model and keep the
-        highest-scoring one whose drift-corrected latency meets the target.
+        highest-scoring one whose drift-corrected latency meets the target (else the fastest one,
+        which is over the target: the caller searches on).
 
         Candidates: the two highest-scoring rounds measured at most 10% over the target (a round
         read over the target while the machine was slow may well meet it), the best round that
@@ -297,22 +308,80 @@ class KnapsackLabelSelector(LabelSelector):
         if not picks:
             return None
         got = ev.compare([labels_of(r[1]) for r in picks], self.confirmation_passes)
+        budget_of = {id(r[1]): b for b, r in zip((b for b, _ in starts), rounds, strict=True)}
         self.confirmation = [{"kept_score": r[0], "search_latency": r[2], "latency": lat,
-                              "removed": int(sum(m.sum() for m in r[1].values())), "chosen": False}
+                              "removed": int(sum(m.sum() for m in r[1].values())),
+                              "proxy_budget": budget_of.get(id(r[1]), math.nan), "chosen": False}
                              for r, lat in zip(picks, got, strict=True)]
         ok = [i for i, lat in enumerate(got) if lat <= target]
         for c in self.confirmation:
             self._log("confirmation: kept score %.6g, latency %.6g in the search, %.6g side by side with the "
                       "unpruned model (target %.6g)", c["kept_score"], c["search_latency"], c["latency"], target)
-        if ok:
-            i = max(ok, key=lambda i: picks[i][0])
-        else:
-            i = min(range(len(picks)), key=lambda i: got[i])
-            warnings.warn(f"KnapsackLabelSelector: no candidate met the target {target:.6g} when re-measured side by "
-                          f"side with the unpruned model; returning the fastest one ({got[i]:.6g}).", RuntimeWarning,
-                          stacklevel=3)
+        i = max(ok, key=lambda i: picks[i][0]) if ok else min(range(len(picks)), key=lambda i: got[i])
         self.confirmation[i]["chosen"] = True
         return picks[i][0], picks[i][1], got[i]
+
+    def _continue(self, ev: Evaluator, rounds: list[tuple[float, dict[int, np.ndarray], float]],
+                  starts: list[tuple[float, dict[int, np.ndarray]]],
+                  fastest: tuple[float, dict[int, np.ndarray], float], target: float, aim: float, p_base: float,
+                  base: float, scores: dict[int, np.ndarray],
+                  order: dict[int, np.ndarray], bounds: dict[int, tuple[int, int, int]], proxy: Any,
+                  labels_of: Callable[[dict[int, np.ndarray]], list[Label]],
+                  kept_score: Callable[[dict[int, np.ndarray]], float],
+                  inner_rounds: int) -> tuple[float, dict[int, np.ndarray], float]:
+        """Search on after a confirmation in which no candidate met the target: the outer loop
+        again, from the side-by-side readings (over points at their proxy budgets), each new
+        candidate measured side by side with the unpruned model (:meth:`Evaluator.compare`), for
+        at most ``max(2, max_iterations // 2)`` rounds. Returns the highest-scoring candidate
+        that meets the target that way, else ``fastest`` with a warning."""
+        over = [(c["proxy_budget"], c["latency"]) for c in self.confirmation if math.isfinite(c["proxy_budget"])]
+        over.append((p_base, base))
+        feasible: list[tuple[float, float]] = []
+        sides: list[bool] = []
+        budget, lat = min(over)
+        found: tuple[float, dict[int, np.ndarray], float] | None = None
+        for _ in range(max(2, self.max_iterations // 2)):
+            nxt = self._next_budget(budget, lat, aim, feasible, over, p_base / base, sides)
+            point = min(starts, key=lambda bs: abs(bs[0] - nxt))[1]
+            budget = nxt
+            t0 = time.perf_counter()
+            new, status, solves = self._solve_budget(budget, point, scores, order, bounds, proxy, p_base,
+                                                     labels_of, kept_score, inner_rounds)
+            solve_s = time.perf_counter() - t0
+            lat = ev.compare([labels_of(new)], self.confirmation_passes)[0]
+            ok = lat <= target
+            kept = kept_score(new)
+            removed = int(sum(m.sum() for m in new.values()))
+            rounds.append((kept, {g: m.copy() for g, m in new.items()}, lat))
+            starts.append((budget, rounds[-1][1]))
+            self.history.append({"iteration": len(self.history), "proxy_budget": budget, "latency": lat,
+                                 "feasible": ok, "removed": removed, "kept_score": kept, "solver_status": status,
+                                 "solver_s": solve_s, "solves": solves, "side_by_side": True})
+            self.confirmation.append({"kept_score": kept, "search_latency": math.nan, "latency": lat,
+                                      "removed": removed, "proxy_budget": budget, "chosen": False})
+            self._log("confirmation search: proxy budget %.6g -> %.6g side by side (target %.6g), %d labels removed",
+                      budget, lat, target, removed)
+            sides.append(ok)
+            if ok:
+                feasible.append((budget, lat))
+                if found is None or kept > found[0] + 1e-12 * abs(found[0]):
+                    found = rounds[-1]
+                if lat >= target * (1 - self.tolerance):
+                    break
+            else:
+                over.append((budget, lat))
+        for c in self.confirmation:
+            c["chosen"] = False
+        if found is None:
+            warnings.warn(f"KnapsackLabelSelector: no candidate met the target {target:.6g} when measured side by "
+                          f"side with the unpruned model; returning the fastest one ({fastest[2]:.6g}).",
+                          RuntimeWarning, stacklevel=3)
+            found = fastest
+        for c in self.confirmation:
+            if c["kept_score"] == found[0] and c["latency"] == found[2]:
+                c["chosen"] = True
+                break
+        return found
 
     # ------------------------------------------------------------------------------------------ pieces
     def _log(self, msg: str, *args: Any) -> None:
