@@ -125,6 +125,31 @@ class ComposedLiteralNet(nn.Module):
         return self.lin(tokens).sum(dim=1) + self.lin2(cols) + picked
 
 
+class AttentionPoolNet(nn.Module):
+    """Case: attention pooling with a learned query token (AIMv2's head): every reshape computes
+    the head size as ``width // self.num_heads`` from the *input* width (which keeps its size)
+    and the last one holds that width. Pruning v's head dims apart from q/k's sends SDPA from
+    its fused kernel to the math fallback, whose own views must not count as the module's
+    calls (they shifted every later literal: the final reshape kept the old width).
+    Coupling: 3 heads of 8 q/k dims (k out, query token) and 8 v dims (v out, out in)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.num_heads = 3
+        self.k = nn.Linear(24, 24)
+        self.v = nn.Linear(24, 24)
+        self.query = nn.Parameter(torch.randn(1, 1, 24))
+        self.out = nn.Linear(24, 5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, s, d = x.shape
+        k = self.k(x).reshape(b, s, self.num_heads, d // self.num_heads).transpose(1, 2)
+        v = self.v(x).reshape(b, s, self.num_heads, d // self.num_heads).transpose(1, 2)
+        q = self.query.expand(b, -1, -1).reshape(b, 1, self.num_heads, d // self.num_heads).transpose(1, 2)
+        a = F.scaled_dot_product_attention(q, k, v)
+        return self.out(a.transpose(1, 2).reshape(b, 1, d).mean(1))
+
+
 def _repeat_kv(h: Tensor, n_rep: int) -> Tensor:
     b, kv, s, d = h.shape
     if n_rep == 1:  # as in HF LLaMA: the expand/reshape is skipped
@@ -345,3 +370,27 @@ def test_literal_patch_follows_calls_the_slim_code_skips(verify: bool) -> None:
         loaded = torch.load(buf, pickle_module=dill, weights_only=False)
         y = torch.randn(4, 6, 10)
         assert torch.equal(loaded(y), slim.model(y))
+
+
+def test_sdpa_fallback_kernel_does_not_shift_the_literal_patch() -> None:
+    """Heads and v head dims of :class:`AttentionPoolNet` prune, alone and together, exactly
+    (the old patch counted the math kernel's views as the module's and left the final
+    reshape at the old width: heads and v dims were refused by the probe, and pruning them
+    with the q/k dims failed verification). With the q/k dims too, the only difference is the
+    listed attention scale."""
+    torch.manual_seed(0)
+    model = AttentionPoolNet().eval()
+    ir = PruningIR(model, example_inputs=(torch.randn(2, 6, 24),))
+    by_members = {tuple(sorted(g.members)): g for g in ir.prunable_label_groups()}
+    heads = next(g for m, g in by_members.items() if ("v.weight", 0) in m and ("k.weight", 0) in m)
+    v_dims = next(g for m, g in by_members.items() if ("v.weight", 0) in m and ("k.weight", 0) not in m)
+    qk_dims = next(g for m, g in by_members.items() if ("v.weight", 0) not in m)
+    assert (heads.size, v_dims.size, qk_dims.size) == (3, 8, 8)
+    other = (torch.randn(3, 5, 24),)
+    for labels in (ir.labels(heads)[:1], ir.labels(v_dims)[:3], ir.labels(heads)[1:2] + ir.labels(v_dims)[2:5]):
+        for inputs in (None, other):
+            rep = verify_pruning(ir, labels, example_inputs=inputs)
+            assert rep.exact and rep.params_after < rep.params_before, rep
+    every = ir.labels(heads)[:1] + ir.labels(v_dims)[:3] + ir.labels(qk_dims)[:2]
+    rep = verify_pruning(ir, every)
+    assert not rep.exact and len(rep.inexact_reasons) == 1 and "attention scale" in rep.inexact_reasons[0], rep
