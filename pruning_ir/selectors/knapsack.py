@@ -95,11 +95,13 @@ class KnapsackLabelSelector(LabelSelector):
     the unpruned model, ``confirmation_passes`` times in rotating order, and each gets its median
     ratio to the unpruned model times the unpruned model's latency as measured at the start: the
     highest-scoring one that meets the target that way is returned (``confirmation`` lists
-    them). When none does, the search goes on from those readings for up to
-    ``max(2, max_iterations // 2)`` more rounds, each candidate measured side by side with the
-    unpruned model (``history`` marks them ``side_by_side``); only if none of them meets the
-    target either is the fastest candidate returned, with a warning. A machine-wide slowdown or
-    speed-up since the start thus cancels in the final choice.
+    them). When none does, or the one chosen is faster than ``target * (1 - tolerance)``, the
+    search goes on from those readings for up to ``max(2, max_iterations // 2)`` more rounds,
+    each candidate measured side by side with the unpruned model (``history`` marks them
+    ``side_by_side``), until one lands in the tolerance window; the highest-scoring candidate
+    that met the target side by side is returned, and only if none did, the fastest one, with
+    a warning. A machine-wide slowdown or speed-up since the start thus cancels in the final
+    choice.
     On a shared machine, prefer a drift-cancelling function, ``MeasuredLatency(...,
     reference=unpruned_model)``, which also steers the search with drift-free readings (its
     readings are re-measured as they are, without the unpruned model next to them).
@@ -263,9 +265,10 @@ class KnapsackLabelSelector(LabelSelector):
                 "or the target.")
         if not exact and self.confirmation_passes:
             confirmed = self._confirm(ev, rounds, starts, (0.0, smallest, small_lat), target, labels_of)
-            if confirmed is not None and confirmed[2] > target:
+            if confirmed is not None and not target * (1 - self.tolerance) <= confirmed[2] <= target:
                 # nothing meets the target side by side (the machine sped up, or the search's
-                # readings were lucky): search on, every candidate measured that way
+                # readings were lucky), or only with more than `tolerance` to spare: search on,
+                # every candidate measured that way
                 confirmed = self._continue(ev, rounds, starts, confirmed, target, aim, p_base, base, scores, order,
                                            bounds, proxy, labels_of, kept_score, inner_rounds)
             best = confirmed or best
@@ -323,23 +326,25 @@ class KnapsackLabelSelector(LabelSelector):
 
     def _continue(self, ev: Evaluator, rounds: list[tuple[float, dict[int, np.ndarray], float]],
                   starts: list[tuple[float, dict[int, np.ndarray]]],
-                  fastest: tuple[float, dict[int, np.ndarray], float], target: float, aim: float, p_base: float,
+                  current: tuple[float, dict[int, np.ndarray], float], target: float, aim: float, p_base: float,
                   base: float, scores: dict[int, np.ndarray],
                   order: dict[int, np.ndarray], bounds: dict[int, tuple[int, int, int]], proxy: Any,
                   labels_of: Callable[[dict[int, np.ndarray]], list[Label]],
                   kept_score: Callable[[dict[int, np.ndarray]], float],
                   inner_rounds: int) -> tuple[float, dict[int, np.ndarray], float]:
-        """Search on after a confirmation in which no candidate met the target: the outer loop
-        again, from the side-by-side readings (over points at their proxy budgets), each new
-        candidate measured side by side with the unpruned model (:meth:`Evaluator.compare`), for
-        at most ``max(2, max_iterations // 2)`` rounds. Returns the highest-scoring candidate
-        that meets the target that way, else ``fastest`` with a warning."""
-        over = [(c["proxy_budget"], c["latency"]) for c in self.confirmation if math.isfinite(c["proxy_budget"])]
-        over.append((p_base, base))
-        feasible: list[tuple[float, float]] = []
+        """Search on after a confirmation whose choice ``current`` is over the target (no candidate
+        met it side by side) or under ``target * (1 - tolerance)``: the outer loop again, from
+        the side-by-side readings (at their proxy budgets), each new candidate measured side by
+        side with the unpruned model (:meth:`Evaluator.compare`), for at most
+        ``max(2, max_iterations // 2)`` rounds or until one lands in the tolerance window.
+        Returns the highest-scoring candidate that met the target side by side, else
+        ``current`` (over the target: with a warning)."""
+        seen = [(c["proxy_budget"], c["latency"]) for c in self.confirmation if math.isfinite(c["proxy_budget"])]
+        over = [p for p in seen if p[1] > target] + [(p_base, base)]
+        feasible = [p for p in seen if p[1] <= target]
         sides: list[bool] = []
-        budget, lat = min(over)
-        found: tuple[float, dict[int, np.ndarray], float] | None = None
+        budget, lat = max(feasible) if feasible else min(over)
+        found: tuple[float, dict[int, np.ndarray], float] | None = current if current[2] <= target else None
         for _ in range(max(2, self.max_iterations // 2)):
             nxt = self._next_budget(budget, lat, aim, feasible, over, p_base / base, sides)
             point = min(starts, key=lambda bs: abs(bs[0] - nxt))[1]
@@ -374,9 +379,9 @@ class KnapsackLabelSelector(LabelSelector):
             c["chosen"] = False
         if found is None:
             warnings.warn(f"KnapsackLabelSelector: no candidate met the target {target:.6g} when measured side by "
-                          f"side with the unpruned model; returning the fastest one ({fastest[2]:.6g}).",
+                          f"side with the unpruned model; returning the fastest one ({current[2]:.6g}).",
                           RuntimeWarning, stacklevel=3)
-            found = fastest
+            found = current
         for c in self.confirmation:
             if c["kept_score"] == found[0] and c["latency"] == found[2]:
                 c["chosen"] = True
