@@ -419,3 +419,68 @@ def test_outer_budget_steps() -> None:
     assert step(40, 6.0, 5.0, [(30, 4.0)], [(40, 6.0)], units, [True, False]) == pytest.approx(35.0)
     assert step(38, 5.5, 5.0, [(30, 4.0)], [(38, 5.5), (40, 6.0)], units, [True, False, False]) == pytest.approx(34.0)
     assert step(50, math.inf, 5.0, [], [(100, 10.0), (50, math.inf)], units, [False]) == pytest.approx(45.0)
+
+
+# ------------------------------------------------------------------------------ attention head sizes
+class PoolAttention(nn.Module):
+    """Case: SDPA whose q/k head size (8, k out and the query token) and v head size (8, v out
+    and out in) are separate groups of equal size, next to a 2-head group."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.k = nn.Linear(6, 16)
+        self.v = nn.Linear(6, 16)
+        self.query = nn.Parameter(torch.randn(1, 2, 1, 8))
+        self.out = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, s, _ = x.shape
+        k = self.k(x).view(b, s, 2, 8).transpose(1, 2)
+        v = self.v(x).view(b, s, 2, 8).transpose(1, 2)
+        a = nn.functional.scaled_dot_product_attention(self.query.expand(b, -1, -1, -1), k, v, scale=0.25)
+        return self.out(a.transpose(1, 2).reshape(b, 16))
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_knapsack_keeps_attention_head_sizes_equal(strict: bool) -> None:
+    """Scores that make the v head features cheap to lose: without the tie the knapsack removes
+    more v features than q/k features (SDPA would then run its slow math kernel); with it
+    (the default) both lose the same count, within the budget, and the kept score is the best
+    over every selection with equal counts (brute force over counts in score order)."""
+    from pruning_ir.selectors.budget import attention_head_ties
+
+    torch.manual_seed(0)
+    ir = PruningIR(PoolAttention().eval(), example_inputs=(torch.randn(2, 5, 6),))
+    groups = {tuple(sorted(m for m, _ in g.members)): g for g in ir.prunable_label_groups()}
+    qk = groups[("k.bias", "k.weight", "query")]
+    v = groups[("out.weight", "v.bias", "v.weight")]
+    assert attention_head_ties(ir.snapshot()) == [(qk.gid, v.gid)]
+    gen = torch.Generator().manual_seed(3)
+    scores = {g.gid: torch.rand(g.size, generator=gen, dtype=torch.float64) for g in ir.prunable_label_groups()}
+    for g in ir.prunable_label_groups():
+        if g.gid != v.gid:  # the v features matter least, the heads most
+            scores[g.gid] += 10.0 if g.gid == qk.gid else 100.0
+    ir.snapshot().scores = scores
+    macs = MacsModel(ir)
+    target = 0.7 * float(macs.baseline())
+
+    def removed_counts(labels: list) -> dict[int, int]:
+        return {g.gid: sum(lab.group == g.gid for lab in labels) for g in ir.prunable_label_groups()}
+
+    free = KnapsackLabelSelector(target, MacsFn(), verbose=False, strict_label_order=strict,
+                                 tie_attention_head_dims=False).select(ir)
+    assert removed_counts(free)[v.gid] > removed_counts(free)[qk.gid]
+    tied = KnapsackLabelSelector(target, MacsFn(), verbose=False, strict_label_order=strict).select(ir)
+    counts = removed_counts(tied)
+    assert counts[v.gid] == counts[qk.gid] > 0 and macs.cost(tied) <= target
+    best = -1.0
+    others = [g for g in ir.prunable_label_groups() if g.gid not in (qk.gid, v.gid)]
+    order = {g.gid: torch.argsort(scores[g.gid], stable=True).tolist() for g in ir.prunable_label_groups()}
+    for r in range(qk.size):
+        for rest in itertools.product(*[range(g.size) for g in others]):
+            pick = {qk.gid: r, v.gid: r} | {g.gid: k for g, k in zip(others, rest, strict=True)}
+            labels = [ir.labels(g)[i] for g in ir.prunable_label_groups() for i in order[g.gid][: pick[g.gid]]]
+            if macs.cost(labels) <= target:
+                best = max(best, _kept(ir, labels))
+    assert _kept(ir, tied) == pytest.approx(best, rel=2e-4)
+    assert _kept(ir, free) >= _kept(ir, tied) - 1e-9  # the tie costs score, never gains it

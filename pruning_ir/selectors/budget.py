@@ -17,10 +17,12 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import torch
 from torch import nn
 
+from .._ir.graph import ValueRef
 from ..errors import InvalidInputError, LatencyMeasurementError
 
 if TYPE_CHECKING:
     from .._ir.labels import Label, LabelGroup
+    from .._ir.snapshot import Snapshot
     from ..ir import PruningIR
 
 log = logging.getLogger(__name__)
@@ -94,6 +96,66 @@ def resolve_constraints(constraint: ConstraintArg, groups: list[LabelGroup]) -> 
         lo, hi = c.bounds(g.size)
         out[g.gid] = (lo, hi, c.step if (lo, hi) != (g.size, g.size) or g.size % c.step == 0 else 1)
     return out
+
+
+def attention_head_ties(snap: Snapshot) -> list[tuple[int, int]]:
+    """Pairs ``(q/k head-dim group, v head-dim group)`` of the prunable groups whose sizes meet
+    in a ``scaled_dot_product_attention`` call: the query's last axis is one whole group, the
+    value's last axis another of the same size. Fused kernels (CPU flash attention, CUDA flash)
+    need the two head sizes equal; with different sizes SDPA falls back to its math kernel,
+    2-2.6x slower on CPU (measured), so a selection that prunes them to different counts can
+    make a "smaller" model slower."""
+    from .._rules.linalg import SDPA
+
+    by_leaf = {g.leaf: g for g in snap.prunable_groups}
+    sp = snap.spaces
+    out: list[tuple[int, int]] = []
+
+    def whole_group(vid: int) -> LabelGroup | None:
+        axes = snap.graph.values[vid].axes
+        if not axes:
+            return None
+        norm = sp.normalize(axes[-1])
+        if len(norm) != 1 or len(norm[0]) != 1:
+            return None
+        leaf, start, end = norm[0][0]
+        g = by_leaf.get(leaf)
+        return g if g is not None and (start, end) == (0, g.size) else None
+
+    for node in snap.graph.nodes:
+        if node.op not in SDPA:
+            continue
+        q, v = node.kwargs.get("query"), node.kwargs.get("value")
+        if not (isinstance(q, ValueRef) and isinstance(v, ValueRef)):
+            continue
+        gq, gv = whole_group(q.vid), whole_group(v.vid)
+        if gq is None or gv is None or gq.gid == gv.gid or gq.size != gv.size:
+            continue
+        pair = (gq.gid, gv.gid)
+        if pair not in out:
+            out.append(pair)
+    return out
+
+
+def tie_bounds(ties: list[tuple[int, int]], bounds: dict[int, tuple[int, int, int]]) -> list[tuple[int, int]]:
+    """Give each tied pair the same kept-count options (the intersection of both groups'); a
+    pair whose options do not meet, or that shares a group with an earlier pair, is dropped.
+    Returns the pairs kept (``bounds`` is updated in place)."""
+    kept: list[tuple[int, int]] = []
+    used: set[int] = set()
+    for a, b in ties:
+        if a in used or b in used or a not in bounds or b not in bounds:
+            continue
+        (lo_a, hi_a, st_a), (lo_b, hi_b, st_b) = bounds[a], bounds[b]
+        step = math.lcm(st_a, st_b)
+        lo = -(-max(lo_a, lo_b) // step) * step
+        hi = min(hi_a, hi_b) // step * step
+        if lo > hi:
+            continue
+        bounds[a] = bounds[b] = (lo, hi, step)
+        used.update((a, b))
+        kept.append((a, b))
+    return kept
 
 
 class Evaluator:

@@ -42,7 +42,7 @@ from torch import nn
 from ..errors import InvalidInputError, LatencyMeasurementError
 from ._mckp import MCKPResult, solve_mckp
 from .base import LabelSelector
-from .budget import ConstraintArg, Evaluator, as_float, resolve_constraints
+from .budget import ConstraintArg, Evaluator, as_float, attention_head_ties, resolve_constraints, tie_bounds
 
 if TYPE_CHECKING:
     from .._ir.labels import Label
@@ -87,6 +87,12 @@ class KnapsackLabelSelector(LabelSelector):
         tolerance: stop when ``target * (1 - tolerance) <= latency <= target``.
         confirmation_passes: for latency functions without a cost model (measurements), passes
             of the final side-by-side re-measurement (0: trust the search's measurements).
+        tie_attention_head_dims: keep the q/k and v head sizes of every
+            ``scaled_dot_product_attention`` call equal (their groups remove the same number of
+            labels; see :func:`~pruning_ir.selectors.budget.attention_head_ties`). Fused
+            attention kernels need equal sizes: on CPU, SDPA with different ones runs its math
+            kernel, 2-2.6x slower, so a "smaller" model could be slower. ``False`` lets the
+            solver size them apart (more score kept at the same MACs).
 
     Measured latencies (functions without a cost model) are noisy, and on a shared machine they
     drift. In the search, a candidate that meets the target is measured a second time and
@@ -127,7 +133,7 @@ class KnapsackLabelSelector(LabelSelector):
                  strict_label_order: bool = True, constraint: ConstraintArg = None, max_iterations: int = 15,
                  solver_execution_time_limit: float = 60, verbose: bool = True,
                  channels_constraint: ConstraintArg = None, cost_model: CostModel | None = None,
-                 tolerance: float = 0.01, confirmation_passes: int = 2) -> None:
+                 tolerance: float = 0.01, confirmation_passes: int = 2, tie_attention_head_dims: bool = True) -> None:
         if channels_constraint is not None:
             if constraint is not None:
                 raise InvalidInputError("KnapsackLabelSelector: pass constraint= or its alias channels_constraint=, "
@@ -154,6 +160,8 @@ class KnapsackLabelSelector(LabelSelector):
         self.cost_model = cost_model
         self.tolerance = tolerance
         self.confirmation_passes = confirmation_passes
+        self.tie_attention_head_dims = tie_attention_head_dims
+        self._ties: list[tuple[int, int]] = []
         self.history: list[dict[str, Any]] = []
         """One entry per round: proxy budget, latency, feasible, labels removed, kept score, solver
         status and time, number of solves."""
@@ -175,6 +183,7 @@ class KnapsackLabelSelector(LabelSelector):
             return []
         scores = {gid: s.double().numpy() for gid, s in ir.label_scores(snapshot_name).items()}
         bounds = resolve_constraints(self.constraint, groups)
+        self._ties = tie_bounds(attention_head_ties(snap), bounds) if self.tie_attention_head_dims else []
         sizes = {g.gid: g.size for g in groups}
         ev = Evaluator(ir, snapshot_name, self.latency_calculation_function)
         proxy = self.cost_model or ev.exact or MacsModel(ir, snapshot_name)
@@ -422,25 +431,29 @@ class KnapsackLabelSelector(LabelSelector):
                       order: dict[int, np.ndarray], bounds: dict[int, tuple[int, int, int]],
                       need: float) -> tuple[dict[int, np.ndarray], str]:
         """The round's program over removal counts (labels go in ascending score order)."""
-        gids = list(scores)
+        partner = {b: a for a, b in self._ties if a in scores and b in scores}
+        classes = [[gid] + [b for b, a in partner.items() if a == gid] for gid in scores if gid not in partner]
         counts, w_opts, c_opts = [], [], []
-        for gid in gids:
-            n = len(scores[gid])
-            lo, hi, step = bounds[gid]
+        for members in classes:  # a tied pair is one class: both groups remove the same count
+            n = len(scores[members[0]])
+            lo, hi, step = bounds[members[0]]
             r = n - np.arange(lo, hi + 1, step)[::-1]  # removed counts, ascending
-            w = np.concatenate([[0.0], np.cumsum(scores[gid][order[gid]])])
-            c = np.concatenate([[0.0], np.cumsum(costs[gid][order[gid]])])
+            w_sum, c_sum = np.zeros(len(r)), np.zeros(len(r))
+            for gid in members:
+                w_sum += np.concatenate([[0.0], np.cumsum(scores[gid][order[gid]])])[r]
+                c_sum += np.concatenate([[0.0], np.cumsum(costs[gid][order[gid]])])[r]
             counts.append(r)
-            w_opts.append(w[r])
-            c_opts.append(c[r])
+            w_opts.append(w_sum)
+            c_opts.append(c_sum)
         res = solve_mckp(w_opts, c_opts, need, rel_gap=_REL_GAP, time_limit=self.solver_execution_time_limit)
         self._last_solve = res
         out = {}
-        for gid, r, i in zip(gids, counts, res.choice, strict=True):
-            m = np.zeros(len(scores[gid]), dtype=bool)
-            m[order[gid][: int(r[i])]] = True
-            out[gid] = m
-        return out, res.status
+        for members, r, i in zip(classes, counts, res.choice, strict=True):
+            for gid in members:
+                m = np.zeros(len(scores[gid]), dtype=bool)
+                m[order[gid][: int(r[i])]] = True
+                out[gid] = m
+        return {gid: out[gid] for gid in scores}, res.status
 
     def _solve_labels(self, scores: dict[int, np.ndarray], costs: dict[int, np.ndarray],
                       order: dict[int, np.ndarray], bounds: dict[int, tuple[int, int, int]],
@@ -475,6 +488,11 @@ class KnapsackLabelSelector(LabelSelector):
             start += k
         n_x = start
         n_z = len(int_vars)
+        for a, b in self._ties:  # tied head sizes: both groups remove the same number of labels
+            if a in spans and b in spans:
+                (sa, slots_a), (sb, slots_b) = spans[a], spans[b]
+                cols = np.concatenate([np.arange(sa, sa + len(slots_a)), np.arange(sb, sb + len(slots_b))])
+                rows.append((cols, np.concatenate([np.ones(len(slots_a)), -np.ones(len(slots_b))]), 0.0, 0.0))
         for zi, (gi, step, _zl, _zh) in enumerate(int_vars):
             gid = gids[gi]
             s0, slots = spans[gid]
@@ -643,7 +661,7 @@ class KnapsackLabelSelector(LabelSelector):
         out = {g: m.copy() for g, m in removed.items()}
         cands = []
         for gid, m in out.items():
-            if bounds[gid][2] != 1:
+            if bounds[gid][2] != 1 or any(gid in t for t in self._ties):
                 continue
             if self.strict_label_order:
                 prefix = [int(i) for i in order[gid] if m[i]]
