@@ -243,11 +243,7 @@ class KnapsackLabelSelector(LabelSelector):
             if lat <= target:
                 lat = ev.confirm(labels_of(new))
             ok = lat <= target
-            rounds.append((kept_score(new), {g: m.copy() for g, m in new.items()}, lat))
-            starts.append((budget, rounds[-1][1]))
-            self.history.append({"iteration": it, "proxy_budget": budget, "latency": lat, "feasible": ok,
-                                 "removed": int(sum(m.sum() for m in new.values())), "kept_score": kept_score(new),
-                                 "solver_status": status, "solver_s": solve_s, "solves": solves})
+            self._record(rounds, starts, budget, new, kept_score(new), lat, ok, status, solve_s, solves)
             self._log("knapsack round %d: proxy budget %.6g -> latency %.6g (target %.6g, %s), %d labels removed, "
                       "%d solves in %.2fs (%s)", it, budget, lat, target, "ok" if ok else "over",
                       self.history[-1]["removed"], solves, solve_s, status)
@@ -365,12 +361,8 @@ class KnapsackLabelSelector(LabelSelector):
             lat = ev.compare([labels_of(new)], self.confirmation_passes)[0]
             ok = lat <= target
             kept = kept_score(new)
-            removed = int(sum(m.sum() for m in new.values()))
-            rounds.append((kept, {g: m.copy() for g, m in new.items()}, lat))
-            starts.append((budget, rounds[-1][1]))
-            self.history.append({"iteration": len(self.history), "proxy_budget": budget, "latency": lat,
-                                 "feasible": ok, "removed": removed, "kept_score": kept, "solver_status": status,
-                                 "solver_s": solve_s, "solves": solves, "side_by_side": True})
+            removed = self._record(rounds, starts, budget, new, kept, lat, ok, status, solve_s, solves,
+                                   side_by_side=True)
             self.confirmation.append({"kept_score": kept, "search_latency": math.nan, "latency": lat,
                                       "removed": removed, "proxy_budget": budget, "chosen": False})
             self._log("confirmation search: proxy budget %.6g -> %.6g side by side (target %.6g), %d labels removed",
@@ -398,6 +390,23 @@ class KnapsackLabelSelector(LabelSelector):
         return found
 
     # ------------------------------------------------------------------------------------------ pieces
+    def _record(self, rounds: list[tuple[float, dict[int, np.ndarray], float]],
+                starts: list[tuple[float, dict[int, np.ndarray]]], budget: float, new: dict[int, np.ndarray],
+                kept: float, lat: float, ok: bool, status: str, solve_s: float, solves: int,
+                side_by_side: bool = False) -> int:
+        """Keep a measured round (in ``rounds``, ``starts`` and ``history``); returns the number of
+        labels it removes."""
+        removed = int(sum(m.sum() for m in new.values()))
+        rounds.append((kept, {g: m.copy() for g, m in new.items()}, lat))
+        starts.append((budget, rounds[-1][1]))
+        entry = {"iteration": len(self.history), "proxy_budget": budget, "latency": lat, "feasible": ok,
+                 "removed": removed, "kept_score": kept, "solver_status": status, "solver_s": solve_s,
+                 "solves": solves}
+        if side_by_side:
+            entry["side_by_side"] = True
+        self.history.append(entry)
+        return removed
+
     def _log(self, msg: str, *args: Any) -> None:
         log.log(logging.INFO if self.verbose else logging.DEBUG, msg, *args)
 
