@@ -24,7 +24,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .._ir.graph import set_path
-from .._trace.recorder import _COMPOSITES, bind, op_name
+from .._trace.recorder import COMPOSITES, bind, op_name
 
 Edit = tuple[tuple[Any, ...], int, int]  # (path in the bound arguments, old, new)
 Edits = dict[str, list[list[Edit]]]
@@ -191,7 +191,7 @@ class _Reroute(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
-        if func in _COMPOSITES and not self.patch.depth:
+        if func in COMPOSITES and not self.patch.depth:
             # one recorded node, whatever kernel runs it: the ops a fallback kernel decomposes
             # into (SDPA's math path once q/k and v head sizes differ) are not the module's own
             # calls and must not shift the occurrence count of its views

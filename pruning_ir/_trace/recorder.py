@@ -157,7 +157,7 @@ class _Recorder(TorchDispatchMode):
 # Composite functions recorded as one node, above the dispatcher: the kernel that runs them
 # (flash, memory-efficient, math) depends on the device, the dtype and the head sizes, so the
 # ATen ops below them differ between the traced model, its meta copy and the slim model.
-_COMPOSITES = {torch.nn.functional.scaled_dot_product_attention:
+COMPOSITES = {torch.nn.functional.scaled_dot_product_attention:
                ("aten.scaled_dot_product_attention", torch.ops.aten.scaled_dot_product_attention.default)}
 
 
@@ -168,7 +168,7 @@ class _CompositeRecorder(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
-        spec = _COMPOSITES.get(func)
+        spec = COMPOSITES.get(func)
         if spec is None or self.rec.suppress:
             return func(*args, **kwargs)
         return self.rec.composite(spec[0], spec[1], func, args, kwargs)

@@ -316,7 +316,7 @@ class KnapsackLabelSelector(LabelSelector):
         if not picks:
             return None
         got = ev.compare([labels_of(r[1]) for r in picks], self.confirmation_passes)
-        budget_of = {id(r[1]): b for b, r in zip((b for b, _ in starts), rounds, strict=True)}
+        budget_of = {id(m): b for b, m in starts}  # a start shares its solution dict with its round
         self.confirmation = [{"kept_score": r[0], "search_latency": r[2], "latency": lat,
                               "removed": int(sum(m.sum() for m in r[1].values())),
                               "proxy_budget": budget_of.get(id(r[1]), math.nan), "chosen": False}
@@ -350,6 +350,7 @@ class KnapsackLabelSelector(LabelSelector):
         sides: list[bool] = []
         budget, lat = max(feasible) if feasible else min(over)
         found: tuple[float, dict[int, np.ndarray], float] | None = current if current[2] <= target else None
+        found_at = next(i for i, c in enumerate(self.confirmation) if c["chosen"])  # where `current` is listed
         for _ in range(max(2, self.max_iterations // 2)):
             nxt = self._next_budget(budget, lat, aim, feasible, over, p_base / base, sides)
             point = min(starts, key=lambda bs: abs(bs[0] - nxt))[1]
@@ -371,22 +372,18 @@ class KnapsackLabelSelector(LabelSelector):
             if ok:
                 feasible.append((budget, lat))
                 if found is None or kept > found[0] + 1e-12 * abs(found[0]):
-                    found = rounds[-1]
+                    found, found_at = rounds[-1], len(self.confirmation) - 1
                 if lat >= target * (1 - self.tolerance):
                     break
             else:
                 over.append((budget, lat))
-        for c in self.confirmation:
-            c["chosen"] = False
         if found is None:
             warnings.warn(f"KnapsackLabelSelector: no candidate met the target {target:.6g} when measured side by "
                           f"side with the unpruned model; returning the fastest one ({current[2]:.6g}).",
                           RuntimeWarning, stacklevel=3)
             found = current
-        for c in self.confirmation:
-            if c["kept_score"] == found[0] and c["latency"] == found[2]:
-                c["chosen"] = True
-                break
+        for i, c in enumerate(self.confirmation):
+            c["chosen"] = i == found_at
         return found
 
     # ------------------------------------------------------------------------------------------ pieces
