@@ -15,6 +15,7 @@ from torch import nn
 
 from pruning_ir import (
     BinarySearchLatencyLabelSelector,
+    GlobalScoreLabelSelector,
     GroupConstraint,
     InvalidInputError,
     KnapsackLabelSelector,
@@ -22,6 +23,7 @@ from pruning_ir import (
     MacsModel,
     PruningIR,
 )
+from pruning_ir._ir.labels import LabelGroup
 from pruning_ir.selectors._mckp import solve_mckp
 
 
@@ -484,3 +486,72 @@ def test_knapsack_keeps_attention_head_sizes_equal(strict: bool) -> None:
                 best = max(best, _kept(ir, labels))
     assert _kept(ir, tied) == pytest.approx(best, rel=2e-4)
     assert _kept(ir, free) >= _kept(ir, tied) - 1e-9  # the tie costs score, never gains it
+
+
+def _pool_attention_ir() -> tuple[PruningIR, LabelGroup, LabelGroup]:
+    """PoolAttention with scores that make the v head features the cheapest to lose."""
+    torch.manual_seed(0)
+    ir = PruningIR(PoolAttention().eval(), example_inputs=(torch.randn(2, 5, 6),))
+    groups = {tuple(sorted(m for m, _ in g.members)): g for g in ir.prunable_label_groups()}
+    qk, v = groups[("k.bias", "k.weight", "query")], groups[("out.weight", "v.bias", "v.weight")]
+    gen = torch.Generator().manual_seed(3)
+    scores = {g.gid: torch.rand(g.size, generator=gen, dtype=torch.float64) for g in ir.prunable_label_groups()}
+    scores[qk.gid] += 0.5
+    ir.snapshot().scores = scores
+    return ir, qk, v
+
+
+def _reference_ranking(ir: PruningIR, qk: LabelGroup, v: LabelGroup, tie: bool) -> list[list]:
+    """The ranking written out by hand: single labels by score, and with ``tie`` the k-th lowest
+    q/k and v labels as one unit scored by their mean; stable on equal scores."""
+    scores = ir.label_scores()
+    units: list[tuple[float, list]] = []
+    for g in ir.prunable_label_groups():
+        if tie and g.gid in (qk.gid, v.gid):
+            continue
+        order = sorted(range(g.size), key=lambda i: float(scores[g.gid][i]))[: g.size - 1]
+        units += [(float(scores[g.gid][i]), [ir.labels(g)[i]]) for i in order]
+    if tie:
+        oq, ov = (sorted(range(g.size), key=lambda i, g=g: float(scores[g.gid][i])) for g in (qk, v))
+        for a, b in list(zip(oq, ov, strict=True))[: qk.size - 1]:
+            units.append(((float(scores[qk.gid][a]) + float(scores[v.gid][b])) / 2,
+                          [ir.labels(qk)[a], ir.labels(v)[b]]))
+    return [u for _, u in sorted(units, key=lambda u: u[0])]
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_global_selector_ties_attention_head_sizes(tie: bool) -> None:
+    """Untied, the global ranking takes more v features than q/k features; tied (the default),
+    both lose the same count, and the pick is the ranking written out by hand: whole units
+    while they fit, then single labels."""
+    ir, qk, v = _pool_attention_ir()
+    for n in (3, 6, 9, 14):
+        got = GlobalScoreLabelSelector(n, tie_attention_head_dims=tie).select(ir)
+        ranking = _reference_ranking(ir, qk, v, tie)
+        want: list = []
+        skipping = False
+        for unit in ranking:
+            if len(want) + len(unit) <= n and not (skipping and len(unit) > 1):
+                want += unit
+            elif len(unit) > 1:
+                skipping = True
+        assert set(got) == set(want) and n - 1 <= len(got) <= n
+        counts = {g: sum(lab.group == g for lab in got) for g in (qk.gid, v.gid)}
+        if tie:
+            assert counts[qk.gid] == counts[v.gid]
+        elif n == 6:
+            assert counts[v.gid] > counts[qk.gid]
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_binary_search_ties_attention_head_sizes(tie: bool) -> None:
+    """The binary search returns the longest prefix of the (tied) ranking within the MACs budget."""
+    ir, qk, v = _pool_attention_ir()
+    macs = MacsModel(ir)
+    target = 0.7 * float(macs.baseline())
+    got = BinarySearchLatencyLabelSelector(target, MacsFn(), tie_attention_head_dims=tie).select(ir)
+    ranking = _reference_ranking(ir, qk, v, tie)
+    k = next(k for k in range(len(ranking) + 1) if macs.cost([lab for u in ranking[:k] for lab in u]) <= target)
+    assert set(got) == {lab for u in ranking[:k] for lab in u}
+    counts = {g: sum(lab.group == g for lab in got) for g in (qk.gid, v.gid)}
+    assert (counts[qk.gid] == counts[v.gid]) if tie else (counts[v.gid] > counts[qk.gid])

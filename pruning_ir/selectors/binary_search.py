@@ -6,15 +6,13 @@ import logging
 import math
 import warnings
 from collections.abc import Callable
-from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
-import torch
 from torch import nn
 
 from ..errors import InvalidInputError, LatencyMeasurementError
 from .base import LabelSelector, align_selection
-from .budget import Evaluator, as_float
+from .budget import Evaluator, as_float, ranked_units
 
 if TYPE_CHECKING:
     from .._ir.labels import Label
@@ -42,6 +40,11 @@ class BinarySearchLatencyLabelSelector(LabelSelector):
         verbose: log every probe at INFO level.
         confirmation_passes: for latency functions without a cost model (measurements), passes
             of the final side-by-side re-measurement (0: trust the search's measurements).
+        tie_attention_head_dims: at every ``scaled_dot_product_attention`` whose q/k head size
+            and v head size are two groups of equal size, rank their ``k``-th lowest-scored
+            labels as one unit (by their mean score), so every prefix removes the same count from
+            both and SDPA keeps its fused kernel (see
+            :func:`~pruning_ir.selectors.budget.attention_head_ties`).
 
     Measurements are noisy and drift on a shared machine. In the search, a prefix that meets
     the target is measured a second time and counts only if both readings do. Before
@@ -52,7 +55,8 @@ class BinarySearchLatencyLabelSelector(LabelSelector):
     """
 
     def __init__(self, target_latency: float, latency_calculation_function: Callable[[nn.Module], float], *,
-                 min_kept: int = 1, verbose: bool = False, confirmation_passes: int = 2) -> None:
+                 min_kept: int = 1, verbose: bool = False, confirmation_passes: int = 2,
+                 tie_attention_head_dims: bool = True) -> None:
         self.target_latency = as_float(target_latency, "target_latency")
         if not callable(latency_calculation_function):
             raise InvalidInputError(f"latency_calculation_function={latency_calculation_function!r} is not callable.")
@@ -64,39 +68,30 @@ class BinarySearchLatencyLabelSelector(LabelSelector):
         self.min_kept = min_kept
         self.verbose = verbose
         self.confirmation_passes = confirmation_passes
+        self.tie_attention_head_dims = bool(tie_attention_head_dims)
         self.measurements = 0
         self.confirmation: list[dict[str, Any]] = []
         """The prefixes re-measured side by side with the unpruned model before returning:
-        labels removed, latency in the search and when re-measured, chosen."""
+        ``removed`` (how many units of the score ranking: labels, a tied pair of head-size
+        labels counting as one), latency in the search and when re-measured, chosen."""
 
     def select(self, ir: PruningIR, snapshot_name: str = "main") -> list[Label]:
-        from .._ir.labels import Label
-
-        snap = ir.snapshot(snapshot_name)
         self.confirmation = []
         ev = Evaluator(ir, snapshot_name, self.latency_calculation_function)
         target = self.target_latency
-        cand_s, cand_g, cand_i = [], [], []
-        for gid, s in ir.label_scores(snapshot_name).items():
-            order = torch.argsort(s, stable=True)[: max(0, s.numel() - self.min_kept)]
-            cand_s.append(s[order])
-            cand_g.append(torch.full_like(order, gid))
-            cand_i.append(order)
-        if not cand_s:
+        ranking = ranked_units(ir, snapshot_name, lambda g: min(self.min_kept, g.size),
+                               self.tie_attention_head_dims)
+        if not len(ranking):
             return []
-        pick = torch.argsort(torch.cat(cand_s), stable=True)
-        gids = torch.cat(cand_g)[pick].tolist()
-        idx = torch.cat(cand_i)[pick].tolist()
-        ranked = list(map(Label, repeat(snap.owner, len(gids)), gids, idx))
 
         def prefix(n: int) -> list[Label]:
-            """The ``n`` lowest-ranked labels, groups that prune in multiples rounded to them."""
-            return align_selection(ir, ranked[:n], snapshot_name)
+            """The ``n`` lowest-ranked units, groups that prune in multiples rounded to them."""
+            return align_selection(ir, ranking.prefix(n), snapshot_name)
 
         level = logging.INFO if self.verbose else logging.DEBUG
         if ev([]) <= target:
             return []
-        total = len(ranked)
+        total = len(ranking)
         smallest = ev(prefix(total))
         if math.isfinite(smallest) and smallest > target:  # even the smallest model is too slow
             warnings.warn(f"BinarySearchLatencyLabelSelector: target {target:.6g} is below the smallest model "
@@ -113,7 +108,7 @@ class BinarySearchLatencyLabelSelector(LabelSelector):
             if lat <= target:
                 lat = ev.confirm(prefix(mid))
             read[mid] = lat
-            log.log(level, "binary search: %d labels removed -> %.6g (target %.6g)", mid, lat, target)
+            log.log(level, "binary search: first %d ranked units removed -> %.6g (target %.6g)", mid, lat, target)
             if lat <= target:
                 hi = best = mid
             elif math.isinf(lat) and lat > 0:
@@ -140,8 +135,9 @@ class BinarySearchLatencyLabelSelector(LabelSelector):
         self.confirmation = [{"removed": n, "search_latency": read[n], "latency": lat, "chosen": False}
                              for n, lat in zip(picks, got, strict=True)]
         for c in self.confirmation:
-            log.log(level, "confirmation: %d labels removed, latency %.6g in the search, %.6g side by side with "
-                    "the unpruned model (target %.6g)", c["removed"], c["search_latency"], c["latency"], target)
+            log.log(level, "confirmation: first %d ranked units removed, latency %.6g in the search, %.6g side "
+                    "by side with the unpruned model (target %.6g)", c["removed"], c["search_latency"], c["latency"],
+                    target)
         ok = [i for i, lat in enumerate(got) if lat <= target]
         if ok:
             self.confirmation[ok[0]]["chosen"] = True
@@ -154,8 +150,8 @@ class BinarySearchLatencyLabelSelector(LabelSelector):
             lat = ev.compare([prefix(mid)], self.confirmation_passes)[0]
             self.confirmation.append({"removed": mid, "search_latency": read.get(mid, math.nan), "latency": lat,
                                       "chosen": False})
-            log.log(level, "confirmation search: %d labels removed -> %.6g side by side (target %.6g)", mid, lat,
-                    target)
+            log.log(level, "confirmation search: first %d ranked units removed -> %.6g side by side "
+                    "(target %.6g)", mid, lat, target)
             if lat <= target:
                 hi = mid
             else:
@@ -175,4 +171,5 @@ class BinarySearchLatencyLabelSelector(LabelSelector):
 
     def __repr__(self) -> str:
         return (f"BinarySearchLatencyLabelSelector(target_latency={self.target_latency}, min_kept={self.min_kept}, "
-                f"confirmation_passes={self.confirmation_passes})")
+                f"confirmation_passes={self.confirmation_passes}, "
+                f"tie_attention_head_dims={self.tie_attention_head_dims})")

@@ -158,6 +158,114 @@ def tie_bounds(ties: list[tuple[int, int]], bounds: dict[int, tuple[int, int, in
     return kept
 
 
+@dataclass
+class Ranking:
+    """Removal candidates in the order a score-ranked selector takes them (see
+    :func:`ranked_units`): label ``k`` is ``(gid[k], idx[k])``; unit ``u`` holds labels
+    ``ends[u - 1]:ends[u]``; ``tied[u]`` tells a tied pair's unit from a single label."""
+
+    owner: int
+    gid: torch.Tensor
+    idx: torch.Tensor
+    ends: torch.Tensor
+    tied: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.ends.numel())
+
+    def labels(self, pick: torch.Tensor | slice) -> list[Label]:
+        from .._ir.labels import Label
+
+        gids, idx = self.gid[pick].tolist(), self.idx[pick].tolist()
+        return list(map(Label, [self.owner] * len(gids), gids, idx))
+
+    def prefix(self, n_units: int) -> list[Label]:
+        """The labels of the first ``n_units`` units."""
+        return self.labels(slice(0, int(self.ends[n_units - 1]) if n_units > 0 else 0))
+
+    def first_labels(self, n: int) -> list[Label]:
+        """About the ``n`` first labels: whole units in rank order while they fit, then the
+        single-label units after them until ``n`` (a tied unit that would overshoot is left out,
+        and so are the later units of its pair, which keeps score order within groups)."""
+        k = int(torch.searchsorted(self.ends, torch.tensor([n], dtype=self.ends.dtype), right=True)[0])
+        upto = int(self.ends[k - 1]) if k else 0
+        rest = n - upto
+        if rest <= 0 or k >= len(self):
+            return self.labels(slice(0, upto))
+        singles = (~self.tied[k:]).nonzero().flatten()[:rest] + k
+        starts = torch.cat([self.ends.new_zeros(1), self.ends[:-1]])
+        pick = torch.cat([torch.arange(upto), starts[singles]])
+        return self.labels(pick)
+
+
+def ranked_units(ir: PruningIR, snapshot_name: str, floor: Callable[[LabelGroup], int],
+                 tie_attention_head_dims: bool) -> Ranking:
+    """The removal candidates of the prunable groups, ranked for the score-ordered selectors
+    (global, binary search): units in ascending order of their labels' mean score (stable).
+
+    A unit is one label, except for a pair of groups tied by :func:`attention_head_ties`
+    (``tie_attention_head_dims``): there a unit is the ``k``-th lowest-scored labels of both
+    groups together (``lcm`` of their steps from each, the first chunk making the kept count a
+    multiple), so any prefix of the ranking removes the same count from both. Within a group
+    labels go in ascending score order, and a group's ``floor(group)`` best labels are never
+    candidates (a tied pair keeps the larger of its two floors)."""
+    snap = ir.snapshot(snapshot_name)
+    scores = ir.label_scores(snapshot_name)
+    groups = {g.gid: g for g in snap.prunable_groups if g.gid in scores}
+    pairs: list[tuple[int, int]] = []
+    if tie_attention_head_dims:
+        used: set[int] = set()
+        for a, b in attention_head_ties(snap):
+            if a in groups and b in groups and not used & {a, b}:
+                used.update((a, b))
+                pairs.append((a, b))
+    tied_gids = {gid for pair in pairs for gid in pair}
+    u_score: list[torch.Tensor] = []  # per unit
+    u_size: list[torch.Tensor] = []
+    u_tied: list[torch.Tensor] = []
+    l_gid: list[torch.Tensor] = []  # per label, units in the order of u_*
+    l_idx: list[torch.Tensor] = []
+    for gid, g in groups.items():
+        if gid in tied_gids:
+            continue
+        s = scores[gid].double()
+        order = torch.argsort(s, stable=True)[: max(0, g.size - floor(g))]
+        u_score.append(s[order])
+        u_size.append(torch.ones(order.numel(), dtype=torch.long))
+        u_tied.append(torch.zeros(order.numel(), dtype=torch.bool))
+        l_gid.append(torch.full_like(order, gid))
+        l_idx.append(order)
+    for a, b in pairs:
+        step = math.lcm(groups[a].step, groups[b].step)
+        removable = groups[a].size - max(floor(groups[a]), floor(groups[b]))
+        sa, sb = scores[a].double(), scores[b].double()
+        oa, ob = torch.argsort(sa, stable=True), torch.argsort(sb, stable=True)
+        start = 0
+        while True:
+            end = start + ((groups[a].size % step or step) if start == 0 else step)
+            if end > removable:
+                break
+            u_score.append(((sa[oa[start:end]].sum() + sb[ob[start:end]].sum()) / (2 * (end - start))).reshape(1))
+            u_size.append(torch.tensor([2 * (end - start)]))
+            u_tied.append(torch.ones(1, dtype=torch.bool))
+            l_gid.append(torch.cat([torch.full((end - start,), a), torch.full((end - start,), b)]))
+            l_idx.append(torch.cat([oa[start:end], ob[start:end]]))
+            start = end
+    if not u_score:
+        empty = torch.zeros(0, dtype=torch.long)
+        return Ranking(snap.owner, empty, empty, empty, torch.zeros(0, dtype=torch.bool))
+    sizes = torch.cat(u_size)
+    rank = torch.argsort(torch.cat(u_score), stable=True)
+    starts = torch.cumsum(sizes, 0) - sizes
+    # the labels of unit u are l_*[starts[u]:starts[u] + sizes[u]]; gather them in rank order
+    r_size = sizes[rank]
+    r_ends = torch.cumsum(r_size, 0)
+    offset = torch.arange(int(r_ends[-1])) - torch.repeat_interleave(r_ends - r_size, r_size)
+    label_pos = torch.repeat_interleave(starts[rank], r_size) + offset
+    return Ranking(snap.owner, torch.cat(l_gid)[label_pos], torch.cat(l_idx)[label_pos], r_ends,
+                   torch.cat(u_tied)[rank])
+
+
 class Evaluator:
     """Measures candidate selections of one IR snapshot with a latency function.
 

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import logging
 import math
-from itertools import repeat
 from typing import TYPE_CHECKING
-
-import torch
 
 from ..errors import InvalidInputError
 from .base import LabelSelector, align_selection
+from .budget import ranked_units
 
 if TYPE_CHECKING:
-    from .._ir.labels import Label
+    from .._ir.labels import Label, LabelGroup
     from ..ir import PruningIR
 
 log = logging.getLogger(__name__)
@@ -39,6 +37,13 @@ class GlobalScoreLabelSelector(LabelSelector):
             (rounded down); an int ``>= 1``: the number of labels to remove.
         min_kept: labels each group keeps at least (``>= 1``).
         min_kept_ratio: fraction of each group's labels it keeps at least, in ``[0, 1)``.
+        tie_attention_head_dims: at every ``scaled_dot_product_attention`` whose q/k head size
+            and v head size are two groups of equal size, remove the same number of labels from
+            both (their ``k``-th lowest-scored labels go together, ranked by their mean score),
+            so SDPA keeps its fused kernel (see
+            :func:`~pruning_ir.selectors.budget.attention_head_ties`). A tied unit that would
+            overshoot ``n`` is left out (with the later units of its pair) and single labels fill
+            the rest.
 
     Example:
         >>> import torch
@@ -50,7 +55,8 @@ class GlobalScoreLabelSelector(LabelSelector):
         (7, 3)
     """
 
-    def __init__(self, n_or_ratio: float, *, min_kept: int = 1, min_kept_ratio: float = 0.0) -> None:
+    def __init__(self, n_or_ratio: float, *, min_kept: int = 1, min_kept_ratio: float = 0.0,
+                 tie_attention_head_dims: bool = True) -> None:
         ok_number = isinstance(n_or_ratio, (int, float)) and not isinstance(n_or_ratio, bool)
         if not ok_number or not math.isfinite(n_or_ratio) or n_or_ratio < 0 or (
                 n_or_ratio >= 1 and not float(n_or_ratio).is_integer()):
@@ -67,33 +73,25 @@ class GlobalScoreLabelSelector(LabelSelector):
         self.n_or_ratio = n_or_ratio
         self.min_kept = min_kept
         self.min_kept_ratio = float(min_kept_ratio)
+        self.tie_attention_head_dims = bool(tie_attention_head_dims)
 
     def select(self, ir: PruningIR, snapshot_name: str = "main") -> list[Label]:
-        from .._ir.labels import Label
-
-        snap = ir.snapshot(snapshot_name)
         scores = ir.label_scores(snapshot_name)
         total = sum(int(s.numel()) for s in scores.values())
         n = math.floor(self.n_or_ratio * total + 1e-9) if self.n_or_ratio < 1 else int(self.n_or_ratio)
         if n == 0 or not scores:
             return []
-        cand_scores, cand_gid, cand_idx = [], [], []
-        for gid, s in scores.items():
-            keep = min(max(self.min_kept, math.ceil(self.min_kept_ratio * s.numel() - 1e-9)), s.numel())
-            order = torch.argsort(s, stable=True)[: s.numel() - keep]
-            cand_scores.append(s[order])
-            cand_gid.append(torch.full_like(order, gid))
-            cand_idx.append(order)
-        all_scores = torch.cat(cand_scores)
-        if n > all_scores.numel():
+        ranking = ranked_units(ir, snapshot_name, self._floor, self.tie_attention_head_dims)
+        available = int(ranking.ends[-1]) if len(ranking) else 0
+        if n > available:
             log.warning("GlobalScoreLabelSelector: %d labels requested but only %d can go without breaking the "
-                        "per-group floor; removing %d", n, all_scores.numel(), all_scores.numel())
-            n = all_scores.numel()
-        pick = torch.argsort(all_scores, stable=True)[:n]
-        gids = torch.cat(cand_gid)[pick].tolist()
-        idx = torch.cat(cand_idx)[pick].tolist()
-        return align_selection(ir, list(map(Label, repeat(snap.owner, n), gids, idx)), snapshot_name)
+                        "per-group floor; removing %d", n, available, available)
+            n = available
+        return align_selection(ir, ranking.first_labels(n), snapshot_name)
+
+    def _floor(self, g: LabelGroup) -> int:
+        return min(max(self.min_kept, math.ceil(self.min_kept_ratio * g.size - 1e-9)), g.size)
 
     def __repr__(self) -> str:
         return (f"GlobalScoreLabelSelector(n_or_ratio={self.n_or_ratio}, min_kept={self.min_kept}, "
-                f"min_kept_ratio={self.min_kept_ratio})")
+                f"min_kept_ratio={self.min_kept_ratio}, tie_attention_head_dims={self.tie_attention_head_dims})")
