@@ -20,7 +20,7 @@ from ._ir.remap import remap_snapshot
 from ._ir.snapshot import Snapshot
 from ._ir.ties import tie_shared_sizes
 from ._rewrite.attributes import update_attributes
-from ._rewrite.patch import ModuleEdits, install, module_edits, patch_literals
+from ._rewrite.patch import ModuleEdits, install, module_edits, patch_literals, patch_of
 from ._rewrite.slim import slim_model
 from ._rewrite.verify import VerifyFailure, verify_forward, verify_graph
 from ._trace.recorder import record
@@ -341,7 +341,12 @@ class PruningIR:
                             acted = True
                             break
                         if acted:
-                            break  # restored in a patched module: its patch now rewrites those sizes
+                            # restored in a patched module: its patch must rewrite those sizes
+                            # again, including the ones it saw adapt under the restored guess
+                            patch = patch_of(modules[path])
+                            if patch is not None:
+                                patch.widen()
+                            break
                 if not acted:
                     raise
                 ran = False

@@ -218,6 +218,8 @@ class LiteralShapePatch:
     new sizes (used when the slice became full-range and torch dispatched an alias).
     ``watch``: while not ``None``, every argument seen at its old value (a literal,
     rewritten: ``True``) or already at its new value (``False``) is recorded there.
+    ``all_edits``: the edits before they were narrowed to the sizes found literal, while
+    the prune that narrowed them may still restore attributes (see :meth:`widen`).
     """
 
     def __init__(self, edits: Edits, templates: Templates | None = None, sigs: Sigs | None = None,
@@ -230,6 +232,14 @@ class LiteralShapePatch:
         self.depth = 0
         self._modes: list[tuple[_Mode, _Reroute]] = []
         self.watch: dict[FactId, bool] | None = None
+        self.all_edits: Edits | None = None
+
+    def widen(self) -> None:
+        """Rewrite every changing size again, not only those found literal: an attribute of the
+        module set by matching values (``head_dim``) was put back to its old value, so the sizes
+        computed from it, which adapted by themselves while watching, are stale now too."""
+        if self.all_edits is not None:
+            self.edits = self.all_edits
 
     def next_occurrence(self, name: str) -> int:
         """The recorded occurrence the next call of ``name`` is, passing over those the slim
@@ -289,7 +299,7 @@ class LiteralShapePatch:
                       state.get("skips"))
 
 
-def _compose(old: Edits, new: Edits) -> Edits:
+def compose_edits(old: Edits, new: Edits) -> Edits:
     """Edits of a second prune applied after the first: chain ``a -> b`` and ``b -> c`` into ``a -> c``."""
     out = {op: [list(row) for row in rows] for op, rows in old.items()}
     for op, rows in new.items():
@@ -316,7 +326,8 @@ def install(module: nn.Module, edits: Edits, templates: Templates | None = None,
     existing = getattr(module, "_pruning_ir_patch", None)
     if isinstance(existing, LiteralShapePatch):
         before = (existing.edits, existing.templates, existing.sigs, existing.skips)
-        existing.edits = _compose(existing.edits, edits)
+        existing.all_edits = None  # an earlier prune's; the caller sets this prune's
+        existing.edits = compose_edits(existing.edits, edits)
         existing.templates = templates or existing.templates
         existing.sigs = sigs or existing.sigs
         existing.skips = existing.skips if skips is None else dict(skips)

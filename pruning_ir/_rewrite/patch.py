@@ -6,9 +6,12 @@ arrive as Python ints), so the IR alone cannot tell a literal from a size the co
 :func:`patch_literals` finds out by running the slim model once with a *watching* patch on
 every module whose own ops have changing size facts: an argument still at its old value is a
 literal (patch kept, rewriting only those), one already at its new value adapts by itself
-(patch removed). The answers, and which recorded calls the slim code skips, are cached on the
-snapshot per module and attribute update, so a search that prunes many candidates from one IR
-pays that forward once, not per candidate; ``prune(verify=False)`` and ``prune(verify=True)``
+(patch removed). Whether a size adapts can depend on an attribute set by matching values
+(``head_dim``); when verification puts such a guess back, the module's patch widens to every
+changing size again (:meth:`~.hooks.LiteralShapePatch.widen`). The answers, and which
+recorded calls the slim code skips, are cached on the snapshot per module and attribute
+update, so a search that prunes many candidates from one IR pays that forward once, not per
+candidate; ``prune(verify=False)`` and ``prune(verify=True)``
 install the same patches (verification then checks the result).
 """
 
@@ -33,6 +36,7 @@ from .hooks import (
     ModuleEdits,
     Skips,
     Templates,
+    compose_edits,
     install,
     patch_of,
     structure,
@@ -175,8 +179,13 @@ def patch_literals(model: nn.Module, snap: Snapshot, edits: dict[str, ModuleEdit
     undo: dict[str, Callable[[], None]] = {}
     for path in decided:
         e, templates, sigs = edits[path]
+        before = patch_of(modules[path])
+        full = e if before is None else compose_edits(before.edits, e)
         undo[path] = install(modules[path], _only_literal(e, cache[keys[path]]), templates, sigs,
                              skips=skip_cache[skip_keys[path]])
+        p = patch_of(modules[path])
+        assert p is not None
+        p.all_edits = full
     for path in unknown:
         undo[path] = install(modules[path], *edits[path], skips={})
     if not unknown:
@@ -212,6 +221,7 @@ def patch_literals(model: nn.Module, snap: Snapshot, edits: dict[str, ModuleEdit
             found.append(path)
             p = patch_of(modules[path])
             if complete and p is not None:
+                p.all_edits = p.edits
                 p.edits = _only_literal(p.edits, {fid: seen.get(fid, False) for fid in ids})
         else:
             undo[path]()
