@@ -23,13 +23,13 @@ For every model and every target fraction:
   kept scores. Target: ``0.98 * target <= knapsack MACs <= target``.
 * **(b) Measured-latency targets.** ``KnapsackLabelSelector(target * baseline ms, MeasuredLatency(...,
   reference=original), cost_model=LatencyLUT(ir))`` (the paired, drift-cancelling measurement); the
-  returned slim model is then re-measured interleaved with the original (41 rounds, median per-round
-  ratio) and ``(slim / original) / target`` is reported. Target: within 5%. For comparison (not a
+  returned slim model is then re-measured in pairs with the original (41 rounds of adjacent pairs,
+  median ratio) and ``(slim / original) / target`` is reported. Target: within 5%. For comparison (not a
   target) the same with the absolute ``MeasuredLatency(...)``, which a change of the machine's load
   between the baseline and a candidate fools.
 * **(c) Realised speed-up.** The slim models of the MACs targets (knapsack, global, uniform) and
   Torch-Pruning's (``MetaPruner`` + ``MagnitudeImportance(p=2)``, output layer ignored, its
-  ``pruning_ratio`` searched to the same MACs) are timed interleaved with the original: latency
+  ``pruning_ratio`` searched to the same MACs) are timed in adjacent pairs with the original: latency
   ratio vs MACs ratio and their gap (physical limit: latency ratio == MACs ratio). Every timing
   session also times a deep copy of the original (``A/A``): its ratio to the original shows the noise.
 
@@ -81,6 +81,7 @@ from pruning_ir import (
     UniformLabelSelector,
 )
 from pruning_ir.latency import LatencyLUT, MacsLatency, MeasuredLatency
+from pruning_ir.latency.measure import median_ci
 
 MODELS = ("resnet", "vit", "llama")
 TARGETS = (0.75, 0.5, 0.33)
@@ -212,7 +213,11 @@ class Settings:
     lat_warmup: int
     lat_repeats: int
     max_iterations: int
-    rounds: int  # interleaved timing rounds per session
+    rounds: int  # timing rounds per session (each times every model paired with the original)
+    eval_precision: float  # ... and more, until every ratio's 95% interval is within this of it
+    eval_max_rounds: int
+    fn_precision: float  # rel_precision of the paired MeasuredLatency the selector uses
+    fn_max_repeats: int
     paired_rounds: int  # rounds per call of the paired latency function (0: not run)
     tp_evals: int
     tp_timeout: float
@@ -261,24 +266,52 @@ def bisect_ratio(ir: PruningIR, factory: Callable[[float], LabelSelector], budge
     return best
 
 
-def interleaved(models: Sequence[nn.Module], case: ZooCase, rounds: int, warmup: int = 2) -> list[float]:
-    """Latency of each model relative to ``models[0]``: the median over interleaved rounds of
-    (its time / ``models[0]``'s time in the same round). Every round runs each model once, in an
-    order that rotates, so a change of the machine's load within a few rounds hits all alike."""
+def interleaved(models: Sequence[nn.Module], case: ZooCase, rounds: int, warmup: int = 3,
+                precision: float = 0.0, max_rounds: int = 0) -> tuple[list[float], list[float], int]:
+    """Latency of each model relative to ``models[0]`` (the original): the median over rounds of
+    the ratio of its time to the original's in an adjacent pair. Every round times, for each other
+    model in a shuffled order, the pair (original, model) back to back, the model first in every
+    other round, so a change of the machine's load longer than one pair hits both sides alike and
+    neither the position in a round nor the model run just before favours one of them.
+
+    With ``precision``, rounds go on (``rounds`` more at a time, up to ``max_rounds``) until the
+    95% interval of every model's median ratio is within ``precision`` of it on both sides.
+    Returns the ratios, the half-widths of their intervals relative to them, and the rounds run."""
     args, kwargs = case.example_inputs, case.example_kwargs
-    samples: list[list[float]] = [[] for _ in models]
+    ratios: list[list[float]] = [[] for _ in models]
+    order = list(range(1, len(models)))
+    rng = np.random.default_rng(0)
+
+    def timed(m: nn.Module) -> float:
+        t0 = time.perf_counter()
+        m(*args, **kwargs)
+        return time.perf_counter() - t0
+
+    def half_width(r: list[float]) -> float:
+        med = statistics.median(r)
+        lo, hi = median_ci(r)
+        return max(hi - med, med - lo) / med
+
+    done = 0
     with torch.no_grad():
         for m in models:
             m.eval()
             for _ in range(warmup):
                 m(*args, **kwargs)
-        for r in range(rounds):
-            for j in range(len(models)):
-                i = (j + r) % len(models)
-                t0 = time.perf_counter()
-                models[i](*args, **kwargs)
-                samples[i].append(time.perf_counter() - t0)
-    return [statistics.median(a / b for a, b in zip(s, samples[0], strict=True)) for s in samples]
+        while True:
+            for r in range(done, done + rounds):
+                rng.shuffle(order)
+                for i in order:
+                    if r % 2:
+                        t_model, t_orig = timed(models[i]), timed(models[0])
+                    else:
+                        t_orig, t_model = timed(models[0]), timed(models[i])
+                    ratios[i].append(t_model / t_orig)
+            done += rounds
+            if not precision or done >= max_rounds or all(half_width(r) <= precision for r in ratios[1:]):
+                break
+    return ([1.0] + [statistics.median(r) for r in ratios[1:]], [0.0] + [half_width(r) for r in ratios[1:]],
+            done)
 
 
 def chosen_entry(history: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -459,7 +492,9 @@ class LatRow:
     confirmed: str = ""  # the selector's final re-measurement: search -> confirmed latency / target
     fn_drift: float | None = None  # the function's reading of the original after the search / baseline
     aa: float | None = None
-    ratio: float | None = None  # re-measured slim / original (interleaved medians)
+    ratio: float | None = None  # re-measured slim / original (median of adjacent-pair ratios)
+    ratio_ci: float | None = None  # half-width of its 95% interval, relative
+    eval_rounds: int | None = None
     lut_ratio: float | None = None
     macs_fraction: float | None = None
     kept: float | None = None
@@ -641,7 +676,9 @@ def run_model(name: str, targets: list[float], st: Settings, threads: int, macs_
         if st.paired_rounds:
             functions.append((PAIRED, MeasuredLatency(case.example_inputs, case.example_kwargs, warmup=st.lat_warmup,
                                                       repeats=st.paired_rounds, num_threads=threads,
-                                                      reference=reference, reference_ms=info.base_ms)))
+                                                      reference=reference, reference_ms=info.base_ms,
+                                                      rel_precision=st.fn_precision,
+                                                      max_repeats=max(st.fn_max_repeats, st.paired_rounds))))
         functions.append((MEASURED, latency_fn))
         for fn_name, fn in functions:
             lrow = LatRow(name, target, fn_name, base_ms=info.base_ms)
@@ -684,7 +721,8 @@ def run_model(name: str, targets: list[float], st: Settings, threads: int, macs_
         # ---------------------------------------------------------------- timing session
         methods = list(slims)
         models = [model, reference] + [slims[m][0] for m in methods] + [m for _, m in lat_slims]
-        ratios = interleaved(models, case, st.rounds)
+        ratios, cis, done = interleaved(models, case, st.rounds, precision=st.eval_precision,
+                                        max_rounds=st.eval_max_rounds)
         aa = ratios[1]
         for i, method in enumerate(methods):
             speed_rows.append(SpeedRow(name, target, method, slims[method][1], ratios[2 + i], aa))
@@ -692,6 +730,8 @@ def run_model(name: str, targets: list[float], st: Settings, threads: int, macs_
             speed_rows.append(SpeedRow(name, target, "Torch-Pruning", note=macs_rows[-1].note))
         for k, (lrow, _) in enumerate(lat_slims):
             lrow.ratio = ratios[2 + len(methods) + k]
+            lrow.ratio_ci = cis[2 + len(methods) + k]
+            lrow.eval_rounds = done
             lrow.aa = aa
             if abs(lrow.ratio / target - 1) > LAT_TOL:
                 miss = (f"{name} latency {target} ({lrow.function}): re-measured latency ratio {lrow.ratio:.3f} is "
@@ -740,6 +780,8 @@ def main(argv: list[str] | None = None) -> int:
     st = Settings(calib_batches=2 if args.quick else 4, lut_repeats=3 if args.quick else 7,
                   lat_warmup=2 if args.quick else 3, lat_repeats=9 if args.quick else 21,
                   max_iterations=4 if args.quick else 8, rounds=15 if args.quick else 41,
+                  eval_precision=0.0 if args.quick else 0.015, eval_max_rounds=15 if args.quick else 205,
+                  fn_precision=0.02, fn_max_repeats=9 if args.quick else 168,
                   paired_rounds=0 if args.no_paired else (9 if args.quick else 21),
                   tp_evals=5 if args.quick else 8, tp_timeout=args.tp_timeout, with_tp=with_tp)
 
@@ -785,11 +827,14 @@ def main(argv: list[str] | None = None) -> int:
           "-" if r.rounds is None else r.rounds, r.note) for r in macs_rows])
     lat_table = markdown_table(
         ("model", "target", "latency function", "baseline ms", "target ms", "selector's ms (returned)",
-         "re-measured ratio", "ratio / target", "A/A", "fn drift", "LUT-predicted ratio", "MACs fraction",
+         "re-measured ratio (95% CI)", "timing rounds", "ratio / target", "A/A", "fn drift", "LUT-predicted ratio",
+         "MACs fraction",
          "kept score", "rounds", "latency / target per round (* returned)", "confirmation: search > re-measured",
          "select s", "solver s", "notes"),
         [(r.model, r.target, r.function, f"{r.base_ms:.2f}", f"{r.target * r.base_ms:.2f}", f3(r.selector_ms, ".2f"),
-          f3(r.ratio), f3(None if r.ratio is None else r.ratio / r.target), f3(r.aa), f3(r.fn_drift),
+          "-" if r.ratio is None or r.ratio_ci is None else f"{r.ratio:.3f} ± {r.ratio_ci * r.ratio:.3f}",
+          "-" if r.eval_rounds is None else r.eval_rounds, f3(None if r.ratio is None else r.ratio / r.target),
+          f3(r.aa), f3(r.fn_drift),
           f3(r.lut_ratio), f3(r.macs_fraction), "-" if r.kept is None else f"{r.kept:.6g}",
           "-" if r.rounds is None else r.rounds, r.trace, r.confirmed, f3(r.select_s, ".1f"), f3(r.solver_s, ".1f"),
           r.note) for r in lat_rows])
@@ -799,7 +844,8 @@ def main(argv: list[str] | None = None) -> int:
           "-" if r.latency_ratio is None or r.macs_fraction is None else f"{r.latency_ratio - r.macs_fraction:+.3f}",
           f3(r.aa), r.note) for r in speed_rows])
 
-    stat = f"{st.rounds} interleaved rounds"
+    stat = (f"{st.rounds} rounds of adjacent pairs (each round times, in a shuffled order, every model back to "
+            "back with the original, the model first in every other round)")
     doc = [
         "# Budget targets: KnapsackLabelSelector on MACs and on measured latency",
         "",
@@ -833,9 +879,11 @@ def main(argv: list[str] | None = None) -> int:
         f"`KnapsackLabelSelector(target * baseline ms, fn, cost_model=LatencyLUT(ir, repeats={st.lut_repeats}), "
         f"max_iterations={st.max_iterations}, tolerance=0.03)` with two latency functions `fn`: **{PAIRED}**, "
         f"`MeasuredLatency(warmup={st.lat_warmup}, repeats={st.paired_rounds}, reference=<deep copy of the "
-        "original>, reference_ms=baseline)` (each call times the candidate and the original back to back in "
-        f"{st.paired_rounds} pairs of alternating order and returns baseline ms x the median per-pair ratio, so "
-        "that a change of the machine's speed cancels: **the acceptance check**), and, for comparison, "
+        f"original>, reference_ms=baseline, rel_precision={st.fn_precision}, max_repeats={st.fn_max_repeats})` "
+        f"(each call times the candidate and the original back to back in {st.paired_rounds} pairs of alternating "
+        "order, and more until the 95% interval of the median ratio is within "
+        f"{st.fn_precision:.1%} of it or {st.fn_max_repeats} pairs, and returns baseline ms x the median per-pair "
+        "ratio, so that a change of the machine's speed cancels: **the acceptance check**), and, for comparison, "
         f"**{MEASURED}**, `MeasuredLatency(warmup={st.lat_warmup}, repeats={st.lat_repeats})` (median of "
         "absolute ms). The baseline is the median of three absolute calls on the original. Before returning, "
         "the selector re-measures its best rounds side by side with the original (`confirmation_passes=2`); "
@@ -843,12 +891,14 @@ def main(argv: list[str] | None = None) -> int:
         "*selector's ms* is the returned one's re-measured latency. *fn drift* = the function's reading of the "
         "original after the search / baseline (how far the machine moved the function during the run: 1.0 "
         "for a drift-free function). *re-measured ratio* is slim / original from a separate session of "
-        f"{stat} (median per-round ratio), with a deep copy of the original as A/A control. "
+        f"{stat}: the median ratio, with a deep copy of the original as A/A control; rounds go on "
+        f"({st.rounds} at a time, at most {st.eval_max_rounds}) until every ratio's 95% interval (order "
+        f"statistics, `median_ci`) is within {st.eval_precision:.1%} of it (*timing rounds*). "
         f"Target: re-measured ratio within {LAT_TOL:.0%} of the target fraction, for the {PAIRED} function.", "",
         lat_table, "",
         "## (c) Realised speed-up of the MACs-target models", "",
-        f"Latency ratio = slim / original, median per-round ratio over {stat} in which every model of the same "
-        "model and target (the original, its deep copy, every slim model of (a) and (b)) runs once per round. "
+        f"Latency ratio = slim / original, the median ratio over {stat}; every model of the same model and target "
+        "(the original's deep copy, every slim model of (a) and (b)) is in the same session. "
         "*A/A ratio* = deep copy / original in the same session: how far from 1.0 noise alone moves a ratio. "
         "Physical limit: latency ratio == MACs ratio (a positive gap is latency not saved).", "",
         speed_table, "",

@@ -312,6 +312,66 @@ def test_paired_latency_restores_modes_and_reports_a_failing_reference() -> None
         MeasuredLatency(torch.randn(2, 3), reference=lambda x: x)  # type: ignore[arg-type]
 
 
+
+class Jittery(nn.Module):
+    """Advances a fake clock by ``duration`` times a seeded log-normal factor per forward: the
+    run-to-run noise of a shared machine, with a known median (``duration``)."""
+
+    def __init__(self, duration: float, world: dict[str, Any], sigma: float) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 2)
+        self.duration, self.world, self.sigma = duration, world, sigma
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.world["runs"] += 1
+        self.world["t"] += self.duration * float(np.exp(self.sigma * self.world["rng"].standard_normal()))
+        return self.lin(x)
+
+
+def test_median_ci_is_the_order_statistic_interval() -> None:
+    from pruning_ir.latency.measure import median_ci
+
+    # n = 100: ranks 50 -+ 1.96 * 10 / 2 = 9.8 -> sorted positions 40 and 59
+    assert median_ci([float(i) for i in reversed(range(100))]) == (40.0, 59.0)
+    assert median_ci([3.0]) == (3.0, 3.0)
+    lo, hi = median_ci(list(np.random.default_rng(0).normal(size=2000)))
+    assert -0.1 < lo < 0 < hi < 0.1  # the true median 0 inside, the width ~ 2 x 1.96 x 1.25 / sqrt(2000)
+
+
+@pytest.mark.parametrize("paired", [True, False])
+def test_rel_precision_times_until_the_interval_is_narrow(paired: bool) -> None:
+    """Runs whose time varies by ~12% (log-normal): 9 runs (pairs) leave a wide interval; with
+    ``rel_precision=0.02`` the function adds runs until the 95% interval of the median is within
+    2% on both sides, and the result is within that of the known median (10 ms, or 5 ms for the
+    slim model in paired mode: the median ratio of two independent equal noises is 1)."""
+    world: dict[str, Any] = {"t": 0.0, "runs": 0, "rng": np.random.default_rng(1)}
+    clock = lambda: world["t"]  # noqa: E731
+    reference = Jittery(0.010, world, 0.12)
+    slim = Jittery(0.005 if paired else 0.010, world, 0.12)
+    x = torch.randn(2, 3)
+    extra = {"reference": reference, "reference_ms": 10.0} if paired else {}
+    plain = MeasuredLatency(x, warmup=1, repeats=9, timer=clock, **extra)  # type: ignore[arg-type]
+    plain(slim)
+    n_plain = len(plain.samples)
+    assert n_plain == 9 and (plain.ci[1] - plain.ci[0]) / 2 > 0.05 * (5.0 if paired else 10.0)
+    fn = MeasuredLatency(x, warmup=1, repeats=9, timer=clock, rel_precision=0.02, max_repeats=2000,
+                         **extra)  # type: ignore[arg-type]
+    got = fn(slim)
+    want = 5.0 if paired else 10.0
+    lo, hi = fn.ci
+    assert lo <= got <= hi and hi - got <= 0.02 * got and got - lo <= 0.02 * got
+    assert 100 < len(fn.samples) < 2000
+    assert got == pytest.approx(want, rel=0.03)
+    capped = MeasuredLatency(x, warmup=1, repeats=9, timer=clock, rel_precision=0.001, max_repeats=40,
+                             **extra)  # type: ignore[arg-type]
+    capped(slim)
+    assert 40 <= len(capped.samples) <= 41  # the cap (paired: one more pair keeps the orders balanced)
+    with pytest.raises(InvalidInputError, match="rel_precision"):
+        MeasuredLatency(x, rel_precision=1.5)
+    with pytest.raises(InvalidInputError, match="max_repeats"):
+        MeasuredLatency(x, repeats=20, rel_precision=0.01, max_repeats=10)
+
+
 # ------------------------------------------------------------------------- the LUT with faked timings
 US_PER_MAC = 1e-6  # fake op latency: 1e-6 ms per MAC, read off the very call the LUT builds
 _NOT_OPS = {"aten.detach", "aten.lift_fresh", "aten._has_compatible_shallow_copy_type",

@@ -79,6 +79,20 @@ def time_calls(fn: Callable[[], Any], *, warmup: int, repeats: int, num_threads:
     return samples[-repeats:]
 
 
+def median_ci(values: Sequence[float], z: float = 1.96) -> tuple[float, float]:
+    """Distribution-free confidence interval of the median of ``values`` (order statistics:
+    the ranks ``n/2 -+ z sqrt(n)/2``, the normal approximation of the binomial; 95% for the
+    default ``z``). Timing samples are skewed with outliers, so no normality is assumed."""
+    xs = sorted(values)
+    n = len(xs)
+    if n == 0:
+        raise ValueError("median_ci of no values")
+    half = z * math.sqrt(n) / 2
+    lo = max(0, math.floor(n / 2 - half))
+    hi = min(n - 1, math.ceil(n / 2 + half) - 1)
+    return xs[lo], xs[max(lo, hi)]
+
+
 def time_pairs(a: Callable[[], Any], b: Callable[[], Any], *, warmup: int, repeats: int, num_threads: int,
                clock: Clock | None = None) -> list[tuple[float, float]]:
     """Seconds per call of ``a`` and of ``b``, timed back to back in ``repeats`` pairs.
@@ -156,6 +170,14 @@ class MeasuredLatency:
             the example inputs; it is not modified (its modes are restored).
         reference_ms: the reference's latency to scale ratios by (default: measured in the first
             call, then kept).
+        rel_precision: time until the 95% confidence interval of the median (of the ratios, in
+            paired mode) is within this fraction of it on both sides (e.g. ``0.015``): after the
+            first ``repeats`` runs (pairs), as many again at a time, up to ``max_repeats``. The
+            interval of every call is in :attr:`ci`. On a shared machine a median of 20 runs of a
+            model of a few milliseconds can be 3-5% off; this buys the precision a latency
+            target needs where it is needed, and only there.
+        max_repeats: the cap for ``rel_precision`` (default ``10 x repeats``; paired mode may add
+            one pair to keep the two orders balanced).
 
     Raises:
         LatencyMeasurementError: the model fails to run on the inputs, or lives on ``meta``.
@@ -175,7 +197,8 @@ class MeasuredLatency:
 
     def __init__(self, example_inputs: Any, example_kwargs: dict[str, Any] | None = None, *, warmup: int = 3,
                  repeats: int = 20, num_threads: int | None = None, timer: Clock | None = None,
-                 reference: nn.Module | None = None, reference_ms: float | None = None) -> None:
+                 reference: nn.Module | None = None, reference_ms: float | None = None,
+                 rel_precision: float | None = None, max_repeats: int | None = None) -> None:
         self.args, self.kwargs = _as_call(example_inputs, example_kwargs)
         self.warmup = _check_count(warmup, "warmup", 0)
         self.repeats = _check_count(repeats, "repeats", 1)
@@ -190,6 +213,17 @@ class MeasuredLatency:
             raise InvalidInputError(f"reference_ms={reference_ms!r}: give a positive number of milliseconds.")
         if reference_ms is not None and reference is None:
             raise InvalidInputError("reference_ms= needs reference= (the model it is the latency of).")
+        if rel_precision is not None and (isinstance(rel_precision, bool) or not isinstance(rel_precision, (int, float))
+                                          or not 0 < rel_precision < 1):
+            raise InvalidInputError(f"rel_precision={rel_precision!r}: give the wanted half-width of the 95% "
+                                    "confidence interval as a fraction of the median, in (0, 1) (e.g. 0.01).")
+        self.rel_precision = None if rel_precision is None else float(rel_precision)
+        self.max_repeats = self.repeats if max_repeats is None else _check_count(max_repeats, "max_repeats", 1)
+        if rel_precision is not None and max_repeats is None:
+            self.max_repeats = 10 * self.repeats
+        if self.max_repeats < self.repeats:
+            raise InvalidInputError(f"max_repeats={max_repeats!r} is below repeats={repeats!r}: it caps the timed "
+                                    "runs (pairs) that rel_precision may add, so give at least repeats.")
         self.timer = timer
         self.reference = reference
         self.reference_ms: float | None = None if reference_ms is None else float(reference_ms)
@@ -200,6 +234,9 @@ class MeasuredLatency:
         """Seconds per timed run of the reference in the last call (paired mode)."""
         self.ratios: list[float] = []
         """Per-pair ``model / reference`` ratios of the last call (paired mode)."""
+        self.ci: tuple[float, float] = (math.nan, math.nan)
+        """95% confidence interval, in milliseconds, of the last call's result (the median run, or
+        ``reference_ms x`` the median ratio): see :func:`median_ci`."""
 
     @property
     def drift_cancelling(self) -> bool:
@@ -240,6 +277,11 @@ class MeasuredLatency:
             if ref is None:
                 self.samples = time_calls(run, warmup=max(self.warmup - 1, 0), repeats=self.repeats,
                                           num_threads=threads, clock=self.timer)
+                while not self._precise(self.samples):
+                    self.samples += time_calls(run, warmup=0, repeats=self._more(self.samples),
+                                               num_threads=threads, clock=self.timer)
+                lo, hi = median_ci(self.samples)
+                self.ci = (1e3 * lo, 1e3 * hi)
                 return 1e3 * statistics.median(self.samples)
             ref.eval()
             try:
@@ -251,6 +293,10 @@ class MeasuredLatency:
             try:
                 pairs = time_pairs(run, ref_run, warmup=max(self.warmup - 1, 0), repeats=self.repeats,
                                    num_threads=threads, clock=self.timer)
+                while not self._precise([a / b if b > 0 else math.inf for a, b in pairs]):
+                    more = self._more(pairs)  # an even count keeps the two orders balanced
+                    pairs += time_pairs(run, ref_run, warmup=0, repeats=more + more % 2, num_threads=threads,
+                                        clock=self.timer)
             except Exception as exc:
                 raise LatencyMeasurementError(f"{type(model).__name__} failed while measuring its latency: "
                                               f"{type(exc).__name__}: {exc}") from exc
@@ -262,12 +308,30 @@ class MeasuredLatency:
         self.ratios = [a / b if b > 0 else math.inf for a, b in pairs]
         if self.reference_ms is None:
             self.reference_ms = 1e3 * statistics.median(self.reference_samples)
+        lo, hi = median_ci(self.ratios)
+        self.ci = (self.reference_ms * lo, self.reference_ms * hi)
         return self.reference_ms * statistics.median(self.ratios)
+
+    def _precise(self, values: Sequence[float]) -> bool:
+        """Whether timing can stop: no ``rel_precision`` asked, the cap reached, or the 95%
+        interval of the median within ``rel_precision`` of it on both sides."""
+        if self.rel_precision is None or len(values) >= self.max_repeats:
+            return True
+        med = statistics.median(values)
+        lo, hi = median_ci(values)
+        return math.isfinite(hi) and hi - med <= self.rel_precision * med and med - lo <= self.rel_precision * med
+
+    def _more(self, done: Sequence[Any]) -> int:
+        """Runs (pairs) to add before checking the precision again: as many as so far (the
+        interval shrinks with the square root of the count), within the cap."""
+        return max(1, min(len(done), self.max_repeats - len(done)))
 
     def __repr__(self) -> str:
         paired = "" if self.reference is None else f", reference={type(self.reference).__name__}"
+        precision = "" if self.rel_precision is None else (f", rel_precision={self.rel_precision}, "
+                                                           f"max_repeats={self.max_repeats}")
         return (f"MeasuredLatency(warmup={self.warmup}, repeats={self.repeats}, "
-                f"num_threads={self.num_threads}{paired})")
+                f"num_threads={self.num_threads}{paired}{precision})")
 
 
 # ----------------------------------------------------------------------------------------- MACs
