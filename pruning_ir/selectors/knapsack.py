@@ -31,8 +31,9 @@ import math
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from itertools import repeat
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 import scipy.sparse as sps
@@ -61,6 +62,42 @@ _INNER_ROUNDS = 15
 def _uniform(costs: np.ndarray) -> bool:
     """Whether every label of a group costs the same (up to rounding)."""
     return costs.size == 0 or float(costs.max() - costs.min()) <= 1e-9 * max(float(np.abs(costs).max()), 1e-300)
+
+
+Removal: TypeAlias = "dict[int, np.ndarray]"  # group id -> mask of the removed labels
+Round: TypeAlias = "tuple[float, dict[int, np.ndarray], float]"  # (kept score, removal, latency)
+
+
+@dataclass
+class _Search:
+    """The state of one :meth:`KnapsackLabelSelector.select` call that its phases (search,
+    confirmation, continuation) share: the problem, and the rounds measured so far."""
+
+    ev: Evaluator
+    owner: int
+    scores: dict[int, np.ndarray]
+    order: dict[int, np.ndarray]  # labels of each group in ascending score order
+    bounds: dict[int, tuple[int, int, int]]
+    proxy: Any  # the cost model the inner loop linearises
+    p_base: float  # its cost of the unpruned model
+    base: float  # the latency function's reading of the unpruned model
+    target: float
+    aim: float
+    inner_rounds: int
+    rounds: list[Round] = field(default_factory=list)
+    starts: list[tuple[float, Removal]] = field(default_factory=list)  # (proxy budget, solution) per round
+
+    def labels_of(self, removed: Removal) -> list[Label]:
+        from .._ir.labels import Label
+
+        out: list[Label] = []
+        for gid, m in removed.items():
+            idx = np.flatnonzero(m).tolist()
+            out.extend(map(Label, repeat(self.owner, len(idx)), repeat(gid, len(idx)), idx))
+        return out
+
+    def kept_score(self, removed: Removal) -> float:
+        return float(sum(float(self.scores[g][~m].sum()) for g, m in removed.items()))
 
 
 class KnapsackLabelSelector(LabelSelector):
@@ -172,7 +209,6 @@ class KnapsackLabelSelector(LabelSelector):
 
     # ------------------------------------------------------------------------------------------ select
     def select(self, ir: PruningIR, snapshot_name: str = "main") -> list[Label]:
-        from .._ir.labels import Label
         from ..cost.macs import MacsModel
 
         snap = ir.snapshot(snapshot_name)
@@ -187,110 +223,91 @@ class KnapsackLabelSelector(LabelSelector):
         sizes = {g.gid: g.size for g in groups}
         ev = Evaluator(ir, snapshot_name, self.latency_calculation_function)
         proxy = self.cost_model or ev.exact or MacsModel(ir, snapshot_name)
-        order = {gid: np.argsort(s, kind="stable") for gid, s in scores.items()}
         target = self.target_latency
-
-        def labels_of(removed: dict[int, np.ndarray]) -> list[Label]:
-            out: list[Label] = []
-            for gid, m in removed.items():
-                idx = np.flatnonzero(m).tolist()
-                out.extend(map(Label, repeat(snap.owner, len(idx)), repeat(gid, len(idx)), idx))
-            return out
-
-        def kept_score(removed: dict[int, np.ndarray]) -> float:
-            return float(sum(float(scores[g][~m].sum()) for g, m in removed.items()))
-
+        exact = ev.exact is not None
         base = ev.confirm([])  # two readings: the scale of every later comparison
+        # the inner loop is model-free and each solve takes milliseconds: let it converge, so that
+        # the outer loop's budget -> solution is (close to) a function.
+        # Aim at the middle of the accepted window [target * (1 - tolerance), target], not its edge.
+        st = _Search(ev, snap.owner, scores, {gid: np.argsort(s, kind="stable") for gid, s in scores.items()},
+                     bounds, proxy, float(proxy.baseline()), base, target,
+                     target if exact else target * (1 - self.tolerance / 2),
+                     max(self.max_iterations, _INNER_ROUNDS))
         if base <= target:
             self._log("target %.6g >= unpruned latency %.6g: nothing to remove", target, base)
             return []
         smallest = {gid: np.zeros(n, dtype=bool) for gid, n in sizes.items()}
         for gid, n in sizes.items():
-            smallest[gid][order[gid][: n - bounds[gid][0]]] = True
-        small_lat = ev(labels_of(smallest))
+            smallest[gid][st.order[gid][: n - bounds[gid][0]]] = True
+        small_lat = ev(st.labels_of(smallest))
         if math.isfinite(small_lat) and small_lat > target:
             warnings.warn(f"KnapsackLabelSelector: target {target:.6g} is below the smallest model the constraints "
                           f"allow ({small_lat:.6g}); returning that smallest model's labels.", RuntimeWarning,
                           stacklevel=2)
-            return labels_of(smallest)
+            return st.labels_of(smallest)
 
         # Two loops. Inner: for a proxy budget B (cost-model units), solve the 0/1 program on a
         # linearisation of the proxy, re-linearised at the previous solution until the exact proxy
         # cost of the solution is just under B (model-free, cheap). Outer: measure that solution
         # with the latency function and move B by secant steps inside a bracket; B -> latency is
         # close to monotone because the inner loop makes the solution depend on B only.
-        p_base = float(proxy.baseline())
-        exact = ev.exact is not None
-        # aim at the middle of the accepted window [target * (1 - tolerance), target], not its edge
-        aim = target if exact else target * (1 - self.tolerance / 2)
-        budget = aim * p_base / base
+        budget = st.aim * st.p_base / base
         feasible: list[tuple[float, float]] = []  # (B, latency) of the rounds that met the target
-        over: list[tuple[float, float]] = [(p_base, base)]  # ... and of those over it: the baseline is one
-        best: tuple[float, dict[int, np.ndarray], float] | None = None
-        rounds: list[tuple[float, dict[int, np.ndarray], float]] = []  # (kept score, removed, latency)
-        starts: list[tuple[float, dict[int, np.ndarray]]] = []  # (proxy budget, solution) per round
+        over: list[tuple[float, float]] = [(st.p_base, base)]  # ... and of those over it: the baseline is one
+        best: Round | None = None
         sides: list[bool] = []  # whether each round met the target
         point = {gid: np.zeros(n, dtype=bool) for gid, n in sizes.items()}
-        # the inner loop is model-free and each solve takes milliseconds: let it converge, so that
-        # the outer loop's budget -> solution is (close to) a function
-        inner_rounds = max(self.max_iterations, _INNER_ROUNDS)
         for it in range(self.max_iterations if not exact else 1):
             t0 = time.perf_counter()
-            new, status, solves = self._solve_budget(budget, point, scores, order, bounds, proxy, p_base,
-                                                     labels_of, kept_score, inner_rounds)
+            new, status, solves = self._solve_budget(st, budget, point)
             solve_s = time.perf_counter() - t0
-            lat = ev(labels_of(new))
+            lat = ev(st.labels_of(new))
             if lat <= target:
-                lat = ev.confirm(labels_of(new))
+                lat = ev.confirm(st.labels_of(new))
             ok = lat <= target
-            self._record(rounds, starts, budget, new, kept_score(new), lat, ok, status, solve_s, solves)
+            self._record(st, budget, new, lat, ok, status, solve_s, solves)
             self._log("knapsack round %d: proxy budget %.6g -> latency %.6g (target %.6g, %s), %d labels removed, "
                       "%d solves in %.2fs (%s)", it, budget, lat, target, "ok" if ok else "over",
                       self.history[-1]["removed"], solves, solve_s, status)
             if ok:
-                if best is None or kept_score(new) > best[0] + 1e-12 * abs(best[0]):
-                    best = rounds[-1]
+                if best is None or st.rounds[-1][0] > best[0] + 1e-12 * abs(best[0]):
+                    best = st.rounds[-1]
                 if lat >= target * (1 - self.tolerance):
                     break
                 feasible.append((budget, lat))
             else:
                 over.append((budget, lat))
             sides.append(ok)
-            nxt = self._next_budget(budget, lat, aim, feasible, over, p_base / base, sides)
+            nxt = self._next_budget(budget, lat, st.aim, feasible, over, st.p_base / base, sides)
             if nxt == budget:
                 break
             # re-linearise from the solution of the nearest budget tried, not from the last one: a
             # linearisation at a far smaller model (costs shrink with the neighbours) can take
             # more than the inner rounds to come back
-            budget, point = nxt, min(starts, key=lambda bs: abs(bs[0] - nxt))[1]
+            budget, point = nxt, min(st.starts, key=lambda bs: abs(bs[0] - nxt))[1]
         if best is None and not math.isfinite(small_lat):
             raise LatencyMeasurementError(
                 f"KnapsackLabelSelector: the latency function refused or exceeded the target {target:.6g} on every "
                 f"candidate in {self.max_iterations} rounds, the smallest model included; relax the constraints "
                 "or the target.")
         if not exact and self.confirmation_passes:
-            confirmed = self._confirm(ev, rounds, starts, (0.0, smallest, small_lat), target, labels_of)
+            confirmed = self._confirm(st, (0.0, smallest, small_lat))
             if confirmed is not None and not target * (1 - self.tolerance) <= confirmed[2] <= target:
                 # nothing meets the target side by side (the machine sped up, or the search's
                 # readings were lucky), or only with more than `tolerance` to spare: search on,
                 # every candidate measured that way
-                confirmed = self._continue(ev, rounds, starts, confirmed, target, aim, p_base, base, scores, order,
-                                           bounds, proxy, labels_of, kept_score, inner_rounds)
+                confirmed = self._continue(st, confirmed)
             best = confirmed or best
         if best is None:
             warnings.warn(f"KnapsackLabelSelector: no candidate met the target {target:.6g} in {self.max_iterations} "
                           "rounds; returning the smallest model the constraints allow.", RuntimeWarning, stacklevel=2)
-            return labels_of(smallest)
+            return st.labels_of(smallest)
         chosen = best[1]
-        if ev.exact is not None:
-            chosen = self._add_back(chosen, scores, order, bounds, lambda r: ev(labels_of(r)), target)
-        return labels_of(chosen)
+        if exact:
+            chosen = self._add_back(chosen, scores, st.order, bounds, lambda r: ev(st.labels_of(r)), target)
+        return st.labels_of(chosen)
 
-    def _confirm(self, ev: Evaluator, rounds: list[tuple[float, dict[int, np.ndarray], float]],
-                 starts: list[tuple[float, dict[int, np.ndarray]]],
-                 smallest: tuple[float, dict[int, np.ndarray], float], target: float,
-                 labels_of: Callable[[dict[int, np.ndarray]], list[Label]],
-                 ) -> tuple[float, dict[int, np.ndarray], float] | None:
+    def _confirm(self, st: _Search, smallest: Round) -> Round | None:
         """Re-measure the most promising rounds side by side with the unpruned model and keep the
         highest-scoring one whose drift-corrected latency meets the target (else the fastest one,
         which is over the target: the caller searches on).
@@ -302,41 +319,34 @@ class KnapsackLabelSelector(LabelSelector):
         candidate's latency is its median ratio to the unpruned model in the same pass times the
         unpruned model's latency at the start (see :meth:`Evaluator.compare`).
         """
-        uniq: dict[tuple[tuple[int, int], ...], tuple[float, dict[int, np.ndarray], float]] = {}
-        for r in rounds:
+        uniq: dict[tuple[tuple[int, int], ...], Round] = {}
+        for r in st.rounds:
             key = tuple((g, int(i)) for g, m in sorted(r[1].items()) for i in np.flatnonzero(m))
             uniq.setdefault(key, r)
         pool = sorted(uniq.values(), key=lambda r: -r[0])
-        near = [r for r in pool if r[2] <= target * 1.1][:2]
-        met = [r for r in pool if r[2] <= target]
+        near = [r for r in pool if r[2] <= st.target * 1.1][:2]
+        met = [r for r in pool if r[2] <= st.target]
         if not met and math.isfinite(smallest[2]):
             met = [smallest]
         picks = near + [r for r in (met[:1] + sorted(met, key=lambda r: r[2])[:1]) if not any(r is q for q in near)]
         picks = [r for i, r in enumerate(picks) if not any(r is q for q in picks[:i])]
         if not picks:
             return None
-        got = ev.compare([labels_of(r[1]) for r in picks], self.confirmation_passes)
-        budget_of = {id(m): b for b, m in starts}  # a start shares its solution dict with its round
+        got = st.ev.compare([st.labels_of(r[1]) for r in picks], self.confirmation_passes)
+        budget_of = {id(m): b for b, m in st.starts}  # a start shares its solution dict with its round
         self.confirmation = [{"kept_score": r[0], "search_latency": r[2], "latency": lat,
                               "removed": int(sum(m.sum() for m in r[1].values())),
                               "proxy_budget": budget_of.get(id(r[1]), math.nan), "chosen": False}
                              for r, lat in zip(picks, got, strict=True)]
-        ok = [i for i, lat in enumerate(got) if lat <= target]
+        ok = [i for i, lat in enumerate(got) if lat <= st.target]
         for c in self.confirmation:
             self._log("confirmation: kept score %.6g, latency %.6g in the search, %.6g side by side with the "
-                      "unpruned model (target %.6g)", c["kept_score"], c["search_latency"], c["latency"], target)
+                      "unpruned model (target %.6g)", c["kept_score"], c["search_latency"], c["latency"], st.target)
         i = max(ok, key=lambda i: picks[i][0]) if ok else min(range(len(picks)), key=lambda i: got[i])
         self.confirmation[i]["chosen"] = True
         return picks[i][0], picks[i][1], got[i]
 
-    def _continue(self, ev: Evaluator, rounds: list[tuple[float, dict[int, np.ndarray], float]],
-                  starts: list[tuple[float, dict[int, np.ndarray]]],
-                  current: tuple[float, dict[int, np.ndarray], float], target: float, aim: float, p_base: float,
-                  base: float, scores: dict[int, np.ndarray],
-                  order: dict[int, np.ndarray], bounds: dict[int, tuple[int, int, int]], proxy: Any,
-                  labels_of: Callable[[dict[int, np.ndarray]], list[Label]],
-                  kept_score: Callable[[dict[int, np.ndarray]], float],
-                  inner_rounds: int) -> tuple[float, dict[int, np.ndarray], float]:
+    def _continue(self, st: _Search, current: Round) -> Round:
         """Search on after a confirmation whose choice ``current`` is over the target (no candidate
         met it side by side) or under ``target * (1 - tolerance)``: the outer loop again, from
         the side-by-side readings (at their proxy budgets), each new candidate measured side by
@@ -344,26 +354,25 @@ class KnapsackLabelSelector(LabelSelector):
         ``max(2, max_iterations // 2)`` rounds or until one lands in the tolerance window.
         Returns the highest-scoring candidate that met the target side by side, else
         ``current`` (over the target: with a warning)."""
+        target = st.target
         seen = [(c["proxy_budget"], c["latency"]) for c in self.confirmation if math.isfinite(c["proxy_budget"])]
-        over = [p for p in seen if p[1] > target] + [(p_base, base)]
+        over = [p for p in seen if p[1] > target] + [(st.p_base, st.base)]
         feasible = [p for p in seen if p[1] <= target]
         sides: list[bool] = []
         budget, lat = max(feasible) if feasible else min(over)
-        found: tuple[float, dict[int, np.ndarray], float] | None = current if current[2] <= target else None
+        found: Round | None = current if current[2] <= target else None
         found_at = next(i for i, c in enumerate(self.confirmation) if c["chosen"])  # where `current` is listed
         for _ in range(max(2, self.max_iterations // 2)):
-            nxt = self._next_budget(budget, lat, aim, feasible, over, p_base / base, sides)
-            point = min(starts, key=lambda bs: abs(bs[0] - nxt))[1]
+            nxt = self._next_budget(budget, lat, st.aim, feasible, over, st.p_base / st.base, sides)
+            point = min(st.starts, key=lambda bs: abs(bs[0] - nxt))[1]
             budget = nxt
             t0 = time.perf_counter()
-            new, status, solves = self._solve_budget(budget, point, scores, order, bounds, proxy, p_base,
-                                                     labels_of, kept_score, inner_rounds)
+            new, status, solves = self._solve_budget(st, budget, point)
             solve_s = time.perf_counter() - t0
-            lat = ev.compare([labels_of(new)], self.confirmation_passes)[0]
+            lat = st.ev.compare([st.labels_of(new)], self.confirmation_passes)[0]
             ok = lat <= target
-            kept = kept_score(new)
-            removed = self._record(rounds, starts, budget, new, kept, lat, ok, status, solve_s, solves,
-                                   side_by_side=True)
+            removed = self._record(st, budget, new, lat, ok, status, solve_s, solves, side_by_side=True)
+            kept = st.rounds[-1][0]
             self.confirmation.append({"kept_score": kept, "search_latency": math.nan, "latency": lat,
                                       "removed": removed, "proxy_budget": budget, "chosen": False})
             self._log("confirmation search: proxy budget %.6g -> %.6g side by side (target %.6g), %d labels removed",
@@ -372,7 +381,7 @@ class KnapsackLabelSelector(LabelSelector):
             if ok:
                 feasible.append((budget, lat))
                 if found is None or kept > found[0] + 1e-12 * abs(found[0]):
-                    found, found_at = rounds[-1], len(self.confirmation) - 1
+                    found, found_at = st.rounds[-1], len(self.confirmation) - 1
                 if lat >= target * (1 - self.tolerance):
                     break
             else:
@@ -387,15 +396,14 @@ class KnapsackLabelSelector(LabelSelector):
         return found
 
     # ------------------------------------------------------------------------------------------ pieces
-    def _record(self, rounds: list[tuple[float, dict[int, np.ndarray], float]],
-                starts: list[tuple[float, dict[int, np.ndarray]]], budget: float, new: dict[int, np.ndarray],
-                kept: float, lat: float, ok: bool, status: str, solve_s: float, solves: int,
-                side_by_side: bool = False) -> int:
-        """Keep a measured round (in ``rounds``, ``starts`` and ``history``); returns the number of
-        labels it removes."""
+    def _record(self, st: _Search, budget: float, new: Removal, lat: float, ok: bool, status: str, solve_s: float,
+                solves: int, side_by_side: bool = False) -> int:
+        """Keep a measured round (in ``st.rounds``, ``st.starts`` and ``history``); returns the
+        number of labels it removes."""
         removed = int(sum(m.sum() for m in new.values()))
-        rounds.append((kept, {g: m.copy() for g, m in new.items()}, lat))
-        starts.append((budget, rounds[-1][1]))
+        kept = st.kept_score(new)
+        st.rounds.append((kept, {g: m.copy() for g, m in new.items()}, lat))
+        st.starts.append((budget, st.rounds[-1][1]))
         entry = {"iteration": len(self.history), "proxy_budget": budget, "latency": lat, "feasible": ok,
                  "removed": removed, "kept_score": kept, "solver_status": status, "solver_s": solve_s,
                  "solves": solves}
@@ -539,28 +547,25 @@ class KnapsackLabelSelector(LabelSelector):
             out[gid][slots[x[s0:s0 + len(slots)] > 0.5]] = True
         return out, status
 
-    def _solve_budget(self, budget: float, point: dict[int, np.ndarray], scores: dict[int, np.ndarray],
-                      order: dict[int, np.ndarray], bounds: dict[int, tuple[int, int, int]], proxy: Any, p_base: float,
-                      labels_of: Callable[[dict[int, np.ndarray]], list[Label]],
-                      kept_score: Callable[[dict[int, np.ndarray]], float],
-                      rounds: int) -> tuple[dict[int, np.ndarray], str, int]:
+    def _solve_budget(self, st: _Search, budget: float, point: Removal) -> tuple[Removal, str, int]:
         """The most score with exact proxy cost <= ``budget``, by re-linearised solves from ``point``."""
         b_eff = budget
         lo, hi = (-math.inf, math.nan), (math.inf, math.nan)
         best: tuple[float, dict[int, np.ndarray]] | None = None
         new, status, solves = point, "not solved", 0
-        for _ in range(rounds):
-            labels = labels_of(point)
-            p_now = float(proxy.cost_from_removed(point)) if labels else p_base
-            costs = self._linear_costs(proxy, labels, point)
+        for _ in range(st.inner_rounds):
+            labels = st.labels_of(point)
+            p_now = float(st.proxy.cost_from_removed(point)) if labels else st.p_base
+            costs = self._linear_costs(st.proxy, labels, point)
             # linear proxy around `point`: P(x) ~ p_now - sum_j c_j (x_j - x_point_j) <= b_eff
             need = p_now - b_eff + sum(float(costs[g][m].sum()) for g, m in point.items())
-            new, status = self._solve(scores, costs, order, bounds, need)
+            new, status = self._solve(st.scores, costs, st.order, st.bounds, need)
             solves += 1
-            p = float(proxy.cost_from_removed(new))
+            p = float(st.proxy.cost_from_removed(new))
             if p <= budget:
-                if best is None or kept_score(new) > best[0] + 1e-12 * abs(best[0]):
-                    best = (kept_score(new), new)
+                kept = st.kept_score(new)
+                if best is None or kept > best[0] + 1e-12 * abs(best[0]):
+                    best = (kept, new)
                 if p >= budget * (1 - self.tolerance / 2):
                     break
                 if b_eff > lo[0]:
@@ -570,7 +575,7 @@ class KnapsackLabelSelector(LabelSelector):
             nxt = self._inner_budget(b_eff, p, budget, lo, hi, 1.0)
             # damped re-linearisation: halfway between the previous point and the new solution
             # (linearising at each new solution alone oscillates between two selections)
-            nxt_point = self._midpoint(point, new, order) if self.strict_label_order else new
+            nxt_point = self._midpoint(point, new, st.order) if self.strict_label_order else new
             if nxt == b_eff and all(np.array_equal(nxt_point[g], point[g]) for g in point):
                 break
             b_eff, point = nxt, nxt_point
