@@ -15,6 +15,7 @@ from ._ir.graph import Graph
 from ._ir.infer import infer
 from ._ir.labels import Label, LabelGroup, build_groups
 from ._ir.lint import lint_snapshot
+from ._ir.masks import removed_masks
 from ._ir.modules import apply_module_constraints
 from ._ir.remap import remap_snapshot
 from ._ir.snapshot import Snapshot
@@ -49,6 +50,13 @@ def _as_call(example_inputs: Any, example_kwargs: dict[str, Any] | None) -> tupl
             f"inputs, not {type(example_inputs).__name__}. Example: PruningIR(model, example_inputs=(x,))."
         )
     return args, dict(example_kwargs or {})
+
+
+def _same_scores(a: tuple[int, list[tuple[int, torch.Tensor, int]]],
+                 b: tuple[int, list[tuple[int, torch.Tensor, int]]]) -> bool:
+    """Two ``(owner, [(group id, score tensor, its version)])`` keys name the same tensors, unchanged."""
+    return a[0] == b[0] and len(a[1]) == len(b[1]) and all(
+        ga == gb and sa is sb and va == vb for (ga, sa, va), (gb, sb, vb) in zip(a[1], b[1]))
 
 
 class PruningIR:
@@ -207,18 +215,35 @@ class PruningIR:
         return out
 
     def selector_label_groups(self, name: str = DEFAULT) -> list[list[Label]]:
-        """Prunable labels per group, in ascending score order (ENOT's contract)."""
+        """Prunable labels per group, in ascending score order (ENOT's contract).
+
+        The labels are built once per snapshot and score vectors (a search selects many times
+        from one snapshot) and rebuilt when a criterion writes new scores, a score vector
+        changes in place or the weights behind the default scores change. Every call returns
+        new lists.
+        """
         snap = self.snapshot(name)
+        scores = self.label_scores(name)
+        # keyed by the score tensors themselves (held by the key, so no id is reused) and their versions
+        key = (snap.owner, [(gid, s, s._version) for gid, s in scores.items()])
+        cached = snap.cache.get("selector_label_groups")
+        if cached is not None and _same_scores(cached[0], key):
+            return [list(labs) for labs in cached[1]]
         out = []
-        for gid, score in self.label_scores(name).items():
+        for gid, score in scores.items():
             order = torch.argsort(score, stable=True).tolist()
             out.append(list(map(Label, repeat(snap.owner, len(order)), repeat(gid, len(order)), order)))
-        return out
+        snap.cache["selector_label_groups"] = (key, out)
+        return [list(labs) for labs in out]
 
     # ------------------------------------------------------------------ pruning
     def check_labels(self, labels: Sequence[Label], name: str = DEFAULT) -> dict[int, torch.Tensor]:
         """Validate ``labels``; return group leaf -> bool mask of removed slots."""
         snap = self.snapshot(name)
+        labels = labels if isinstance(labels, (list, tuple)) else list(labels)  # read twice below
+        fast = removed_masks(snap, labels)  # valid labels, vectorised; None: find the culprit below
+        if fast is not None:
+            return fast
         chosen: dict[int, list[int]] = {}
         for lab in labels:
             if not isinstance(lab, Label):
@@ -274,8 +299,12 @@ class PruningIR:
         ``skip_label_checking`` skips validation of the labels (trusted callers).
         """
         snap = self.snapshot(name)
-        if skip_label_checking:
-            removed: dict[int, torch.Tensor] = {}
+        labels = labels if isinstance(labels, (list, tuple)) else list(labels)  # read twice below
+        fast = removed_masks(snap, labels) if skip_label_checking else None
+        if fast is not None:
+            removed = fast
+        elif skip_label_checking:
+            removed = {}
             by_gid = snap.groups
             for lab in labels:
                 g = by_gid[lab.group]

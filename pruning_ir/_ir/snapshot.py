@@ -14,6 +14,9 @@ from .infer import Issue
 from .labels import Label, LabelGroup
 from .spaces import SpaceTable
 
+REBUILT_AFTER_LOAD = frozenset({"selector_label_groups"})
+"""Keys of :attr:`Snapshot.cache` that are not pickled (rebuilt lazily from the snapshot)."""
+
 
 @dataclass
 class Snapshot:
@@ -40,6 +43,13 @@ class Snapshot:
     """``module path -> training`` flag at trace time; verification runs the model in these modes."""
     cache: dict[str, Any] = field(default_factory=dict, repr=False)
     """Derived data (default magnitude scores); recomputed when the weights change."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without the cache entries that are large and cheap to rebuild (a selector's
+        label lists: one ``Label`` per channel); they come back on first use."""
+        state = dict(self.__dict__)
+        state["cache"] = {k: v for k, v in self.cache.items() if k not in REBUILT_AFTER_LOAD}
+        return state
 
     @property
     def prunable_groups(self) -> list[LabelGroup]:

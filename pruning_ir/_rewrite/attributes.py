@@ -234,12 +234,14 @@ def update_attributes(model: nn.Module, snap: Snapshot, kept: dict[int, torch.Te
     lists = list_changes(snap, kept)
     log: list[str] = []
     unresolved: list[str] = []
-    for path, mod in model.named_modules():
-        changes = facts.get(path, [])
+    modules = list(model.named_modules())  # one walk (a generator per module level: not free)
+    no_changes: list[tuple[str, int, int]] = []
+    for path, mod in modules:
+        changes = facts.get(path, no_changes)
         handled = update_known(mod, changes, log, path)
         if any(o != n for _, o, n in changes):
             update_generic(mod, changes, lists.get(path, []), handled, log, unresolved, path, undo)
-    for path, mod in model.named_modules():
+    for path, mod in modules:
         # the nested-tensor fast path of nn.TransformerEncoder assumes stock attention layers
         if isinstance(mod, nn.TransformerEncoder) and getattr(mod, "use_nested_tensor", False) and any(
                 isinstance(m, PrunedMultiheadAttention) for m in mod.modules()):

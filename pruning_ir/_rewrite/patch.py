@@ -48,35 +48,55 @@ __all__ = ["LiteralShapePatch", "ModuleEdits", "install", "module_edits", "patch
 log = logging.getLogger(__name__)
 
 
+def _module_nodes(snap: Snapshot) -> tuple[list[Node], dict[str, list[Node]]]:
+    """The snapshot's non-leaf nodes that have size facts, and every non-leaf node by module
+    (graph order); cached in ``snap.cache``."""
+    got = snap.cache.get("module_nodes")
+    if got is None:
+        with_facts: list[Node] = []
+        by_module: dict[str, list[Node]] = {}
+        for node in snap.graph.nodes:
+            if node.leaf:
+                continue
+            by_module.setdefault(node.module, []).append(node)
+            if node.facts:
+                with_facts.append(node)
+        got = snap.cache["module_nodes"] = (with_facts, by_module)
+    return got  # type: ignore[no-any-return]
+
+
 def module_edits(snap: Snapshot, kept: dict[int, torch.Tensor]) -> dict[str, ModuleEdits]:
     """Module path -> the edits of its own ops whose size facts change, for slices the
     non-tensor arguments at the new sizes, and each occurrence's :data:`Sig` (see
-    :class:`LiteralShapePatch`); one pass over the graph."""
-    rows: dict[str, tuple[Edits, Templates, dict[str, list[Node]]]] = {}
-    changed: set[str] = set()
+    :class:`LiteralShapePatch`). One pass over the nodes with size facts, then one over the
+    nodes of the modules whose facts change."""
     sp = snap.spaces
-    for node in snap.graph.nodes:
-        if node.leaf:
-            continue
-        op = SAME_OP.get(node.op, node.op)
-        row: list[Edit] = []
-        args: dict[str, Any] = {}
-        if node.op == "aten.slice":
-            args = {k: v for k, v in node.kwargs.items() if k in ("dim", "start", "end", "step")}
-        for f in node.facts:
-            new = kept_size(sp, f.layout, kept)
-            if new != f.old:
-                row.append((f.path, f.old, new))
-                if len(f.path) == 1 and f.path[0] in args:
-                    args[f.path[0]] = new
-        edits, templates, nodes = rows.setdefault(node.module, ({}, {}, {}))
-        edits.setdefault(op, []).append(row)
-        templates.setdefault(op, []).append(args if row else {})
-        nodes.setdefault(op, []).append(node)
-        if row:
+    with_facts, by_module = _module_nodes(snap)
+    news: dict[int, list[int]] = {}
+    changed: set[str] = set()
+    for node in with_facts:
+        new_sizes = news[node.nid] = [kept_size(sp, f.layout, kept) for f in node.facts]
+        if any(n != f.old for n, f in zip(new_sizes, node.facts)):
             changed.add(node.module)
     if not changed:
         return {}
+    rows: dict[str, tuple[Edits, Templates, dict[str, list[Node]]]] = {}
+    for module in changed:
+        edits, templates, nodes = rows[module] = ({}, {}, {})
+        for node in by_module[module]:
+            op = SAME_OP.get(node.op, node.op)
+            row: list[Edit] = []
+            args: dict[str, Any] = {}
+            if node.op == "aten.slice":
+                args = {k: v for k, v in node.kwargs.items() if k in ("dim", "start", "end", "step")}
+            for f, new in zip(node.facts, news.get(node.nid, ())):
+                if new != f.old:
+                    row.append((f.path, f.old, new))
+                    if len(f.path) == 1 and f.path[0] in args:
+                        args[f.path[0]] = new
+            edits.setdefault(op, []).append(row)
+            templates.setdefault(op, []).append(args if row else {})
+            nodes.setdefault(op, []).append(node)
     chains = snap.cache.get("view_chains")
     if chains is None:
         chains = snap.cache["view_chains"] = view_chains(snap.graph)

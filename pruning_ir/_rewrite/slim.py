@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .._ir.axes import normalized_keep_mask
+from .._ir.measure import named_tensor_map
 from .._ir.snapshot import Snapshot
 from .._ir.spaces import Layout
 
@@ -113,18 +114,6 @@ def _keep_index(layout: Layout, removed: dict[int, torch.Tensor],
     return None if mask is None else mask.nonzero().squeeze(1)
 
 
-def named_tensor_map(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every parameter/buffer name (shared ones under each of their names) -> tensor."""
-    out: dict[str, torch.Tensor] = {}
-    for path, m in model.named_modules(remove_duplicate=False):
-        prefix = path + "." if path else ""
-        for store in (m._parameters, m._buffers):
-            for k, t in store.items():
-                if t is not None:
-                    out[prefix + k] = t
-    return out
-
-
 def sliced_tensors(snap: Snapshot, model: nn.Module, removed: dict[int, torch.Tensor],
                    tensors: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Canonical parameter/buffer name -> its sliced tensor (only those that change)."""
@@ -179,27 +168,37 @@ def copy_module_tree(model: nn.Module, tensors: dict[int, torch.Tensor]) -> nn.M
     mods = list(model.modules())
     for m in mods:
         memo[id(m)] = m.__class__.__new__(m.__class__)
+    atomic = _ATOMIC
     for m in mods:
-        new = memo[id(m)]
-        d: dict[str, object] = {}
+        d = memo[id(m)].__dict__  # type: ignore[attr-defined]  # a module made by __new__: empty
         for k, v in m.__dict__.items():
-            if k == "_modules":
+            # inline fast paths for what every module holds (~20 attributes each; a function call
+            # per attribute was a third of the copy): numbers, empty hook dicts
+            t = type(v)
+            if t in atomic:
+                d[k] = v
+            elif t is OrderedDict and not v:
+                got = memo.get(id(v))
+                if got is None:
+                    got = memo[id(v)] = OrderedDict()  # the original is alive: its id stays unique
+                d[k] = got
+            elif k == "_modules":
                 d[k] = {n: (None if c is None else memo[id(c)]) for n, c in v.items()}
-            elif k in ("_parameters", "_buffers"):
+            elif k == "_parameters" or k == "_buffers":
                 entries: dict[str, object] = {}
-                for n, t in v.items():
-                    if t is None:
+                for n, x in v.items():
+                    if x is None:
                         entries[n] = None
-                    elif id(t) not in memo:
-                        clone = t.detach().clone()
-                        memo[id(t)] = nn.Parameter(clone, t.requires_grad) if isinstance(t, nn.Parameter) else clone
-                        entries[n] = memo[id(t)]
-                    else:
-                        entries[n] = memo[id(t)]
+                        continue
+                    got = memo.get(id(x))
+                    if got is None:
+                        clone = x.detach().clone()
+                        got = memo[id(x)] = nn.Parameter(clone, x.requires_grad) if isinstance(
+                            x, nn.Parameter) else clone
+                    entries[n] = got
                 d[k] = entries
             else:
                 d[k] = _copy_attribute(v, memo)
-        new.__dict__.update(d)
     return memo[id(model)]  # type: ignore[return-value]
 
 

@@ -1,0 +1,97 @@
+"""Labels -> removed-slot masks in one vectorised pass (the hot path of ``PruningIR.check_labels``).
+
+:func:`removed_masks` applies every rule of :meth:`~pruning_ir.PruningIR.check_labels` to
+all labels at once (numpy over one flat ``(owner, group, index)`` array) and answers
+``None`` as soon as any label breaks one; ``check_labels`` then runs its per-label loop,
+which finds the first offending label and raises its error. So valid selections take
+the fast path and invalid ones get exactly the errors they always got.
+
+What the rules need from the snapshot (each group's slot offset, size, prunability, step)
+is computed once per ``snap.groups`` list and cached on the snapshot.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .labels import Label, LabelGroup
+from .snapshot import Snapshot
+
+
+@dataclass(frozen=True)
+class GroupTable:
+    """Per group id: ``off`` (start of its slots in one flat vector), ``size``, ``prunable``,
+    ``step``; ``leaf`` and ``total`` (slots of all groups). ``groups`` is the list it was built
+    from (held, so that a replaced ``snap.groups`` is noticed by identity)."""
+
+    groups: list[LabelGroup]
+    off: np.ndarray  # (G,) int64
+    size: np.ndarray  # (G,) int64
+    prunable: np.ndarray  # (G,) bool
+    step: np.ndarray  # (G,) int64
+    leaf: list[int]
+    total: int
+
+
+def group_table(snap: Snapshot) -> GroupTable | None:
+    """The snapshot's :class:`GroupTable` (cached); ``None`` if two groups share a leaf (the
+    per-label loop merges those, the flat layout cannot)."""
+    got = snap.cache.get("group_table")
+    if isinstance(got, GroupTable) and got.groups is snap.groups:
+        return got
+    groups = snap.groups
+    leaves = [g.leaf for g in groups]
+    if len(set(leaves)) != len(leaves) or any(g.gid != i for i, g in enumerate(groups)):
+        return None
+    size = np.asarray([g.size for g in groups], dtype=np.int64)
+    off = np.zeros(len(groups), dtype=np.int64)
+    np.cumsum(size[:-1], out=off[1:])
+    table = GroupTable(groups, off, size, np.asarray([g.prunable for g in groups], dtype=np.bool_),
+                       np.asarray([g.step for g in groups], dtype=np.int64), leaves, int(size.sum()))
+    snap.cache["group_table"] = table
+    return table
+
+
+def removed_masks(snap: Snapshot, labels: Sequence[Label]) -> dict[int, torch.Tensor] | None:
+    """Group leaf -> bool mask of removed slots (leaves in order of their first label), the
+    answer of ``check_labels`` for labels it accepts; ``None`` when any label breaks a rule.
+
+    O(len(labels)) in numpy plus O(groups touched) in Python; no per-label Python objects
+    (they would also wake the cyclic GC over the whole IR).
+    """
+    if not labels:
+        return {}
+    table = group_table(snap)
+    if table is None or set(map(type, labels)) != {Label}:
+        return None
+    try:
+        ogi = np.fromiter(itertools.chain.from_iterable(labels), dtype=np.int64, count=3 * len(labels))
+    except (TypeError, ValueError, OverflowError):
+        return None
+    owner, g, i = ogi.reshape(-1, 3).T  # (N,) each
+    if bool((owner != snap.owner).any()):
+        return None
+    if int(g.min()) < 0 or int(g.max()) >= len(table.leaf):
+        return None
+    size = table.size[g]
+    if int(i.min()) < 0 or bool((i >= size).any()) or not bool(table.prunable[g].all()):
+        return None
+    mask = np.zeros(table.total, dtype=np.bool_)
+    mask[table.off[g] + i] = True
+    touched, first = np.unique(g, return_index=True)
+    touched = touched[np.argsort(first, kind="stable")]  # groups in order of their first label
+    csum = np.zeros(table.total + 1, dtype=np.int64)
+    np.cumsum(mask, out=csum[1:])
+    start, size = table.off[touched], table.size[touched]
+    n_kept = size - (csum[start + size] - csum[start])
+    step = table.step[touched]
+    if bool((n_kept == 0).any()) or bool(((step > 1) & (n_kept % step != 0)).any()):
+        return None
+    mask_t = torch.from_numpy(mask)
+    return {table.leaf[gid]: mask_t[o:o + n].clone()
+            for gid, o, n in zip(touched.tolist(), start.tolist(), size.tolist())}
