@@ -780,7 +780,7 @@ def main(argv: list[str] | None = None) -> int:
     st = Settings(calib_batches=2 if args.quick else 4, lut_repeats=3 if args.quick else 7,
                   lat_warmup=2 if args.quick else 3, lat_repeats=9 if args.quick else 21,
                   max_iterations=4 if args.quick else 8, rounds=15 if args.quick else 41,
-                  eval_precision=0.0 if args.quick else 0.015, eval_max_rounds=15 if args.quick else 205,
+                  eval_precision=0.0 if args.quick else 0.015, eval_max_rounds=15 if args.quick else 123,
                   fn_precision=0.02, fn_max_repeats=9 if args.quick else 168,
                   paired_rounds=0 if args.no_paired else (9 if args.quick else 21),
                   tp_evals=5 if args.quick else 8, tp_timeout=args.tp_timeout, with_tp=with_tp)
