@@ -68,6 +68,12 @@ Removal: TypeAlias = "dict[int, np.ndarray]"  # group id -> mask of the removed 
 Round: TypeAlias = "tuple[float, dict[int, np.ndarray], float]"  # (kept score, removal, latency)
 
 
+
+def _key(removed: Removal) -> tuple[tuple[int, bytes], ...]:
+    """A hashable identity of a selection."""
+    return tuple((g, np.packbits(m).tobytes()) for g, m in sorted(removed.items()))
+
+
 @dataclass
 class _Search:
     """The state of one :meth:`KnapsackLabelSelector.select` call that its phases (search,
@@ -260,12 +266,17 @@ class KnapsackLabelSelector(LabelSelector):
         for it in range(self.max_iterations if not exact else 1):
             t0 = time.perf_counter()
             new, status, solves = self._solve_budget(st, budget, point)
+            new, status = self._fresh(st, new, status)
             solve_s = time.perf_counter() - t0
             lat = ev(st.labels_of(new))
             if lat <= target:
                 lat = ev.confirm(st.labels_of(new))
             ok = lat <= target
             self._record(st, budget, new, lat, ok, status, solve_s, solves)
+            # the outer loop's point: (budget, latency), or the solution's own proxy cost when the
+            # budget was out of the solver's reach (it returned the smallest selection, whose
+            # latency says nothing about that budget; the next secant would not go below it)
+            cost = self.history[-1]["proxy_cost"] if status == "infeasible" else budget
             self._log("knapsack round %d: proxy budget %.6g -> latency %.6g (target %.6g, %s), %d labels removed, "
                       "%d solves in %.2fs (%s)", it, budget, lat, target, "ok" if ok else "over",
                       self.history[-1]["removed"], solves, solve_s, status)
@@ -274,11 +285,11 @@ class KnapsackLabelSelector(LabelSelector):
                     best = st.rounds[-1]
                 if lat >= target * (1 - self.tolerance):
                     break
-                feasible.append((budget, lat))
+                feasible.append((cost, lat))
             else:
-                over.append((budget, lat))
+                over.append((cost, lat))
             sides.append(ok)
-            nxt = self._next_budget(budget, lat, st.aim, feasible, over, st.p_base / base, sides)
+            nxt = self._next_budget(cost, lat, st.aim, feasible, over, st.p_base / base, sides)
             if nxt == budget:
                 break
             # re-linearise from the solution of the nearest budget tried, not from the last one: a
@@ -368,11 +379,14 @@ class KnapsackLabelSelector(LabelSelector):
             budget = nxt
             t0 = time.perf_counter()
             new, status, solves = self._solve_budget(st, budget, point)
+            new, status = self._fresh(st, new, status)
             solve_s = time.perf_counter() - t0
             lat = st.ev.compare([st.labels_of(new)], self.confirmation_passes)[0]
             ok = lat <= target
             removed = self._record(st, budget, new, lat, ok, status, solve_s, solves, side_by_side=True)
             kept = st.rounds[-1][0]
+            if status == "infeasible":  # as in the search: the point is the smallest selection's cost
+                budget = self.history[-1]["proxy_cost"]
             self.confirmation.append({"kept_score": kept, "search_latency": math.nan, "latency": lat,
                                       "removed": removed, "proxy_budget": budget, "chosen": False})
             self._log("confirmation search: proxy budget %.6g -> %.6g side by side (target %.6g), %d labels removed",
@@ -402,15 +416,58 @@ class KnapsackLabelSelector(LabelSelector):
         number of labels it removes."""
         removed = int(sum(m.sum() for m in new.values()))
         kept = st.kept_score(new)
+        cost = float(st.proxy.cost_from_removed(new)) if removed else st.p_base
         st.rounds.append((kept, {g: m.copy() for g, m in new.items()}, lat))
         st.starts.append((budget, st.rounds[-1][1]))
-        entry = {"iteration": len(self.history), "proxy_budget": budget, "latency": lat, "feasible": ok,
+        entry = {"iteration": len(self.history), "proxy_budget": budget, "proxy_cost": cost, "latency": lat,
+                 "feasible": ok,
                  "removed": removed, "kept_score": kept, "solver_status": status, "solver_s": solve_s,
                  "solves": solves}
         if side_by_side:
             entry["side_by_side"] = True
         self.history.append(entry)
         return removed
+
+    def _fresh(self, st: _Search, new: Removal, status: str) -> tuple[Removal, str]:
+        """``new``, unless a round already measured it: then a selection between the closest
+        measured rounds on both sides of the target (see :meth:`_between`), which the proxy
+        could not produce (the budget -> solution map of the inner loop can jump over a range
+        of latencies when the proxy is off there, and the outer loop would measure the same
+        solution again)."""
+        key = _key(new)
+        if not any(_key(r[1]) == key for r in st.rounds):
+            return new, status
+        under = [r for r in st.rounds if r[2] <= st.target]
+        above = [r for r in st.rounds if st.target < r[2] < math.inf]
+        if not under or not above:
+            return new, status
+        a, b = max(under, key=lambda r: r[2]), min(above, key=lambda r: r[2])
+        t = min(max((st.aim - a[2]) / (b[2] - a[2]), 0.1), 0.9)
+        mid = self._between(a[1], b[1], t, st)
+        if any(_key(r[1]) == _key(mid) for r in st.rounds):
+            return new, status
+        self._log("the solve repeated a measured selection: interpolating %.2f of the way between the rounds at "
+                  "latency %.6g and %.6g", t, a[2], b[2])
+        return mid, "interpolated"
+
+    @staticmethod
+    def _between(a: Removal, b: Removal, t: float, st: _Search) -> Removal:
+        """Per group, the kept count ``t`` of the way from ``a``'s to ``b``'s (the nearest count
+        between them that the group's constraint allows; both ends do), lowest scores removed
+        first. Tied groups have equal bounds and counts in ``a`` and ``b``, so they stay equal."""
+        out = {}
+        for gid, ma in a.items():
+            n = len(ma)
+            ka, kb = n - int(ma.sum()), n - int(b[gid].sum())
+            step = st.bounds[gid][2]
+            lo, hi = min(ka, kb), max(ka, kb)
+            allowed = [k for k in range(-(-lo // step) * step, hi + 1, step)] + [ka, kb]
+            want = ka + t * (kb - ka)
+            keep = min(allowed, key=lambda k: (abs(k - want), k))
+            m = np.zeros_like(ma)
+            m[st.order[gid][: n - keep]] = True
+            out[gid] = m
+        return out
 
     def _log(self, msg: str, *args: Any) -> None:
         log.log(logging.INFO if self.verbose else logging.DEBUG, msg, *args)
