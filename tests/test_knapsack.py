@@ -555,3 +555,54 @@ def test_binary_search_ties_attention_head_sizes(tie: bool) -> None:
     assert set(got) == {lab for u in ranking[:k] for lab in u}
     counts = {g: sum(lab.group == g for lab in got) for g in (qk.gid, v.gid)}
     assert (counts[qk.gid] == counts[v.gid]) if tie else (counts[v.gid] > counts[qk.gid])
+
+
+def test_between_interpolates_kept_counts_within_the_constraints() -> None:
+    """Per group, the kept count t of the way between two selections, on the group's step grid
+    and lowest scores removed first; groups with equal counts at both ends (tied head sizes)
+    stay equal."""
+    from types import SimpleNamespace
+
+    order = {0: np.array([3, 1, 0, 2, 4, 5, 6, 7]), 1: np.arange(8)[::-1].copy(), 2: np.arange(16)}
+    bounds = {0: (1, 8, 1), 1: (1, 8, 1), 2: (4, 16, 4)}
+    st = SimpleNamespace(order=order, bounds=bounds)
+
+    def removal(counts: dict[int, int]) -> dict[int, np.ndarray]:
+        out = {}
+        for g, k in counts.items():
+            m = np.zeros(len(order[g]), dtype=bool)
+            m[order[g][:k]] = True
+            out[g] = m
+        return out
+
+    a = removal({0: 6, 1: 6, 2: 12})  # kept 2, 2, 4
+    b = removal({0: 2, 1: 2, 2: 0})  # kept 6, 6, 16
+    for t, want in ((0.5, {0: 4, 1: 4, 2: 10}), (0.25, {0: 3, 1: 3, 2: 7})):
+        mid = KnapsackLabelSelector._between(a, b, t, st)  # type: ignore[arg-type]
+        kept = {g: int((~m).sum()) for g, m in mid.items()}
+        assert kept[0] == kept[1] == want[0]
+        assert kept[2] % 4 == 0 and abs(kept[2] - want[2]) <= 2  # the nearest multiple of the step
+        for g, m in mid.items():  # the lowest-ranked labels go
+            assert set(np.flatnonzero(m)) == set(order[g][: len(m) - kept[g]].tolist())
+
+
+def test_a_repeated_solution_is_replaced_by_an_interpolated_one() -> None:
+    """When the solve returns a selection already measured, the search measures one between the
+    closest rounds under and over the target instead (new information, not a repeat)."""
+    from types import SimpleNamespace
+
+    order = {0: np.arange(10)}
+    st = SimpleNamespace(order=order, bounds={0: (1, 10, 1)}, target=10.0, aim=9.9, rounds=[])
+
+    def removal(k: int) -> dict[int, np.ndarray]:
+        m = np.zeros(10, dtype=bool)
+        m[:k] = True
+        return {0: m}
+
+    st.rounds = [(1.0, removal(8), 8.0), (2.0, removal(2), 12.0), (1.5, removal(6), 9.0)]
+    sel = KnapsackLabelSelector(10.0, MacsFn(), verbose=False)
+    fresh, status = sel._fresh(st, removal(3), "optimal")  # type: ignore[arg-type]
+    assert status == "optimal" and int(fresh[0].sum()) == 3  # not measured yet: kept as it is
+    again, status = sel._fresh(st, removal(6), "optimal")  # type: ignore[arg-type]
+    # between 9.0 (6 removed) and 12.0 (2 removed): t = (9.9 - 9) / 3 = 0.3 -> kept 4 + 0.3 * 4
+    assert status == "interpolated" and int(again[0].sum()) == 5
