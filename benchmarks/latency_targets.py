@@ -81,7 +81,7 @@ from pruning_ir import (
     UniformLabelSelector,
 )
 from pruning_ir.latency import LatencyLUT, MacsLatency, MeasuredLatency
-from pruning_ir.latency.measure import median_ci
+from pruning_ir.latency.measure import median_rel_half_width
 
 MODELS = ("resnet", "vit", "llama")
 TARGETS = (0.75, 0.5, 0.33)
@@ -287,11 +287,6 @@ def interleaved(models: Sequence[nn.Module], case: ZooCase, rounds: int, warmup:
         m(*args, **kwargs)
         return time.perf_counter() - t0
 
-    def half_width(r: list[float]) -> float:
-        med = statistics.median(r)
-        lo, hi = median_ci(r)
-        return max(hi - med, med - lo) / med
-
     done = 0
     with torch.no_grad():
         for m in models:
@@ -308,9 +303,9 @@ def interleaved(models: Sequence[nn.Module], case: ZooCase, rounds: int, warmup:
                         t_orig, t_model = timed(models[0]), timed(models[i])
                     ratios[i].append(t_model / t_orig)
             done += rounds
-            if not precision or done >= max_rounds or all(half_width(r) <= precision for r in ratios[1:]):
+            if not precision or done >= max_rounds or all(median_rel_half_width(r) <= precision for r in ratios[1:]):
                 break
-    return ([1.0] + [statistics.median(r) for r in ratios[1:]], [0.0] + [half_width(r) for r in ratios[1:]],
+    return ([1.0] + [statistics.median(r) for r in ratios[1:]], [0.0] + [median_rel_half_width(r) for r in ratios[1:]],
             done)
 
 

@@ -93,6 +93,16 @@ def median_ci(values: Sequence[float], z: float = 1.96) -> tuple[float, float]:
     return xs[lo], xs[max(lo, hi)]
 
 
+def median_rel_half_width(values: Sequence[float], z: float = 1.96) -> float:
+    """The larger side of :func:`median_ci` around the median, as a fraction of the median
+    (``inf`` or ``nan`` when an interval end is not finite)."""
+    med = statistics.median(values)
+    lo, hi = median_ci(values, z)
+    if med == 0:  # a clock that did not move: exact if the whole interval is 0
+        return 0.0 if lo == hi == 0 else math.inf
+    return max(hi - med, med - lo) / med
+
+
 def time_pairs(a: Callable[[], Any], b: Callable[[], Any], *, warmup: int, repeats: int, num_threads: int,
                clock: Clock | None = None) -> list[tuple[float, float]]:
     """Seconds per call of ``a`` and of ``b``, timed back to back in ``repeats`` pairs.
@@ -218,9 +228,10 @@ class MeasuredLatency:
             raise InvalidInputError(f"rel_precision={rel_precision!r}: give the wanted half-width of the 95% "
                                     "confidence interval as a fraction of the median, in (0, 1) (e.g. 0.01).")
         self.rel_precision = None if rel_precision is None else float(rel_precision)
-        self.max_repeats = self.repeats if max_repeats is None else _check_count(max_repeats, "max_repeats", 1)
-        if rel_precision is not None and max_repeats is None:
-            self.max_repeats = 10 * self.repeats
+        if max_repeats is None:
+            self.max_repeats = self.repeats if rel_precision is None else 10 * self.repeats
+        else:
+            self.max_repeats = _check_count(max_repeats, "max_repeats", 1)
         if self.max_repeats < self.repeats:
             raise InvalidInputError(f"max_repeats={max_repeats!r} is below repeats={repeats!r}: it caps the timed "
                                     "runs (pairs) that rel_precision may add, so give at least repeats.")
@@ -317,9 +328,7 @@ class MeasuredLatency:
         interval of the median within ``rel_precision`` of it on both sides."""
         if self.rel_precision is None or len(values) >= self.max_repeats:
             return True
-        med = statistics.median(values)
-        lo, hi = median_ci(values)
-        return math.isfinite(hi) and hi - med <= self.rel_precision * med and med - lo <= self.rel_precision * med
+        return median_rel_half_width(values) <= self.rel_precision  # False for inf / nan
 
     def _more(self, done: Sequence[Any]) -> int:
         """Runs (pairs) to add before checking the precision again: as many as so far (the

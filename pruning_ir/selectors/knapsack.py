@@ -434,8 +434,8 @@ class KnapsackLabelSelector(LabelSelector):
         could not produce (the budget -> solution map of the inner loop can jump over a range
         of latencies when the proxy is off there, and the outer loop would measure the same
         solution again)."""
-        key = _key(new)
-        if not any(_key(r[1]) == key for r in st.rounds):
+        seen = {_key(r[1]) for r in st.rounds}
+        if _key(new) not in seen:
             return new, status
         under = [r for r in st.rounds if r[2] <= st.target]
         above = [r for r in st.rounds if st.target < r[2] < math.inf]
@@ -444,7 +444,7 @@ class KnapsackLabelSelector(LabelSelector):
         a, b = max(under, key=lambda r: r[2]), min(above, key=lambda r: r[2])
         t = min(max((st.aim - a[2]) / (b[2] - a[2]), 0.1), 0.9)
         mid = self._between(a[1], b[1], t, st)
-        if any(_key(r[1]) == _key(mid) for r in st.rounds):
+        if _key(mid) in seen:
             return new, status
         self._log("the solve repeated a measured selection: interpolating %.2f of the way between the rounds at "
                   "latency %.6g and %.6g", t, a[2], b[2])
