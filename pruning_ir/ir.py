@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from itertools import repeat
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._ir.axes import kept_size
 from ._ir.graph import Graph
 from ._ir.infer import infer
 from ._ir.labels import Label, LabelGroup, build_groups
@@ -21,11 +23,12 @@ from ._ir.remap import remap_snapshot
 from ._ir.snapshot import Snapshot
 from ._ir.ties import tie_shared_sizes
 from ._rewrite.attributes import update_attributes
+from ._rewrite.conditions import batch_size
 from ._rewrite.patch import ModuleEdits, install, module_edits, patch_literals, patch_of
 from ._rewrite.slim import slim_model
 from ._rewrite.verify import VerifyFailure, verify_forward, verify_graph
 from ._trace.recorder import record
-from .errors import InvalidInputError, LabelError, SnapshotVersionError
+from .errors import InvalidInputError, LabelError, RewriteError, SnapshotVersionError
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,10 @@ SNAPSHOT_FORMAT = 1
 """Version of the pickled IR layout; bumped whenever it changes incompatibly."""
 
 DEFAULT = "main"
+
+_MAX_REPAIRS = 64
+"""Verification rounds of one prune (each restores a guessed attribute or patches a module);
+every round acts on a module not acted on before, so this bounds a loop that cannot cycle."""
 
 
 def _as_call(example_inputs: Any, example_kwargs: dict[str, Any] | None) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -50,6 +57,83 @@ def _as_call(example_inputs: Any, example_kwargs: dict[str, Any] | None) -> tupl
             f"inputs, not {type(example_inputs).__name__}. Example: PruningIR(model, example_inputs=(x,))."
         )
     return args, dict(example_kwargs or {})
+
+
+def _traceable(model: nn.Module) -> nn.Module:
+    """``model`` itself, or what ``torch.compile`` wrapped (said in a warning); a clear error for
+    modules the engine cannot copy (a ``torch.nn.utils.prune`` mask or old-style ``weight_norm``
+    whose computed weight holds an autograd graph) or trace (compiled submodules)."""
+    compiled = getattr(torch, "_dynamo", None)
+    optimized = getattr(getattr(compiled, "eval_frame", None), "OptimizedModule", ())
+    if optimized and isinstance(model, optimized):
+        warnings.warn(f"PruningIR: {type(model).__name__} is a torch.compile wrapper; pruning the module it "
+                      "compiled (model._orig_mod). Compile the slim model again after pruning.", stacklevel=3)
+        model = model._orig_mod
+    from torch.nn.utils import prune as nn_prune
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    for path, m in model.named_modules():
+        where = path or "<root>"
+        if optimized and isinstance(m, optimized):
+            raise InvalidInputError(
+                f"module '{where}' is a torch.compile wrapper inside {type(model).__name__}; build the "
+                f"PruningIR on the uncompiled model (replace it by its ._orig_mod) and compile after pruning.")
+        for hook in m._forward_pre_hooks.values():
+            # these hooks store the weight as a plain attribute computed on every call; after a
+            # call with gradients it is a non-leaf tensor, which cannot be deep-copied
+            attr = getattr(hook, "_tensor_name", None) or getattr(hook, "name", None)
+            if not isinstance(hook, (nn_prune.BasePruningMethod, WeightNorm)) or not isinstance(attr, str):
+                continue
+            value = getattr(m, attr, None)
+            if isinstance(value, torch.Tensor) and value.grad_fn is not None:
+                what = ("a torch.nn.utils.prune mask" if isinstance(hook, nn_prune.BasePruningMethod)
+                        else "the old torch.nn.utils.weight_norm")
+                raise InvalidInputError(
+                    f"module '{where}' carries {what} on {attr!r}, whose computed weight holds an autograd graph "
+                    "(the last call ran with gradients) and cannot be copied. Run the model once under "
+                    "torch.no_grad() before building the PruningIR, or make it permanent first "
+                    f"(torch.nn.utils.prune.remove(module, {attr!r}) / torch.nn.utils.remove_weight_norm(module); "
+                    "torch.nn.utils.parametrizations.weight_norm is supported as it is).")
+    return model
+
+
+def _refuse_empty_axes(snap: Snapshot, removed: dict[int, torch.Tensor]) -> None:
+    """Refuse a selection that keeps labels in every group but empties a parameter axis made of
+    parts of groups (a concatenation of slices: ``cat(h[:, 2:6], h[:, 9:12])`` loses all its
+    channels when the labels behind both slices go)."""
+    partial = snap.cache.get("partial_param_axes")
+    if partial is None:
+        partial = []
+        for pname, vid in snap.graph.params.items():
+            for d, ax in enumerate(snap.graph.values[vid].axes):
+                norm = snap.spaces.normalize(ax)
+                leaves = [leaf for t in norm for leaf, _, _ in t]
+                whole = len(norm) == 1 and all(e - s == snap.spaces.size[leaf] for leaf, s, e in norm[0])
+                if leaves and not whole:
+                    partial.append((pname, d, ax, set(leaves)))
+        snap.cache["partial_param_axes"] = partial
+    kept = None
+    for pname, d, ax, leaves in partial:
+        if leaves.isdisjoint(removed):
+            continue
+        kept = kept if kept is not None else {leaf: ~m for leaf, m in removed.items()}
+        if kept_size(snap.spaces, ax, kept) == 0:
+            raise LabelError(
+                f"the labels keep some channels of every group but none of {pname}'s axis {d}, which is made of "
+                "parts of several groups (slices or a concatenation); keep at least one of its channels "
+                "(e.g. remove fewer labels of the groups behind it).")
+
+
+def _label_list(labels: Any, where: str) -> Sequence[Label]:
+    """``labels`` as a list or tuple (they are read twice), or a clear error for a ratio or a selector."""
+    if isinstance(labels, (list, tuple)):
+        return labels
+    if isinstance(labels, (str, bytes, torch.Tensor)) or not hasattr(labels, "__iter__"):
+        raise InvalidInputError(
+            f"ir.{where}(labels={labels!r}): labels is a list of Labels, not a {type(labels).__name__}. "
+            "Get them from a selector: ir.prune(labels=UniformLabelSelector(0.3).select(ir))."
+        )
+    return list(labels)
 
 
 def _same_scores(a: tuple[int, list[tuple[int, torch.Tensor, int]]],
@@ -114,6 +198,7 @@ class PruningIR:
                 f"PruningIR({type(model).__name__}) needs example_inputs to trace the model: "
                 "PruningIR(model, example_inputs=(x,)) where model(x) runs."
             )
+        model = _traceable(model)
         self._model = model
         self.leaf_modules = list(leaf_modules or [])
         self.soft_tracing = soft_tracing
@@ -128,6 +213,11 @@ class PruningIR:
                         example_kwargs: dict[str, Any] | None = None) -> Snapshot:
         """Trace the model on the example inputs and infer its labels as snapshot ``name``."""
         args, kwargs = _as_call(example_inputs, example_kwargs)
+        if batch_size(args, kwargs) == 0:
+            raise InvalidInputError(
+                f"PruningIR({type(self._model).__name__}): the example inputs hold no example (batch size 0), "
+                "so no op sees a channel's values and the trace says nothing about them. Give at least one "
+                "example, e.g. example_inputs=(torch.randn(1, ...),).")
         t0 = time.perf_counter()
         graph = record(self._model, args, kwargs, self.leaf_modules)
         t1 = time.perf_counter()
@@ -240,9 +330,10 @@ class PruningIR:
     def check_labels(self, labels: Sequence[Label], name: str = DEFAULT) -> dict[int, torch.Tensor]:
         """Validate ``labels``; return group leaf -> bool mask of removed slots."""
         snap = self.snapshot(name)
-        labels = labels if isinstance(labels, (list, tuple)) else list(labels)  # read twice below
+        labels = _label_list(labels, "check_labels")
         fast = removed_masks(snap, labels)  # valid labels, vectorised; None: find the culprit below
         if fast is not None:
+            _refuse_empty_axes(snap, fast)
             return fast
         chosen: dict[int, list[int]] = {}
         for lab in labels:
@@ -276,6 +367,7 @@ class PruningIR:
                                  f"({g.describe()}), whose kernels need a multiple of {g.step} (group.step): "
                                  "remove a number of its labels that keeps a multiple, or use a selector (they "
                                  "round to it).")
+        _refuse_empty_axes(snap, removed)
         return removed
 
     def prune(self, name: str = DEFAULT, *, labels: Sequence[Label], inplace: bool = False,
@@ -299,7 +391,7 @@ class PruningIR:
         ``skip_label_checking`` skips validation of the labels (trusted callers).
         """
         snap = self.snapshot(name)
-        labels = labels if isinstance(labels, (list, tuple)) else list(labels)  # read twice below
+        labels = _label_list(labels, "prune")
         fast = removed_masks(snap, labels) if skip_label_checking else None
         if fast is not None:
             removed = fast
@@ -345,7 +437,7 @@ class PruningIR:
         modules = dict(slim.named_modules())
         done = set(patched)
         added: list[str] = []
-        for _ in range(64):
+        for _ in range(_MAX_REPAIRS):
             try:
                 verify_graph(slim, new_snap, unresolved, self.leaf_modules, ran)
                 break
@@ -379,6 +471,12 @@ class PruningIR:
                 if not acted:
                     raise
                 ran = False
+        else:
+            raise RewriteError(
+                f"verifying the slim {type(slim).__name__} still failed after {_MAX_REPAIRS} repairs (attributes "
+                f"restored, modules patched: {added}); the model is not returned unverified. Pass the modules "
+                "that hold channel sizes in Python in leaf_modules=[...] (their channels stay unprunable), "
+                "or report the model.")
         if added:
             log.warning("slim %s: modules %s hold channel sizes as literals in forward; their ops are patched "
                         "at run time by forward hooks", type(slim).__name__, added)

@@ -8,10 +8,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch.utils import _pytree as pytree
 
 from ._ir.axes import keep_mask
 from ._ir.measure import named_tensors
-from ._rewrite.verify import run_model
+from ._rewrite.conditions import batch_size, deterministic, other_batch
+from ._trace.recorder import _to_pytree
 from .ir import _as_call
 
 if TYPE_CHECKING:
@@ -19,14 +21,45 @@ if TYPE_CHECKING:
     from .ir import PruningIR
 
 
+@dataclass(frozen=True)
+class Check:
+    """One condition :func:`verify_pruning` compared the slim and the masked model under.
+
+    ``name``: ``"example call"``, ``"train mode"`` (every module in training mode, dropout
+    keeping everything, same seeds) or ``"batch N"`` (the example call with one more example).
+    Output and (with ``backward``) gradient differences are absolute; ``error`` is set when the
+    slim model failed where the masked original ran.
+    """
+
+    name: str
+    max_abs_diff: float
+    max_reference: float
+    max_grad_diff: float | None = None
+    max_grad_reference: float = 0.0
+    error: str | None = None
+
+    @property
+    def exact(self) -> bool:
+        if self.error is not None:
+            return False
+        ok = self.max_abs_diff <= 1e-4 * max(1.0, self.max_reference)
+        if self.max_grad_diff is not None:
+            ok = ok and self.max_grad_diff <= 1e-4 * max(1.0, self.max_grad_reference)
+        return ok
+
+
 @dataclass
 class VerificationReport:
     """Result of :func:`verify_pruning`.
 
-    ``exact`` is true when every output matches within float rounding
-    (``max_abs_diff <= 1e-4 * max(1, max |reference|)``). ``inexact_reasons``
-    lists the places where exactness is not expected (a normalisation, a mean or a
-    softmax over a pruned axis); they are reported, never hidden.
+    ``exact`` is true when, under every check in ``checks``, every output (and, with
+    ``backward``, the gradient of every kept parameter entry) matches within float rounding
+    (``diff <= 1e-4 * max(1, max |reference|)``). ``max_abs_diff`` / ``max_reference`` are the
+    outputs' worst case over the checks. ``inexact_reasons`` lists the places where exactness is
+    not expected (a normalisation, a mean or a softmax over a pruned axis); they are reported,
+    never hidden. ``skipped`` says which checks could not run and why (the masked original
+    itself fails there, or there is no batch axis); ``unverified`` lists parameters whose
+    gradients could not be compared (not seen by the trace, and their shape changed).
     """
 
     max_abs_diff: float
@@ -35,6 +68,9 @@ class VerificationReport:
     inexact_reasons: list[str] = field(default_factory=list)
     params_before: int = 0
     params_after: int = 0
+    checks: list[Check] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    unverified: list[str] = field(default_factory=list)
 
     @property
     def expected_exact(self) -> bool:
@@ -58,32 +94,137 @@ def masked_model(ir: PruningIR, labels: Sequence[Label], name: str = "main") -> 
     return model
 
 
-def verify_pruning(ir: PruningIR, labels: Sequence[Label], example_inputs: Any = None,
-                   example_kwargs: dict[str, Any] | None = None, name: str = "main") -> VerificationReport:
-    """Prune ``labels`` and compare the slim model with the masked original.
+Call = tuple[tuple[Any, ...], dict[str, Any]]
 
-    Runs on the IR's example inputs unless ``example_inputs`` are given.
-    """
-    snap = ir.snapshot(name)
-    pruned = ir.prune(name, labels=labels)
-    if example_inputs is not None or example_kwargs:
-        call = _as_call(example_inputs, example_kwargs)
-        snap_like = copy.copy(snap)
-        snap_like.example = call
-    else:
-        snap_like = snap
-    ref = run_model(masked_model(ir, labels, name), snap_like)
-    got = run_model(pruned.model, snap_like)
-    diff = 0.0
-    scale = 0.0
+
+def _run(model: torch.nn.Module, call: Call, modes: dict[str, bool] | None,
+         backward: bool) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+    """Outputs (flat tensors) of ``model`` on ``call`` with modules in ``modes`` (``None``: all in
+    training mode) under :func:`deterministic`, and, with ``backward``, the gradients of a fixed
+    random projection of the floating outputs w.r.t. every parameter (``.grad`` untouched)."""
+    for path, m in model.named_modules():
+        m.training = True if modes is None else modes.get(path, m.training)
+    args, kwargs = call
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    with deterministic(), torch.set_grad_enabled(backward):
+        out = model(*args, **kwargs)
+        flat = [t for t in pytree.tree_leaves(_to_pytree(out)) if isinstance(t, torch.Tensor)]
+        grads: dict[str, torch.Tensor] = {}
+        floats = [t for t in flat if t.is_floating_point() and t.requires_grad]
+        if backward and floats and params:
+            gen = torch.Generator().manual_seed(0)
+            loss = sum((t * torch.randn(t.shape, generator=gen, dtype=t.dtype).to(t.device)).sum() for t in floats)
+            got = torch.autograd.grad(loss, [p for _, p in params], allow_unused=True)  # type: ignore[arg-type]
+            grads = {n: g for (n, _), g in zip(params, got, strict=True) if g is not None}
+    return [t.detach() for t in flat], grads
+
+
+def _diff(ref: Sequence[torch.Tensor], got: Sequence[torch.Tensor]) -> tuple[float, float]:
+    if len(ref) != len(got):
+        return float("inf"), 0.0
+    diff = scale = 0.0
     for r, g in zip(ref, got, strict=True):
+        if r.shape != g.shape:
+            return float("inf"), scale
         if r.is_floating_point():
             diff = max(diff, float((r.double() - g.double()).abs().max()) if r.numel() else 0.0)
             scale = max(scale, float(r.double().abs().max()) if r.numel() else 0.0)
         elif not torch.equal(r, g):
             diff = float("inf")
+    return diff, scale
+
+
+def _kept_grads(snap: Any, removed: dict[int, torch.Tensor], ref: dict[str, torch.Tensor],
+                got: dict[str, torch.Tensor], unverified: set[str]) -> tuple[float, float]:
+    """Largest difference between the slim model's parameter gradients and the masked model's
+    on the kept entries, and the largest reference gradient."""
+    diff = scale = 0.0
+    for pname in sorted(set(ref) | set(got)):
+        r = ref.get(pname)
+        g = got.get(pname)
+        if r is not None:
+            vid = snap.graph.params.get(pname)
+            if vid is not None:
+                for d, ax in enumerate(snap.graph.values[vid].axes):
+                    m = keep_mask(snap.spaces, ax, removed)
+                    if m is not None:
+                        r = r.index_select(d, m.nonzero().squeeze(1).to(r.device))
+        if r is None or g is None:
+            other = g if r is None else r
+            assert other is not None
+            if bool(other.abs().max() > 0) if other.numel() else False:
+                diff = float("inf")  # a gradient on one side only
+            continue
+        if r.shape != g.shape:
+            unverified.add(pname)
+            continue
+        diff = max(diff, float((r.double() - g.double()).abs().max()) if r.numel() else 0.0)
+        scale = max(scale, float(r.double().abs().max()) if r.numel() else 0.0)
+    return diff, scale
+
+
+def verify_pruning(ir: PruningIR, labels: Sequence[Label], example_inputs: Any = None,
+                   example_kwargs: dict[str, Any] | None = None, name: str = "main", *,
+                   backward: bool = True, train: bool = True, other_batch_size: bool = True) -> VerificationReport:
+    """Prune ``labels`` and compare the slim model with the masked original (the original with
+    the removed labels' parameter entries set to zero) under what users do next.
+
+    Checks, each listed in the report's ``checks``:
+
+    - the example call (the IR's, or ``example_inputs``/``example_kwargs``), modules in the
+      modes they were traced in;
+    - ``train``: the same call with every module in training mode (dropout keeps every entry,
+      both models start from the same seeds, buffers such as BN statistics are not kept);
+    - ``other_batch_size``: the call with one more example in the batch.
+
+    With ``backward`` each check also compares the gradients of a fixed random projection of
+    the outputs w.r.t. every kept parameter entry. Neither model's ``.grad`` is touched, and
+    ``ir.model`` is not modified. A check whose condition the masked original itself cannot run
+    (BatchNorm in training mode with one example) is listed in ``skipped`` with the reason.
+    """
+    snap = ir.snapshot(name)
+    pruned = ir.prune(name, labels=labels)
+    call: Call = _as_call(example_inputs, example_kwargs) if (example_inputs is not None or example_kwargs) \
+        else snap.example
+    removed = ir.check_labels(labels, name)
+    ref_model = masked_model(ir, labels, name)
+    slim = pruned.model
+    conditions: list[tuple[str, Call, dict[str, bool] | None]] = [("example call", call, snap.modes)]
+    if train:
+        conditions.append(("train mode", call, None))
+    skipped: list[str] = []
+    if other_batch_size:
+        bigger = other_batch(*call)
+        if bigger is None:
+            skipped.append("other batch size: the inputs have no batch axis")
+        else:
+            b = batch_size(*bigger)
+            conditions.append((f"batch {b}", bigger, snap.modes))
+    grad_ok = backward and slim.training is not None
+    checks: list[Check] = []
+    unverified: set[str] = set()
+    for label, c, modes in conditions:
+        try:
+            ref, ref_grads = _run(ref_model, c, modes, grad_ok)
+        except Exception as exc:  # the original cannot run like this: nothing to compare with
+            skipped.append(f"{label}: the masked original fails there ({type(exc).__name__}: {exc})")
+            continue
+        try:
+            got, got_grads = _run(slim, c, modes, grad_ok)
+        except Exception as exc:
+            checks.append(Check(label, float("inf"), 0.0, error=f"{type(exc).__name__}: {exc}"))
+            continue
+        diff, scale = _diff(ref, got)
+        gdiff: float | None = None
+        gscale = 0.0
+        if grad_ok:
+            gdiff, gscale = _kept_grads(snap, removed, ref_grads, got_grads, unverified)
+        checks.append(Check(label, diff, scale, gdiff, gscale))
     removed_groups = {lab.group for lab in labels}
     reasons = sorted({n for g in snap.groups if g.gid in removed_groups for n in g.notes})
     n_before = sum(p.numel() for p in ir.model.parameters())
-    n_after = sum(p.numel() for p in pruned.model.parameters())
-    return VerificationReport(diff, scale, diff <= 1e-4 * max(1.0, scale), reasons, n_before, n_after)
+    n_after = sum(p.numel() for p in slim.parameters())
+    worst = max((c.max_abs_diff for c in checks), default=float("inf"))
+    scale = max((c.max_reference for c in checks), default=0.0)
+    exact = bool(checks) and all(c.exact for c in checks)
+    return VerificationReport(worst, scale, exact, reasons, n_before, n_after, checks, skipped, sorted(unverified))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import random
 from typing import Any
 
 import dill
@@ -11,7 +12,8 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
-from pruning_ir import PruningIR, UniformLabelSelector, verify_pruning
+from pruning_ir import Label, PruningIR, UniformLabelSelector, verify_pruning
+from pruning_ir.errors import LabelError
 
 
 def state_hash(model: nn.Module) -> str:
@@ -40,12 +42,49 @@ def roundtrip(obj: Any) -> Any:
     return torch.load(buf, pickle_module=dill, weights_only=False)
 
 
+def random_selection(ir: PruningIR, seed: int) -> list[Label]:
+    """What a selector could produce, drawn at random: every prunable group loses a random
+    fraction (0.05-0.9) of its labels, a random subset of them, keeping at least one label and
+    a multiple of the group's step."""
+    gen = random.Random(seed)
+    for _ in range(20):
+        out: list[Label] = []
+        for g in ir.prunable_label_groups():
+            n = int(gen.uniform(0.05, 0.9) * g.size)
+            n = min(n, g.size - g.step)
+            n -= (g.size - n) % g.step  # kept count on the step grid
+            if n > 0:
+                out += gen.sample(ir.labels(g), n)
+        try:
+            ir.check_labels(out)
+        except LabelError as exc:  # a sliced/concatenated axis emptied (tested on its own)
+            assert "none of" in str(exc), exc
+            continue
+        return out
+    raise AssertionError("no valid random selection in 20 draws")
+
+
+def check_equivalence(ir: PruningIR, labels: list[Label]) -> None:
+    """slim ≡ masked on the example call, in train mode and at another batch size, outputs and
+    gradients (exact or with listed reasons), and exact when only the selected labels of groups
+    without notes are pruned, all together."""
+    rep = verify_pruning(ir, labels)
+    assert not [c for c in rep.checks if c.error], f"the slim model fails where the masked original runs: {rep}"
+    assert rep.exact or rep.inexact_reasons, f"inexact without a listed reason: {rep}"
+    groups = ir.label_groups()
+    clean = [lab for lab in labels if not groups[lab.group].notes]
+    if clean:
+        rep_clean = verify_pruning(ir, clean)
+        assert rep_clean.exact, f"groups without notes, pruned together, must prune exactly: {rep_clean}"
+
+
 def check_battery(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None,
-                  ratio: float = 0.3, expect_prunable: bool = True) -> PruningIR:
-    """IR builds and lints; ratio 0 is identical; uniform ``ratio`` prunes, keeps output
-    shapes, reduces parameters, is slim ≡ masked (exact or with listed reasons, exact on
-    the groups without reasons), runs backward; the user's model is unchanged; dill
-    round-trips give the same pruning."""
+                  ratio: float = 0.3, expect_prunable: bool = True, random_seeds: int = 2) -> PruningIR:
+    """IR builds and lints; ratio 0 is identical; uniform ``ratio`` and ``random_seeds`` random
+    selections prune, keep output shapes, reduce parameters, are slim ≡ masked (outputs and
+    gradients, example call, train mode and another batch size; exact or with listed reasons,
+    exact on the groups without reasons pruned together), run backward; the user's model is
+    unchanged; dill round-trips give the same pruning."""
     kwargs = kwargs or {}
     before = state_hash(model)
     ref = outputs(model, args, kwargs)
@@ -60,12 +99,9 @@ def check_battery(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any
 
     labels = UniformLabelSelector(ratio).select(ir)
     assert bool(labels) == expect_prunable
-    rep = verify_pruning(ir, labels)
-    assert rep.exact or rep.inexact_reasons, f"inexact without a listed reason: {rep}"
-    clean = [lab for lab in labels if not ir.label_groups()[lab.group].notes]
-    if clean:
-        rep_clean = verify_pruning(ir, clean)
-        assert rep_clean.exact, f"groups without notes must prune exactly: {rep_clean}"
+    check_equivalence(ir, labels)
+    for seed in range(random_seeds if expect_prunable else 0):
+        check_equivalence(ir, random_selection(ir, seed))
 
     pruned = ir.prune(labels=labels)
     pruned.lint()

@@ -43,6 +43,7 @@ EXPECTED_GROUPS: dict[str, list[int]] = {
     "conv_transpose": [6, 10],
     "pixel_shuffle": [5],
     "lstm_free_1d": [6, 10, 14],
+    "literal_groups_slice": [3, 3, 4],  # 4 conv groups; channels per group split by the literal slices
 }
 
 
@@ -120,3 +121,40 @@ def test_vector_products_couple_their_operands() -> None:
     labels = UniformLabelSelector(0.5).select(ir)
     assert verify_pruning(ir, labels).exact
     assert ir.prune(labels=labels).model.w.shape == (4, 4)
+
+
+def test_gradients_follow_run_time_literal_patches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A patch rewrites ``groups=4`` and slice bounds below autograd; gradients must follow the
+    rewritten calls. Oracle: the masked original's gradients on the kept entries, on random
+    selections; and with the gradient replay switched off the same check must fail (the old
+    behaviour: backward raised or placed gradients at the old slice positions)."""
+    import random
+
+    import pruning_ir._rewrite.hooks as hooks
+
+    model, x = TOY_CASES["literal_groups_slice"]()
+    ir = PruningIR(model, example_inputs=x)
+    gen = random.Random(0)
+    selections = [[lab for g in ir.prunable_label_groups() for lab in gen.sample(ir.labels(g), g.size // 2)]
+                  for _ in range(3)]
+    for labels in selections:
+        assert any("patched by hooks" in line for line in ir.prune(labels=labels).rewrite_log)
+        rep = verify_pruning(ir, labels)
+        assert rep.exact and all(c.max_grad_diff is not None for c in rep.checks), rep
+    monkeypatch.setattr(hooks, "replace_outputs", lambda tape, out: out)
+    assert not any(verify_pruning(ir, labels).exact for labels in selections)
+
+
+def test_selection_that_empties_a_concatenation_of_slices_is_refused() -> None:
+    """Every group keeps labels, yet ``cat(h[:, 2:6], h[:, 9:12])`` loses all 7 channels when the
+    conv groups behind both slices go: a clear LabelError naming the parameter, not a slim model
+    whose next layer has 0 input channels (known answer: conv groups 0, 1 and 3 feed the slices)."""
+    from pruning_ir.errors import LabelError
+
+    model, x = TOY_CASES["literal_groups_slice"]()
+    ir = PruningIR(model, example_inputs=x)
+    heads = next(g for g in ir.prunable_label_groups() if g.size == 4)
+    labels = [ir.labels(heads)[i] for i in (0, 1, 3)]
+    with pytest.raises(LabelError, match=r"none of out\.weight's axis 1"):
+        ir.prune(labels=labels)
+    ir.prune(labels=labels[:2])  # one slice left: prunes

@@ -1034,6 +1034,36 @@ def _data_dependent_index() -> ToyCase:
     return _build(DataDependentIndexNet, _randn((3, 11, 13)))
 
 
+class LiteralGroupsSliceNet(nn.Module):
+    """Case: channel sizes written as literals in ``forward`` (run-time patches) on the gradient path.
+
+    pw (3->12, 1x1) -> ``F.conv2d(h, w, groups=4)`` with ``w`` (12, 3, 3, 3): 4 conv groups of
+    3 channels; ``cat(h[:, 2:6], h[:, 9:12])`` (7 channels, literal bounds) -> dropout -> out
+    (7->5). Pruning changes ``groups=4`` and the slice bounds, which a patch rewrites below
+    autograd: the backward formulas of conv (groups) and slice (start/end) must see the new
+    values too (they did not: backward failed or put gradients at the old positions). The
+    dropout makes train-mode checks meaningful. Prunable: the conv groups (4), the kept
+    channels inside a conv group that the slices do not cut, and the sliced channels.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pw = nn.Conv2d(3, 12, 1)
+        self.w = nn.Parameter(torch.randn(12, 3, 3, 3) * 0.3)
+        self.drop = nn.Dropout(0.2)
+        self.out = nn.Conv2d(7, 5, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.conv2d(self.pw(x), self.w, padding=1, groups=4)
+        h = torch.cat([h[:, 2:6], h[:, 9:12]], 1)
+        return self.out(self.drop(F.relu(h)))
+
+
+@_register("literal_groups_slice")
+def _literal_groups_slice() -> ToyCase:
+    return _build(LiteralGroupsSliceNet, _randn((3, 6, 7)))
+
+
 # --------------------------------------------------------------------------- #
 # interface / layout cases
 # --------------------------------------------------------------------------- #

@@ -84,7 +84,7 @@ def infer(graph: Graph, *, soft_tracing: bool = True, keep_io: bool = True) -> I
                                         "its inputs, outputs and parameters are unprunable"))
                 _rigid_node(ctx, node, f"leaf module {node.leaf} '{node.module}' has no handler")
             else:
-                _run(ctx, node, handler, res)
+                _run(ctx, node, handler, res, soft_tracing)
         else:
             rule = RULES.get(node.op)
             if rule is None:
@@ -98,7 +98,7 @@ def infer(graph: Graph, *, soft_tracing: bool = True, keep_io: bool = True) -> I
                                         "no channel rule: every axis it touches is unprunable"))
                 _rigid_node(ctx, node, f"unknown op {node.op} in '{node.module or '<root>'}'")
             else:
-                _run(ctx, node, rule, res)
+                _run(ctx, node, rule, res, soft_tracing)
         alias = node.kwargs.get("__alias_write__")
         if alias:
             res.issues.append(Issue("alias_write", node.module, node.op, "in-place write into a view"))
@@ -116,13 +116,19 @@ def infer(graph: Graph, *, soft_tracing: bool = True, keep_io: bool = True) -> I
     return res
 
 
-def _run(ctx: Ctx, node: Node, fn: object, res: InferResult) -> None:
+def _run(ctx: Ctx, node: Node, fn: object, res: InferResult, soft_tracing: bool = True) -> None:
     try:
         fn(ctx)  # type: ignore[operator]
     except Misaligned as exc:
         res.issues.append(Issue("misaligned", node.module, node.leaf or node.op, str(exc)))
         _rigid_node(ctx, node, f"cannot align channels: {exc}")
     except Exception as exc:
+        if not soft_tracing:
+            raise TraceError(
+                f"the channel rule of {node.leaf or node.op} in module '{node.module or '<root>'}' failed: "
+                f"{type(exc).__name__}: {exc}. Pass soft_tracing=True to make the channels it touches "
+                "unprunable, or list that module in leaf_modules=[...]; please report the model."
+            ) from exc
         log.warning("rule for %s in '%s' failed (%s: %s); its channels are made unprunable",
                     node.op, node.module, type(exc).__name__, exc)
         res.issues.append(Issue("rule_error", node.module, node.leaf or node.op, f"{type(exc).__name__}: {exc}"))

@@ -1,4 +1,4 @@
-"""Channel handlers for modules kept opaque (``leaf_modules``), keyed by class name.
+"""Channel handlers for modules kept opaque (``leaf_modules``), keyed by module type.
 
 A leaf module is recorded as one node whose ``kwargs["__params__"]`` maps the
 module's parameter names to values. Without a handler every axis it touches is
@@ -9,18 +9,25 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from torch import nn
+
 from .._ir.graph import ValueRef
 from .._rules import Ctx
+from .._trace.recorder import type_key
 
 LeafHandler = Callable[[Ctx], None]
 LEAF_HANDLERS: dict[str, LeafHandler] = {}
 
 
-def register_leaf_handler(class_name: str) -> Callable[[LeafHandler], LeafHandler]:
-    """Register ``fn`` as the channel handler of leaf modules of class ``class_name``."""
+def register_leaf_handler(cls: type[nn.Module]) -> Callable[[LeafHandler], LeafHandler]:
+    """Register ``fn`` as the channel handler of leaf modules of exactly type ``cls`` (not its
+    subclasses, whose ``forward`` may couple channels differently; not another class of the
+    same name)."""
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise TypeError(f"register_leaf_handler takes an nn.Module subclass, got {cls!r}")
 
     def deco(fn: LeafHandler) -> LeafHandler:
-        LEAF_HANDLERS[class_name] = fn
+        LEAF_HANDLERS[type_key(cls)] = fn
         return fn
 
     return deco
@@ -33,7 +40,7 @@ def _param(ctx: Ctx, suffix: str) -> ValueRef | None:
     return None
 
 
-@register_leaf_handler("Linear")
+@register_leaf_handler(nn.Linear)
 def linear_leaf(ctx: Ctx) -> None:
     """``nn.Linear`` kept opaque: input features = weight columns, output = weight rows."""
     x = ctx.node.args[0]

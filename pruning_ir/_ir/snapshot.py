@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import random
+import secrets
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any
@@ -22,7 +22,8 @@ REBUILT_AFTER_LOAD = frozenset({"selector_label_groups"})
 class Snapshot:
     """Graph + space table + label groups (+ scores once a criterion ran).
 
-    ``owner`` is a random id stamped into every :class:`Label` of this snapshot,
+    ``owner`` is a random id (from the OS, not the seedable ``random`` module: two IRs built
+    after the same ``random.seed`` must still differ) stamped into every :class:`Label` of this snapshot,
     so labels of another IR (or of a stale, pre-prune snapshot) are refused.
     ``example`` holds the example ``(args, kwargs)`` used to trace and verify.
     """
@@ -34,7 +35,7 @@ class Snapshot:
     issues: list[Issue]
     example: tuple[tuple[Any, ...], dict[str, Any]]
     output_shapes: list[tuple[int, ...]]
-    owner: int = field(default_factory=lambda: random.getrandbits(62))
+    owner: int = field(default_factory=lambda: secrets.randbits(62))
     scores: dict[int, torch.Tensor] = field(default_factory=dict)
     """Label scores per group id (higher = more important), written by a criterion."""
     score_source: str = ""

@@ -143,7 +143,9 @@ def _update_mha(mod: nn.MultiheadAttention, changes: list[tuple[str, int, int]],
     from ..modules import _sizes
 
     head_dim, v_head_dim, scale = _sizes(mod)
-    heads_new = {n for op, o, n in changes if op == "aten.view" and o == mod.num_heads}
+    # only changed sizes: an unchanged view size equal to the head count (a batch of 2 over 2
+    # heads) said "ambiguous" and kept the old count, splitting the packed bias wrongly
+    heads_new = {n for op, o, n in changes if op == "aten.view" and o == mod.num_heads and n != o}
     n_heads = heads_new.pop() if len(heads_new) == 1 else int(mod.num_heads)
     if mod.in_proj_weight is not None:
         split = [n for op, _, n in changes if op == "aten.split_with_sizes"][:3]

@@ -21,10 +21,12 @@ from typing import Any
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
+from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .._ir.graph import set_path
 from .._trace.recorder import COMPOSITES, bind, op_name
+from .replay import Tape, replace_outputs
 
 Edit = tuple[tuple[Any, ...], int, int]  # (path in the bound arguments, old, new)
 Edits = dict[str, list[list[Edit]]]
@@ -100,14 +102,23 @@ class _Mode(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
+        func, args, kwargs, rewrote = self._rewrite(func, args, kwargs)
+        out = func(*args, **kwargs)
+        tape = self.patch.tape
+        if tape is not None:
+            tape.record(func, args, kwargs, out, rewrote)
+        return out
+
+    def _rewrite(self, func: Any, args: Any, kwargs: dict[str, Any]) -> tuple[Any, Any, dict[str, Any], bool]:
+        """The call to make instead of ``func(*args, **kwargs)``, and whether it differs."""
         p = self.patch
         if p.depth:
-            return func(*args, **kwargs)
+            return func, args, kwargs, False
         raw = op_name(func)
         name = SAME_OP.get(raw, raw)
         seq = p.edits.get(name)
         if seq is None:
-            return func(*args, **kwargs)
+            return func, args, kwargs, False
         i = p.next_occurrence(name)
         if raw == "aten.alias":
             p.count[name] = i + 1
@@ -118,14 +129,14 @@ class _Mode(TorchDispatchMode):
                 literal = not _full_range(args[0], template)
                 p.saw(name, i, seq[i], literal)
                 if literal:
-                    return torch.ops.aten.slice.Tensor(args[0], **template)
-            return func(*args, **kwargs)
+                    return torch.ops.aten.slice.Tensor, (args[0],), dict(template), True
+            return func, args, kwargs, False
         bound = bind(func, args, kwargs)
         if p.watch is not None:
             i = p.align(name, i, bound)
         p.count[name] = i + 1
         if i >= len(seq) or not seq[i]:
-            return func(*args, **kwargs)
+            return func, args, kwargs, False
         changed = False
         for path, old, new in seq[i]:
             try:
@@ -138,8 +149,8 @@ class _Mode(TorchDispatchMode):
             if p.watch is not None and value in (old, new):
                 p.watch[(name, i, path)] = value == old
         if not changed:
-            return func(*args, **kwargs)
-        return func(**bound)
+            return func, args, kwargs, False
+        return func, (), bound, True
 
 
 def _shape_arg(rest: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
@@ -191,6 +202,21 @@ class _Reroute(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
+        p = self.patch
+        if p.depth or p.tape is not None or not torch.is_grad_enabled() or not any(
+                t.requires_grad for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)):
+            return self._call(func, args, kwargs)
+        # gradients wanted: write the ATen calls down, and if the patch rewrote one of them,
+        # route the gradients through a replay of the rewritten calls (see .replay)
+        p.tape = Tape(p.module_path)
+        try:
+            out = self._call(func, args, kwargs)
+            tape = p.tape
+        finally:
+            p.tape = None
+        return replace_outputs(tape, out) if tape.rewrote else out
+
+    def _call(self, func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
         if func in COMPOSITES and not self.patch.depth:
             # one recorded node, whatever kernel runs it: the ops a fallback kernel decomposes
             # into (SDPA's math path once q/k and v head sizes differ) are not the module's own
@@ -233,6 +259,8 @@ class LiteralShapePatch:
         self._modes: list[tuple[_Mode, _Reroute]] = []
         self.watch: dict[FactId, bool] | None = None
         self.all_edits: Edits | None = None
+        self.tape: Tape | None = None
+        self.module_path = ""
 
     def widen(self) -> None:
         """Rewrite every changing size again, not only those found literal: an attribute of the

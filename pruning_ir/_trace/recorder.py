@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -174,6 +175,12 @@ class _CompositeRecorder(TorchFunctionMode):
         return self.rec.composite(spec[0], spec[1], func, args, kwargs)
 
 
+def type_key(cls: type) -> str:
+    """A class's import path, ``torch.nn.modules.linear.Linear``: what leaf nodes record and leaf
+    handlers are keyed by (a user's own class named ``Linear`` is another key)."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def bind(func: Any, args: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     """All arguments of an ATen call by schema name, defaults filled in."""
     schema = getattr(func, "_schema", None)
@@ -261,7 +268,7 @@ def record(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
                     outputs = [rec.new_value(o, "op", producer=nid) if isinstance(o, torch.Tensor) else -1
                                for o in flat]
                     rec.graph.nodes.append(Node(nid, "leaf_module", enc_a, enc_kw, outputs, None,
-                                                tuple(rec.stack), leaf=type(m).__qualname__))
+                                                tuple(rec.stack), leaf=type_key(type(m))))
             if rec.stack and rec.stack[-1] == _n:
                 rec.stack.pop()
 
@@ -278,8 +285,7 @@ def record(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
         m.forward = explicit_forward(m)  # type: ignore[method-assign]
     graph.explicit_modules = set(explicit) | {p for p, m in model.named_modules()
                                          if isinstance(m, PrunedMultiheadAttention)}
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
+    _fastpath_off()
     try:
         flat_in, _ = pytree.tree_flatten((args, kwargs))
         for i, t in enumerate(flat_in):
@@ -314,8 +320,30 @@ def record(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
         _restore_attributes(attrs)
         for m in explicit.values():
             m.__dict__.pop("forward", None)
-        torch.backends.mha.set_fastpath_enabled(fastpath)
+        _fastpath_restore()
     return graph
+
+
+_FASTPATH_LOCK = threading.Lock()
+_fastpath_state: list[Any] = [0, None]  # [traces running, the user's setting before the first]
+
+
+def _fastpath_off() -> None:
+    """Switch PyTorch's fused MHA fast path off while any trace runs (in any thread); the last
+    trace to finish puts the user's setting back (a save/restore per call would leave it off
+    when two traces overlap)."""
+    with _FASTPATH_LOCK:
+        if _fastpath_state[0] == 0:
+            _fastpath_state[1] = torch.backends.mha.get_fastpath_enabled()
+            torch.backends.mha.set_fastpath_enabled(False)
+        _fastpath_state[0] += 1
+
+
+def _fastpath_restore() -> None:
+    with _FASTPATH_LOCK:
+        _fastpath_state[0] -= 1
+        if _fastpath_state[0] == 0:
+            torch.backends.mha.set_fastpath_enabled(bool(_fastpath_state[1]))
 
 
 _Saved = list[tuple[nn.Module, dict[str, Any], dict[str, Any]]]

@@ -609,6 +609,11 @@ class CostModel:
             self._g_off[gid], self._g_size[gid] = self._leaf_slot[leaf]
         self._p_start = np.asarray([o for o, _ in self._leaf_slot.values()], dtype=np.int64)
         self._p_end = self._p_start + np.asarray([n for _, n in self._leaf_slot.values()], dtype=np.int64)
+        # groups whose kernels need kept counts in multiples of group.step: slot range and step
+        stepped = [(*self._leaf_slot[g.leaf], g.step) for g in snap.prunable_groups if g.step > 1]
+        self._s_start = np.asarray([o for o, _, _ in stepped], dtype=np.int64)
+        self._s_end = self._s_start + np.asarray([n for _, n, _ in stepped], dtype=np.int64)
+        self._s_step = np.asarray([st for _, _, st in stepped], dtype=np.int64)
         self._full_fc = self._poly.f_hi - self._poly.f_lo
         # removing labels only shrinks every partial product, so the baseline bounds them all
         if float(self._poly.monomials(self._full_fc.astype(np.float64)).max(initial=0.0)) >= 2.0**62:
@@ -625,15 +630,16 @@ class CostModel:
         return len(self._tags) - 1
 
     # ----------------------------------------------------------------------------- selections
-    def _kept_from_labels(self, removed_labels: LabelsArg) -> np.ndarray:
+    def _kept_from_labels(self, removed_labels: LabelsArg, check_step: bool = True) -> np.ndarray:
         """0/1 vector of kept slots. Labels are checked by a vectorised copy of
         :meth:`~pruning_ir.PruningIR.check_labels`'s rules; anything it rejects goes to
-        ``check_labels`` itself, so the errors are the same."""
+        ``check_labels`` itself, so the errors are the same. ``check_step=False`` accepts kept
+        counts off a group's step (a search's intermediate points, never pruned)."""
         kept = np.ones(self._poly.n_slots, dtype=np.int64)
         labels = list(removed_labels) if removed_labels is not None else []
         if not labels:
             return kept
-        fast = self._fast_kept(labels, kept)
+        fast = self._fast_kept(labels, kept, check_step)
         if fast is not None:
             return fast
         kept[:] = 1
@@ -642,7 +648,7 @@ class CostModel:
             kept[off : off + size] = ~mask.numpy()
         return kept
 
-    def _fast_kept(self, labels: list[Label], kept: np.ndarray) -> np.ndarray | None:
+    def _fast_kept(self, labels: list[Label], kept: np.ndarray, check_step: bool = True) -> np.ndarray | None:
         if set(map(type, labels)) != {Label}:
             return None
         # one pass, no per-label Python containers (they would wake the cyclic GC over the whole IR)
@@ -664,6 +670,8 @@ class CostModel:
         np.cumsum(kept, out=csum[1:])
         if bool((csum[self._p_end] == csum[self._p_start]).any()):
             return None  # a group lost every label
+        if check_step and self._s_step.size and bool(((csum[self._s_end] - csum[self._s_start]) % self._s_step).any()):
+            return None  # a kept count off its group's step (prune() refuses it)
         return kept
 
     def _kept_from_removed(self, removed: Mapping[int, Any]) -> np.ndarray:
@@ -728,7 +736,7 @@ class CostModel:
         output channels are gone. Removing the last kept label of a group is reported as
         well, although ``prune`` refuses it.
         """
-        kept = self._kept_from_labels(removed_labels)
+        kept = self._kept_from_labels(removed_labels, check_step=False)
         saving = self._piece_savings(kept)
         pert = self._pieces()
         per_slot = np.repeat(saving, pert.p_hi - pert.p_lo) * kept  # pieces tile the slots in order
@@ -745,7 +753,7 @@ class CostModel:
         part of the group). A group's cost depends on what its neighbours keep, so recompute
         after every change of the selection.
         """
-        kept = self._kept_from_labels(removed_labels)
+        kept = self._kept_from_labels(removed_labels, check_step=False)
         saving = self._piece_savings(kept)
         pert = self._pieces()
         csum = np.zeros(self._poly.n_slots + 1, dtype=np.int64)

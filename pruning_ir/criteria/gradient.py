@@ -74,8 +74,9 @@ class _GradientCriterion(Criterion):
                     p.requires_grad_(True)
                     self._flipped.append(p)
                     # the user froze it: let our hook see its gradient, then give .grad back untouched
-                    self._handles.append(p.register_post_accumulate_grad_hook(
-                        functools.partial(_restore_grad, old=p.grad)))
+                    old = p.grad
+                    self._handles.append(p.register_post_accumulate_grad_hook(functools.partial(
+                        _restore_grad, old=old, values=None if old is None else old.detach().clone())))
                 self._handles.append(p.register_hook(functools.partial(self._on_grad, p, entries)))
         except Exception:
             self._detach()
@@ -150,7 +151,12 @@ class _GradientCriterion(Criterion):
         return f"{type(self).__name__}(passes={self.passes})"
 
 
-def _restore_grad(p: torch.Tensor, *, old: torch.Tensor | None) -> None:
+def _restore_grad(p: torch.Tensor, *, old: torch.Tensor | None, values: torch.Tensor | None) -> None:
+    """Give a frozen parameter its ``.grad`` back: the same tensor, with the values it had (autograd
+    accumulates into an existing ``.grad`` in place)."""
+    if old is not None and values is not None:
+        with torch.no_grad():
+            old.copy_(values)
     p.grad = old
 
 

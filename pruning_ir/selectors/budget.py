@@ -251,7 +251,7 @@ def ranked_units(ir: PruningIR, snapshot_name: str, floor: Callable[[LabelGroup]
             l_gid.append(torch.cat([torch.full((end - start,), a), torch.full((end - start,), b)]))
             l_idx.append(torch.cat([oa[start:end], ob[start:end]]))
             start = end
-    if not u_score:
+    if not u_score or not any(len(u) for u in u_score):  # nothing above the floors
         empty = torch.zeros(0, dtype=torch.long)
         return Ranking(snap.owner, empty, empty, empty, torch.zeros(0, dtype=torch.bool))
     sizes = torch.cat(u_size)

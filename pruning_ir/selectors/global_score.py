@@ -34,7 +34,8 @@ class GlobalScoreLabelSelector(LabelSelector):
 
     Args:
         n_or_ratio: a float in ``[0, 1)``: the fraction of all prunable labels to remove
-            (rounded down); an int ``>= 1``: the number of labels to remove.
+            (rounded down); an int ``>= 1``: the number of labels to remove (a float ``>= 1``
+            is refused: ``1.0`` is neither "all" nor "one label").
         min_kept: labels each group keeps at least (``>= 1``).
         min_kept_ratio: fraction of each group's labels it keeps at least, in ``[0, 1)``.
         tie_attention_head_dims: at every ``scaled_dot_product_attention`` whose q/k head size
@@ -59,10 +60,11 @@ class GlobalScoreLabelSelector(LabelSelector):
                  tie_attention_head_dims: bool = True) -> None:
         ok_number = isinstance(n_or_ratio, (int, float)) and not isinstance(n_or_ratio, bool)
         if not ok_number or not math.isfinite(n_or_ratio) or n_or_ratio < 0 or (
-                n_or_ratio >= 1 and not float(n_or_ratio).is_integer()):
+                n_or_ratio >= 1 and not isinstance(n_or_ratio, int)):
             raise InvalidInputError(
                 f"GlobalScoreLabelSelector(n_or_ratio={n_or_ratio!r}): give a fraction in [0, 1) of all "
-                "prunable labels (e.g. 0.3) or a whole number >= 1 of labels to remove (e.g. 128)."
+                "prunable labels as a float (e.g. 0.3) or a number of labels to remove as an int >= 1 "
+                "(e.g. 128; a float such as 1.0 is refused so that a ratio is never read as a count)."
             )
         if not isinstance(min_kept, int) or isinstance(min_kept, bool) or min_kept < 1:
             raise InvalidInputError(f"GlobalScoreLabelSelector(min_kept={min_kept!r}): every group keeps at least "
