@@ -28,6 +28,7 @@ attributes -> ``oracle`` checks slim == masked.
 from __future__ import annotations
 
 from ._ir.labels import Label, LabelGroup
+from .calls import ExampleCall
 from .cost import MacsModel, ParamsModel
 from .criteria import (
     APoZCriterion,
@@ -72,6 +73,7 @@ __all__ = [
     "BinarySearchLatencyLabelSelector",
     "CalibrationError",
     "Criterion",
+    "ExampleCall",
     "FPGMCriterion",
     "GlobalScoreLabelSelector",
     "GroupConstraint",

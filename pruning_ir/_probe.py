@@ -29,6 +29,7 @@ from ._ir.axes import slot_map
 from ._ir.infer import Issue
 from ._ir.labels import Label, LabelGroup, build_groups
 from ._ir.snapshot import Snapshot
+from .calls import ExampleCall
 from .errors import PruningIRError
 
 if TYPE_CHECKING:
@@ -66,13 +67,21 @@ def _probe_ir(ir: PruningIR, name: str) -> PruningIR | None:
     try:
         meta_model = _meta_copy(model)
         args, kwargs = _to_meta(snap.example)
+        extra = [ExampleCall(_to_meta(a), _to_meta(k), train=_uniform_mode(modes)) for a, k, modes in snap.extra]
         return PruningIR(meta_model, example_inputs=args, example_kwargs=kwargs, leaf_modules=ir.leaf_modules,
-                         soft_tracing=True, keep_io_shapes=ir.keep_io_shapes, probe=False, name=name)
+                         soft_tracing=True, keep_io_shapes=ir.keep_io_shapes, probe=False, name=name,
+                         extra_calls=extra, auto_calls=False)
     except Exception as exc:
         log.debug("meta probe unavailable for %s: %s", type(model).__name__, exc)
     if sum(p.numel() for p in model.parameters()) <= _REAL_PROBE_LIMIT:
         return PruningIR._from_snapshot(model, replace(snap, cache={}), ir, name)
     return None
+
+
+def _uniform_mode(modes: dict[str, bool]) -> bool | None:
+    """``True``/``False`` when every module has that training flag, else ``None`` (as they are)."""
+    flags = set(modes.values())
+    return flags.pop() if len(flags) == 1 else None
 
 
 def _signature(snap: Snapshot, g: LabelGroup) -> tuple[object, ...]:
@@ -123,6 +132,7 @@ def probe_groups(ir: PruningIR, name: str) -> tuple[list[tuple[LabelGroup, str]]
                                  "groups were not probed"))
         return [], {}
     probe_snap = probe_ir.snapshot(name)
+    probe_snap.cache["warned_untraced"] = True  # the user hears it when they prune, not from the probe
     varying = _varying_output_shapes(probe_ir, name)
     if varying is not None:
         return [(g, varying) for g in snap.prunable_groups], {}

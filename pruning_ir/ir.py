@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 import warnings
@@ -11,8 +12,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils import _pytree as pytree
 
-from ._ir.axes import kept_size
+from ._ir.axes import emptied_axis
 from ._ir.graph import Graph
 from ._ir.infer import infer
 from ._ir.labels import Label, LabelGroup, build_groups
@@ -28,6 +30,7 @@ from ._rewrite.patch import ModuleEdits, install, module_edits, patch_literals, 
 from ._rewrite.slim import slim_model
 from ._rewrite.verify import VerifyFailure, verify_forward, verify_graph
 from ._trace.recorder import record
+from .calls import ExampleCall, as_example_call
 from .errors import InvalidInputError, LabelError, RewriteError, SnapshotVersionError
 
 log = logging.getLogger(__name__)
@@ -97,31 +100,42 @@ def _traceable(model: nn.Module) -> nn.Module:
     return model
 
 
+def padded_mask_call(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+                     ) -> tuple[tuple[Any, ...], dict[str, Any], dict[str, bool]] | None:
+    """The example call with a padded ``attention_mask`` (see ``auto_calls``), or ``None`` when
+    ``forward`` takes no such argument, the call gives one, or there are no token ids."""
+    try:
+        params = list(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):
+        return None
+    if "attention_mask" not in params or "attention_mask" in kwargs or params.index("attention_mask") < len(args):
+        return None
+    ids = next((t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor) and t.dim() == 2
+                and not t.is_floating_point() and not t.is_complex() and t.shape[1] > 1), None)
+    if ids is None:
+        return None
+    mask = torch.ones(ids.shape, dtype=torch.long, device=ids.device)
+    mask[0, 0] = 0
+    return args, {**kwargs, "attention_mask": mask}, {p: m.training for p, m in model.named_modules()}
+
+
+def untraced_parameters(model: nn.Module, graph: Graph) -> list[str]:
+    """Names of the model's parameters that no traced call used (their channels are unknown)."""
+    seen = set(graph.params) | set(graph.aliases)
+    return [n for n, _ in model.named_parameters() if n not in seen]
+
+
 def _refuse_empty_axes(snap: Snapshot, removed: dict[int, torch.Tensor]) -> None:
     """Refuse a selection that keeps labels in every group but empties a parameter axis made of
     parts of groups (a concatenation of slices: ``cat(h[:, 2:6], h[:, 9:12])`` loses all its
     channels when the labels behind both slices go)."""
-    partial = snap.cache.get("partial_param_axes")
-    if partial is None:
-        partial = []
-        for pname, vid in snap.graph.params.items():
-            for d, ax in enumerate(snap.graph.values[vid].axes):
-                norm = snap.spaces.normalize(ax)
-                leaves = [leaf for t in norm for leaf, _, _ in t]
-                whole = len(norm) == 1 and all(e - s == snap.spaces.size[leaf] for leaf, s, e in norm[0])
-                if leaves and not whole:
-                    partial.append((pname, d, ax, set(leaves)))
-        snap.cache["partial_param_axes"] = partial
-    kept = None
-    for pname, d, ax, leaves in partial:
-        if leaves.isdisjoint(removed):
-            continue
-        kept = kept if kept is not None else {leaf: ~m for leaf, m in removed.items()}
-        if kept_size(snap.spaces, ax, kept) == 0:
-            raise LabelError(
-                f"the labels keep some channels of every group but none of {pname}'s axis {d}, which is made of "
-                "parts of several groups (slices or a concatenation); keep at least one of its channels "
-                "(e.g. remove fewer labels of the groups behind it).")
+    hit = emptied_axis(snap, removed)
+    if hit is not None:
+        pname, d, _ = hit
+        raise LabelError(
+            f"the labels keep some channels of every group but none of {pname}'s axis {d}, which is made of "
+            "parts of several groups (slices or a concatenation); keep at least one of its channels "
+            "(e.g. remove fewer labels of the groups behind it; the selectors do).")
 
 
 def _label_list(labels: Any, where: str) -> Sequence[Label]:
@@ -162,6 +176,20 @@ class PruningIR:
             run it; groups whose removal breaks the model's Python code (a size read from one
             tensor and used on another) become unprunable, with the error as the reason.
         name: name of the first snapshot.
+        extra_calls: more calls to trace (:class:`~pruning_ir.ExampleCall`, or a tensor / tuple /
+            dict as ``example_inputs``): paths the example call does not take (another branch, a
+            padded mask, training mode). The IR covers the union of their couplings and every
+            prune is verified on each; costs and criteria read the example call.
+        auto_calls: trace calls that users make next and the example call may not show:
+            (1) when some parameters are not used by any given call and the model is in eval mode,
+            the example call once more with every module in training mode, kept if it uses
+            parameters the others did not (HF wav2vec2's ``masked_spec_embed``); (2) when
+            ``forward`` takes an ``attention_mask`` the example call does not give, and the call
+            has a ``(batch, tokens)`` integer input, the call with a padded mask (the first
+            example's first token masked): HF attention takes another path with a mask (LLaMA
+            under SDPA reads ``num_key_value_groups`` only there). Parameters no call uses are
+            listed by :meth:`report`, and ``prune`` warns about them: their channels cannot be
+            checked.
 
     Example:
         >>> import torch
@@ -187,6 +215,8 @@ class PruningIR:
         keep_io_shapes: bool = True,
         probe: bool = True,
         name: str = DEFAULT,
+        extra_calls: Sequence[ExampleCall | Any] = (),
+        auto_calls: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise InvalidInputError(
@@ -204,6 +234,8 @@ class PruningIR:
         self.soft_tracing = soft_tracing
         self.keep_io_shapes = keep_io_shapes
         self.probe = probe
+        self.extra_calls = [as_example_call(c) for c in extra_calls]
+        self.auto_calls = auto_calls
         self._snapshots: dict[str, Snapshot | Callable[[], Snapshot]] = {}
         self.rewrite_log: list[str] = []
         self.create_snapshot(name, example_inputs=example_inputs, example_kwargs=example_kwargs)
@@ -219,7 +251,18 @@ class PruningIR:
                 "so no op sees a channel's values and the trace says nothing about them. Give at least one "
                 "example, e.g. example_inputs=(torch.randn(1, ...),).")
         t0 = time.perf_counter()
-        graph = record(self._model, args, kwargs, self.leaf_modules)
+        extra = [(c.args, dict(c.kwargs), c.modes(self._model)) for c in getattr(self, "extra_calls", [])]
+        graph = record(self._model, args, kwargs, self.leaf_modules, extra=list(extra))
+        if getattr(self, "auto_calls", True):
+            padded = padded_mask_call(self._model, args, kwargs)
+            if padded is not None:
+                try:
+                    graph = record(self._model, args, kwargs, self.leaf_modules, extra=[*extra, padded])
+                    extra = [*extra, padded]
+                except Exception as exc:  # the model does not take a mask like that: trace without it
+                    log.info("%s: no padded-mask call (%s: %s)", type(self._model).__name__, type(exc).__name__, exc)
+            if untraced_parameters(self._model, graph):
+                graph, extra = self._with_train_call(graph, args, kwargs, extra)
         t1 = time.perf_counter()
         res = infer(graph, soft_tracing=self.soft_tracing, keep_io=self.keep_io_shapes)
         apply_module_constraints(self._model, graph, res)
@@ -228,7 +271,8 @@ class PruningIR:
         t2 = time.perf_counter()
         out_shapes = [graph.values[v].shape for v in graph.outputs]
         modes = {path: m.training for path, m in self._model.named_modules()}
-        snap = Snapshot(name, graph, res.spaces, groups, res.issues, (args, kwargs), out_shapes, modes=modes)
+        snap = Snapshot(name, graph, res.spaces, groups, res.issues, (args, kwargs), out_shapes, modes=modes,
+                        extra=extra)
         self._snapshots[name] = snap
         if self.probe:
             from ._probe import apply_probe
@@ -237,6 +281,27 @@ class PruningIR:
         log.info("traced %s: %d nodes in %.3fs, labels inferred in %.3fs", type(self._model).__name__,
                  len(graph.nodes), t1 - t0, t2 - t1)
         return snap
+
+    def _with_train_call(self, graph: Graph, args: tuple[Any, ...], kwargs: dict[str, Any],
+                         extra: list[tuple[tuple[Any, ...], dict[str, Any], dict[str, bool]]]
+                         ) -> tuple[Graph, list[tuple[tuple[Any, ...], dict[str, Any], dict[str, bool]]]]:
+        """Trace again with the example call in training mode appended; keep it only when it uses
+        parameters that no call used before (a path only training takes)."""
+        modules = list(self._model.named_modules())
+        if all(m.training for _, m in modules):
+            return graph, extra
+        missing = untraced_parameters(self._model, graph)
+        train = (args, kwargs, {p: True for p, _ in modules})
+        try:
+            again = record(self._model, args, kwargs, self.leaf_modules, extra=[*extra, train])
+        except Exception as exc:  # training mode does not run on these inputs: keep what we have
+            log.info("%s: no training-mode trace (%s: %s)", type(self._model).__name__, type(exc).__name__, exc)
+            return graph, extra
+        if len(untraced_parameters(self._model, again)) < len(missing):
+            log.info("%s: parameters used only in training mode (%s) are traced by a training-mode call",
+                     type(self._model).__name__, sorted(set(missing) - set(untraced_parameters(self._model, again))))
+            return again, [*extra, train]
+        return graph, extra
 
     @classmethod
     def _from_snapshot(cls, model: nn.Module, snap: Snapshot | Callable[[], Snapshot], like: PruningIR,
@@ -247,6 +312,8 @@ class PruningIR:
         new.soft_tracing = like.soft_tracing
         new.keep_io_shapes = like.keep_io_shapes
         new.probe = like.probe
+        new.extra_calls = list(getattr(like, "extra_calls", []))
+        new.auto_calls = getattr(like, "auto_calls", True)
         new._snapshots = {name: snap}
         new.rewrite_log = []
         return new
@@ -404,6 +471,16 @@ class PruningIR:
         else:
             removed = self.check_labels(labels, name)
         kept = {leaf: ~m for leaf, m in removed.items()}
+        if removed and not snap.cache.get("warned_untraced"):
+            untraced = untraced_parameters(self._model, snap.graph)
+            snap.cache["warned_untraced"] = True
+            if untraced:
+                more = " ..." if len(untraced) > 6 else ""
+                warnings.warn(
+                    f"pruning {type(self._model).__name__}: parameters {untraced[:6]}{more} "
+                    "were not used by any traced call, so their channels are neither checked nor sliced; a call "
+                    "that uses them may fail or differ from the masked original. Give such a call as "
+                    "PruningIR(..., extra_calls=[ExampleCall(...)]) (see ir.report()).", stacklevel=2)
         slim = slim_model(snap, self._model, removed, inplace)
         guesses: dict[str, list[tuple[str, Any]]] = {}
         changes, unresolved = update_attributes(slim, snap, kept, guesses)

@@ -172,7 +172,8 @@ def verify_pruning(ir: PruningIR, labels: Sequence[Label], example_inputs: Any =
     Checks, each listed in the report's ``checks``:
 
     - the example call (the IR's, or ``example_inputs``/``example_kwargs``), modules in the
-      modes they were traced in;
+      modes they were traced in, and every extra call the IR traced (``extra_calls``, a
+      training-mode call for train-only paths) when no inputs are given;
     - ``train``: the same call with every module in training mode (dropout keeps every entry,
       both models start from the same seeds, buffers such as BN statistics are not kept);
     - ``other_batch_size``: the call with one more example in the batch.
@@ -190,6 +191,9 @@ def verify_pruning(ir: PruningIR, labels: Sequence[Label], example_inputs: Any =
     ref_model = masked_model(ir, labels, name)
     slim = pruned.model
     conditions: list[tuple[str, Call, dict[str, bool] | None]] = [("example call", call, snap.modes)]
+    if example_inputs is None and not example_kwargs:
+        conditions += [(f"traced call {k + 2}", (a, k_), modes) for k, (a, k_, modes) in
+                       enumerate(getattr(snap, "extra", []))]
     if train:
         conditions.append(("train mode", call, None))
     skipped: list[str] = []

@@ -82,3 +82,51 @@ def test_query_group_pruned_down_to_one_head_per_kv_head(name: str) -> None:
     longer = torch.randint(3, 100, (3, 11))  # another batch size and sequence length
     assert verify_pruning(ir, labels, example_inputs=(longer,)).max_abs_diff < 1e-5
     ir.prune(labels=GlobalScoreLabelSelector(0.4).select(ir))
+
+
+def test_gqa_under_sdpa_takes_padded_masks_and_batched_generate() -> None:
+    """LLaMA (GQA) under SDPA: without a mask the attention runs SDPA's own GQA and never reads
+    ``num_key_value_groups``; with a padded mask it calls ``repeat_kv`` with it. The IR traces a
+    padded-mask call by itself (``auto_calls``), so the attribute follows the pruned heads.
+    Oracle: the masked original on a padded batch; batched generation with left padding runs."""
+    import torch
+
+    from pruning_ir import GlobalScoreLabelSelector, PruningIR, verify_pruning
+
+    case = HF_CASES["llama_sdpa"]()
+    ir = PruningIR(case.model, example_inputs=case.example_inputs, example_kwargs=case.example_kwargs)
+    assert "the example call and 1 more" in ir.report()
+    labels = GlobalScoreLabelSelector(0.3).select(ir)
+    slim = ir.prune(labels=labels).model
+    heads = {m.config.num_attention_heads // m.config.num_key_value_heads for m in slim.modules()
+             if hasattr(m, "num_key_value_groups")}
+    ids = case.example_inputs[0]
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0
+    rep = verify_pruning(ir, labels, example_inputs=(ids,), example_kwargs={"attention_mask": mask, "use_cache": False})
+    assert rep.exact and not [c for c in rep.checks if c.error], (heads, rep)
+    out = slim.generate(ids[:, :4], attention_mask=mask[:, :4], max_new_tokens=3, do_sample=False, pad_token_id=0)
+    assert out.shape == (ids.shape[0], 7)
+
+
+def test_training_only_parameter_of_wav2vec2_is_sliced() -> None:
+    """wav2vec2's ``masked_spec_embed`` is used only in training (time masking): the IR traces a
+    training-mode call for it, so the slim model trains. Oracle: the masked original in train
+    mode (same seeds, so the same time masks), outputs and gradients."""
+    import torch
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    from pruning_ir import PruningIR, UniformLabelSelector, verify_pruning
+
+    torch.manual_seed(0)
+    config = Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                            conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3), num_conv_pos_embeddings=16,
+                            num_conv_pos_embedding_groups=4, mask_time_prob=0.2, mask_time_length=2)
+    model = Wav2Vec2Model(config).eval()
+    ir = PruningIR(model, example_inputs=(torch.randn(2, 800),))
+    labels = UniformLabelSelector(0.3).select(ir)
+    slim = ir.prune(labels=labels).model
+    assert slim.masked_spec_embed.shape[0] == slim.feature_projection.projection.out_features
+    rep = verify_pruning(ir, labels)
+    train = next(c for c in rep.checks if c.name == "train mode")
+    assert train.error is None and (rep.exact or rep.inexact_reasons), rep

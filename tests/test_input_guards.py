@@ -131,3 +131,22 @@ def test_loss_aware_leaves_a_frozen_parameters_grad_as_it_was() -> None:
     with LossAwareCriterion(ir) as collect:
         collect(torch.randn(3, 4)).sum().backward()
     assert model[0].weight.grad is grad and bool((grad == 1).all()) and not model[0].weight.requires_grad
+
+
+def test_macs_budget_is_in_the_units_of_the_function_passed() -> None:
+    """IR traced at batch 2, MacsLatency on batch 1, target half of fn(model): the slim model must
+    have about half of *fn*'s MACs (the IR's own MACs are twice fn's; reading them gave 0.23)."""
+    from pruning_ir import KnapsackLabelSelector, MacsLatency
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 24, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(24, 4, 1))
+    ir = PruningIR(model, example_inputs=(torch.randn(2, 3, 8, 8),))
+    fn = MacsLatency((torch.randn(1, 3, 8, 8),))
+    assert fn.cost_model(ir) is None  # other inputs: no shortcut through the IR's shapes
+    base = fn(model)
+    labels = KnapsackLabelSelector(0.5 * base, fn, verbose=False).select(ir)
+    got = fn(ir.prune(labels=labels).model) / base
+    assert 0.4 <= got <= 0.5, got
+    same = MacsLatency((torch.randn(2, 3, 8, 8),))
+    assert same.cost_model(ir) is not None and same.cost_model(ir).baseline() == same(model)  # type: ignore[union-attr]

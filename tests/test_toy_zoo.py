@@ -158,3 +158,30 @@ def test_selection_that_empties_a_concatenation_of_slices_is_refused() -> None:
     with pytest.raises(LabelError, match=r"none of out\.weight's axis 1"):
         ir.prune(labels=labels)
     ir.prune(labels=labels[:2])  # one slice left: prunes
+
+
+def test_selectors_never_empty_a_concatenation_of_slices() -> None:
+    """Scores that make every selector want conv groups 0, 1 and 3 (the ones behind both
+    slices) gone: each must keep a channel of ``out``'s input (known answer: the toy above)."""
+    from pruning_ir import (
+        GlobalScoreLabelSelector,
+        KnapsackLabelSelector,
+        MacsLatency,
+        UniformLabelSelector,
+    )
+
+    model, x = TOY_CASES["literal_groups_slice"]()
+    ir = PruningIR(model, example_inputs=x)
+    snap = ir.snapshot()
+    heads = next(g for g in ir.prunable_label_groups() if g.size == 4)
+    for g in ir.prunable_label_groups():
+        snap.scores[g.gid] = torch.full((g.size,), 10.0, dtype=torch.float64)
+    snap.scores[heads.gid] = torch.tensor([0.0, 0.1, 5.0, 0.2], dtype=torch.float64)
+    fn = MacsLatency(x)
+    selectors = [UniformLabelSelector(0.75), GlobalScoreLabelSelector(3),
+                 KnapsackLabelSelector(0.3 * fn(model), fn, verbose=False)]
+    for sel in selectors:
+        labels = sel.select(ir)
+        slim = ir.prune(labels=labels).model  # no LabelError
+        assert slim.out.in_channels >= 1, sel
+        assert verify_pruning(ir, labels).exact, sel

@@ -3,6 +3,8 @@ group each entry belongs to. Used by scoring, slicing and the masking oracle."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from .spaces import Layout, SpaceTable, term_size
@@ -60,3 +62,35 @@ def kept_size(sp: SpaceTable, layout: Layout, kept: dict[int, torch.Tensor]) -> 
             n *= (e - s) if k is None else int(k[s:e].sum())
         total += n
     return total
+
+
+def partial_param_axes(snap: Any) -> list[tuple[str, int, Layout, set[int]]]:
+    """Parameter axes made of parts of groups (slices, concatenations): ``(name, axis, layout,
+    group leaves)``. Keeping labels in every group does not keep such an axis non-empty
+    (``cat(h[:, 2:6], h[:, 9:12])`` loses all its channels when the labels behind both slices
+    go). Cached on the snapshot."""
+    got = snap.cache.get("partial_param_axes")
+    if got is None:
+        got = []
+        sp = snap.spaces
+        for pname, vid in snap.graph.params.items():
+            for d, ax in enumerate(snap.graph.values[vid].axes):
+                norm = sp.normalize(ax)
+                leaves = {leaf for t in norm for leaf, _, _ in t}
+                whole = len(norm) == 1 and all(e - s == sp.size[leaf] for leaf, s, e in norm[0])
+                if leaves and not whole:
+                    got.append((pname, d, ax, leaves))
+        snap.cache["partial_param_axes"] = got
+    return got  # type: ignore[no-any-return]
+
+
+def emptied_axis(snap: Any, removed: dict[int, torch.Tensor]) -> tuple[str, int, Layout] | None:
+    """The first parameter axis that ``removed`` (group leaf -> removed slots) empties, if any."""
+    kept = None
+    for pname, d, ax, leaves in partial_param_axes(snap):
+        if leaves.isdisjoint(removed):
+            continue
+        kept = kept if kept is not None else {leaf: ~m for leaf, m in removed.items()}
+        if kept_size(snap.spaces, ax, kept) == 0:
+            return pname, d, ax
+    return None

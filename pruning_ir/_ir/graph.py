@@ -117,11 +117,37 @@ class Graph:
     """Module paths traced through an explicit forward of ours (stock ``nn.MultiheadAttention``
     through ``pruning_ir.modules.mha_forward``): their attention scale is a constant held by the
     module, and their sizes are set by a dedicated rewrite, not by matching attribute values."""
+    extra_calls: list[tuple[int, list[int], list[int]]] = field(default_factory=list)
+    """Calls traced after the example call, in order: (id of the first node it added, its output
+    value ids, its whole node sequence). Nodes it shares with the example call are not repeated
+    (see :mod:`pruning_ir._trace.merge`): its sequence names them by the example call's ids, and
+    the nodes it added follow the example call's. Label inference reads every node (the union
+    of the calls' couplings); costs and activations read the example call's
+    (:meth:`primary_nodes`); verification re-traces each call against its sequence."""
+
+    @property
+    def primary_end(self) -> int:
+        """Number of nodes of the example call (the first call)."""
+        calls = getattr(self, "extra_calls", None)
+        return calls[0][0] if calls else len(self.nodes)
+
+    def primary_nodes(self) -> list[Node]:
+        """The nodes of the example call (the first call traced)."""
+        return self.nodes[: self.primary_end]
+
+    def call_sequences(self) -> list[tuple[list[int], list[int]]]:
+        """``(node ids in execution order, output value ids)`` of every traced call, the example call first."""
+        calls = getattr(self, "extra_calls", None) or []
+        return [(list(range(self.primary_end)), self.outputs)] + [(seq, outs) for _, outs, seq in calls]
+
+    def all_outputs(self) -> list[int]:
+        """Output values of every traced call."""
+        return [v for _, outs in self.call_sequences() for v in outs]
 
     def live_nodes(self) -> set[int]:
-        """Nodes whose outputs reach a model output (the others only feed unused results)."""
+        """Nodes whose outputs reach a model output of any call (the others only feed unused results)."""
         live: set[int] = set()
-        stack = [self.values[v].producer for v in self.outputs]
+        stack = [self.values[v].producer for v in self.all_outputs()]
         while stack:
             nid = stack.pop()
             if nid < 0 or nid in live:

@@ -99,7 +99,7 @@ def infer(graph: Graph, *, soft_tracing: bool = True, keep_io: bool = True) -> I
                 _rigid_node(ctx, node, f"unknown op {node.op} in '{node.module or '<root>'}'")
             else:
                 _run(ctx, node, rule, res, soft_tracing)
-        alias = node.kwargs.get("__alias_write__")
+        alias = [ref for ref in node.kwargs.get("__alias_write__") or [] if not _reshaped_view(graph, node, ref.vid)]
         if alias:
             res.issues.append(Issue("alias_write", node.module, node.op, "in-place write into a view"))
             _rigid_node(ctx, node, "in-place write into a view")
@@ -110,10 +110,37 @@ def infer(graph: Graph, *, soft_tracing: bool = True, keep_io: bool = True) -> I
             if vid >= 0 and len(graph.values[vid].axes) != len(graph.values[vid].shape):
                 ctx.set_out(i, [ctx.fresh(s, f"out{i}", f"{node.op} gave no layout") for s in graph.values[vid].shape])
     if keep_io:
-        for vid in graph.outputs:
+        for vid in graph.all_outputs():
             for ax in graph.values[vid].axes:
                 sp.mark_rigid(ax, "model output (keeps its shape)")
     return res
+
+
+_RESHAPING_VIEWS = frozenset({"aten.view", "aten._unsafe_view", "aten.reshape", "aten._reshape_alias",
+                              "aten.unsqueeze", "aten.squeeze", "aten.transpose", "aten.t", "aten.permute",
+                              "aten.alias", "aten.detach"})
+
+
+def _reshaped_view(graph: Graph, node: Node, base: int) -> bool:
+    """Whether the tensor ``node`` writes in place is ``base`` seen through views that only
+    rearrange it (every entry once, none dropped: view, permute, ...; not slices): the write then
+    couples the same channel spaces as a write into the base, and the op's own rule says how."""
+    written = next(iter(node.tensor_args()), None)
+    vid = written
+    for _ in range(64):
+        if vid is None or vid < 0:
+            return False
+        if vid == base:
+            return vid != written
+        producer = graph.values[vid].producer
+        if producer < 0:
+            return False
+        src = graph.nodes[producer]
+        if src.op not in _RESHAPING_VIEWS:
+            return False
+        args = src.tensor_args()
+        vid = args[0] if args else None
+    return False
 
 
 def _run(ctx: Ctx, node: Node, fn: object, res: InferResult, soft_tracing: bool = True) -> None:

@@ -44,6 +44,16 @@ def format_report(snap: Snapshot, model: nn.Module) -> str:
         lines.append("could not reason about:")
         for i in snap.issues:
             lines.append(f"  [{i.kind}] {i.op} in '{i.module or '<root>'}': {i.detail}")
+    extra = getattr(snap.graph, "extra_calls", [])
+    if extra:
+        lines.append(f"traced calls: the example call and {len(extra)} more (label groups cover their union)")
+    seen = set(snap.graph.params) | set(snap.graph.aliases)
+    untraced = [n for n, _ in model.named_parameters() if n not in seen]
+    if untraced:
+        modules = sorted({n.rsplit(".", 1)[0] if "." in n else "<root>" for n in untraced})
+        lines.append(f"not used by any traced call ({len(untraced)} parameters in {', '.join(modules)}): pruning "
+                     "cannot see how their channels couple and never slices them; if some input takes that path, "
+                     "give it as PruningIR(..., extra_calls=[ExampleCall(...)])")
     fixed = [g for g in snap.groups if not g.prunable]
     if fixed:
         lines.append("unprunable groups:")

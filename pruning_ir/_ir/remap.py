@@ -69,10 +69,12 @@ def remap_snapshot(snap: Snapshot, kept: dict[int, torch.Tensor]) -> Snapshot:
             nsp.size[leaf] = int(kept[leaf].sum())
     for v in values:
         v.shape = tuple(sum(_term(nsp, t) for t in ax) for ax in v.axes)
-    graph = Graph(values, nodes, list(g.inputs), list(g.outputs), dict(g.params), dict(g.aliases))
+    extra = [(start, list(outs), list(seq)) for start, outs, seq in getattr(g, "extra_calls", [])]
+    graph = Graph(values, nodes, list(g.inputs), list(g.outputs), dict(g.params), dict(g.aliases),
+                  set(g.explicit_modules), extra)
     groups = build_groups(graph, nsp)
     new = Snapshot(snap.name, graph, nsp, groups, list(snap.issues), snap.example, snap.output_shapes,
-                   modes=snap.modes)
+                   modes=snap.modes, extra=list(getattr(snap, "extra", [])))
     old_by_leaf = {gr.leaf: gr for gr in snap.groups}
     for gr in groups:
         old = old_by_leaf.get(gr.leaf)

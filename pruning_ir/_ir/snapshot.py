@@ -42,6 +42,9 @@ class Snapshot:
     """Which criterion wrote ``scores`` (empty: none; selectors fall back to magnitude)."""
     modes: dict[str, bool] = field(default_factory=dict)
     """``module path -> training`` flag at trace time; verification runs the model in these modes."""
+    extra: list[tuple[tuple[Any, ...], dict[str, Any], dict[str, bool]]] = field(default_factory=list)
+    """Calls traced after the example call: ``(args, kwargs, module path -> training flag)``;
+    verification runs each of them too (their nodes are ``graph.extra_calls``)."""
     cache: dict[str, Any] = field(default_factory=dict, repr=False)
     """Derived data (default magnitude scores); recomputed when the weights change."""
 
@@ -51,6 +54,10 @@ class Snapshot:
         state = dict(self.__dict__)
         state["cache"] = {k: v for k, v in self.cache.items() if k not in REBUILT_AFTER_LOAD}
         return state
+
+    def calls(self) -> list[tuple[tuple[Any, ...], dict[str, Any], dict[str, bool]]]:
+        """Every traced call as ``(args, kwargs, modes)``, the example call first."""
+        return [(self.example[0], self.example[1], self.modes), *getattr(self, "extra", [])]
 
     @property
     def prunable_groups(self) -> list[LabelGroup]:

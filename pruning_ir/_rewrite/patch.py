@@ -55,7 +55,9 @@ def _module_nodes(snap: Snapshot) -> tuple[list[Node], dict[str, list[Node]]]:
     if got is None:
         with_facts: list[Node] = []
         by_module: dict[str, list[Node]] = {}
-        for node in snap.graph.nodes:
+        # the example call's nodes: a patch counts one module call's ops (another traced call
+        # taking other paths there is checked by verification, not patched)
+        for node in snap.graph.primary_nodes():
             if node.leaf:
                 continue
             by_module.setdefault(node.module, []).append(node)

@@ -9,24 +9,30 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
-from .._ir.graph import Graph, constant_nodes, vanishing_nodes, view_chains
+from .._ir.graph import Graph, Node, constant_nodes, vanishing_nodes, view_chains
 from .._ir.snapshot import Snapshot
 from .._trace.recorder import _to_pytree, record
 from ..errors import RewriteError, TraceError
+from .conditions import deterministic
 
 
 @contextlib.contextmanager
-def traced_modes(model: nn.Module, snap: Snapshot) -> Iterator[None]:
-    """Run ``model`` as it was traced: each module's train/eval flag as at trace time, and
-    buffers (BN running statistics) restored afterwards, so checks have no side effects."""
+def call_modes(model: nn.Module, modes: dict[str, bool]) -> Iterator[None]:
+    """Run ``model`` with each module's train/eval flag from ``modes`` (as at trace time), and
+    buffers (BN running statistics) restored afterwards, so checks have no side effects. With a
+    module in training mode the call runs under :func:`~.conditions.deterministic`."""
     modules = list(model.named_modules())
     before = [m.training for _, m in modules]
     for path, m in modules:
-        m.training = snap.modes.get(path, m.training)
+        m.training = modes.get(path, m.training)
+    training = any(m.training for _, m in modules)
     saved = ({n: b.detach().clone() for n, b in model.named_buffers() if b.device.type != "meta"}
-             if any(m.training for _, m in modules) else {})
+             if training else {})
     try:
-        yield
+        # in training mode, dropout keeps everything and random decisions (layer drop) are seeded,
+        # so a trace and its re-trace, or two models, take the same path
+        with deterministic() if training else contextlib.nullcontext():
+            yield
     finally:
         for (_, m), flag in zip(modules, before, strict=True):
             m.training = flag
@@ -37,12 +43,32 @@ def traced_modes(model: nn.Module, snap: Snapshot) -> Iterator[None]:
                         b.copy_(saved[n])
 
 
-def run_model(model: nn.Module, snap: Snapshot) -> list[torch.Tensor]:
-    args, kwargs = snap.example
-    with torch.no_grad(), traced_modes(model, snap):
+def traced_modes(model: nn.Module, snap: Snapshot) -> contextlib.AbstractContextManager[None]:
+    """:func:`call_modes` of the example call."""
+    return call_modes(model, snap.modes)
+
+
+Call = tuple[tuple[object, ...], dict[str, object], dict[str, bool]]
+
+
+def run_call(model: nn.Module, call: Call) -> list[torch.Tensor]:
+    """Flat tensor outputs of one traced call ``(args, kwargs, modes)``, without gradients."""
+    args, kwargs, modes = call
+    with torch.no_grad(), call_modes(model, modes):
         out = model(*args, **kwargs)
     flat, _ = pytree.tree_flatten(_to_pytree(out))
     return [t for t in flat if isinstance(t, torch.Tensor)]
+
+
+def run_model(model: nn.Module, snap: Snapshot) -> list[torch.Tensor]:
+    """Flat tensor outputs of the example call."""
+    return run_call(model, snap.calls()[0])
+
+
+def run_all(model: nn.Module, snap: Snapshot) -> None:
+    """Run every traced call (the example call first)."""
+    for call in snap.calls():
+        run_call(model, call)
 
 
 class VerifyFailure(RewriteError):
@@ -53,9 +79,9 @@ class VerifyFailure(RewriteError):
         self.module = module
 
 
-def _run_tracking(model: nn.Module, snap: Snapshot) -> tuple[list[torch.Tensor] | None, BaseException | None,
-                                                             str | None]:
-    """Run the model; on failure also return the innermost module that was running."""
+def _run_tracking(model: nn.Module, call: Call) -> tuple[list[torch.Tensor] | None, BaseException | None,
+                                                         str | None]:
+    """Run one call; on failure also return the innermost module that was running."""
     stack: list[str] = []
     handles = []
     for path, mod in model.named_modules():
@@ -69,7 +95,7 @@ def _run_tracking(model: nn.Module, snap: Snapshot) -> tuple[list[torch.Tensor] 
         handles.append(mod.register_forward_pre_hook(pre))
         handles.append(mod.register_forward_hook(post))
     try:
-        return run_model(model, snap), None, None
+        return run_call(model, call), None, None
     except Exception as exc:
         return None, exc, (stack[-1] if stack else None)
     finally:
@@ -85,14 +111,6 @@ def verify_graph(model: nn.Module, expected: Snapshot, unresolved: list[str], le
     ``ran``: :func:`verify_forward` already passed on this model (skip that forward)."""
     if not ran:
         verify_forward(model, expected, unresolved)
-    args, kwargs = expected.example
-    try:
-        with traced_modes(model, expected):
-            got = record(model, args, kwargs, leaf_modules)  # type: ignore[arg-type]
-    except TraceError as exc:
-        raise VerifyFailure(str(exc), None) from exc
-    exp_sig = _signature(expected.graph)
-    got_sig = _signature(got)
     chains = expected.cache.get("view_chains")
     if chains is None:
         chains = expected.cache["view_chains"] = view_chains(expected.graph)
@@ -102,7 +120,22 @@ def verify_graph(model: nn.Module, expected: Snapshot, unresolved: list[str], le
     # and results computed from factory ops alone may come from a Python cache in one run and
     # be recomputed in the other
     vanish |= constant_nodes(expected.graph)
-    extra = constant_nodes(got)
+    graph = expected.graph
+    for k, (call, (sequence, _)) in enumerate(zip(expected.calls(), graph.call_sequences(), strict=True)):
+        args, kwargs, modes = call
+        try:
+            with call_modes(model, modes):
+                got = record(model, args, kwargs, leaf_modules)  # type: ignore[arg-type]
+        except TraceError as exc:
+            raise VerifyFailure(str(exc), None) from exc
+        what = "" if k == 0 else f" (traced call {k + 1})"
+        _compare(model, _signature([graph.nodes[i] for i in sequence], graph), _signature(got.nodes, got),
+                 vanish, constant_nodes(got), what)
+
+
+def _compare(model: nn.Module, exp_sig: list[tuple[str, list[tuple[int, ...]], str, int]],
+             got_sig: list[tuple[str, list[tuple[int, ...]], str, int]], vanish: set[int], extra: set[int],
+             what: str) -> None:
     i = j = 0
     while i < len(exp_sig) or j < len(got_sig):
         e = exp_sig[i] if i < len(exp_sig) else None
@@ -116,7 +149,7 @@ def verify_graph(model: nn.Module, expected: Snapshot, unresolved: list[str], le
         if (e and e[:2]) != (g and g[:2]):
             where = (g or e)[2]  # type: ignore[index]
             raise VerifyFailure(
-                f"the slim {type(model).__name__} runs, but in module '{where or '<root>'}' it computes "
+                f"the slim {type(model).__name__} runs, but in module '{where or '<root>'}'{what} it computes "
                 f"{g and g[:2]} where the pruned IR predicts {e and e[:2]}: Python code computes a size the "
                 "engine could not update", where)
         i += 1
@@ -128,11 +161,11 @@ _IDENTITY = {"aten.clone", "aten.alias", "aten.contiguous", "aten._to_copy", "at
 _VIEW = {"aten._unsafe_view": "aten.view", "aten.reshape": "aten.view", "aten._reshape_alias": "aten.view"}
 
 
-def _signature(graph: Graph) -> list[tuple[str, list[tuple[int, ...]], str, int]]:
+def _signature(nodes: list[Node], graph: Graph) -> list[tuple[str, list[tuple[int, ...]], str, int]]:
     """(op, primary output shape, module, node id) of every node that can change a shape; auxiliary
     outputs (saved statistics) are left out: they differ between backends."""
     out = []
-    for n in graph.nodes:
+    for n in nodes:
         if n.op in _IDENTITY:
             continue
         shapes = [graph.values[o].shape for o in n.outputs[:1] if o >= 0]
@@ -141,21 +174,27 @@ def _signature(graph: Graph) -> list[tuple[str, list[tuple[int, ...]], str, int]
 
 
 def verify_forward(model: nn.Module, snap: Snapshot, unresolved: list[str]) -> None:
-    """Raise :class:`VerifyFailure` unless the slim model runs and keeps its output shapes."""
+    """Raise :class:`VerifyFailure` unless the slim model runs every traced call and keeps its
+    output shapes."""
     hint = ("; ambiguous attributes: " + "; ".join(unresolved)) if unresolved else ""
-    outs, exc, where = _run_tracking(model, snap)
-    if outs is None:
-        raise VerifyFailure(
-            f"the slim {type(model).__name__} does not run on the example inputs (in module "
-            f"'{where or '<root>'}'): {type(exc).__name__}: {exc}{hint}. Some Python code holds a shape "
-            "the engine could not update: pass that module in leaf_modules=[...] (its channels stay "
-            "unprunable) or report the model.",
-            where,
-        ) from exc
-    shapes = [tuple(t.shape) for t in outs]
-    expected = [tuple(s) for s in snap.output_shapes]
-    if snap.graph.outputs and shapes[: len(expected)] != expected:
-        raise VerifyFailure(
-            f"the slim {type(model).__name__} changed its output shapes: {shapes} instead of {expected}{hint}.",
-            None,
-        )
+    graph = snap.graph
+    for k, (call, (_, outs_expected)) in enumerate(zip(snap.calls(), graph.call_sequences(), strict=True)):
+        what = "the example inputs" if k == 0 else f"traced call {k + 1}"
+        outs, exc, where = _run_tracking(model, call)
+        if outs is None:
+            raise VerifyFailure(
+                f"the slim {type(model).__name__} does not run on {what} (in module "
+                f"'{where or '<root>'}'): {type(exc).__name__}: {exc}{hint}. Some Python code holds a shape "
+                "the engine could not update: pass that module in leaf_modules=[...] (its channels stay "
+                "unprunable) or report the model.",
+                where,
+            ) from exc
+        shapes = [tuple(t.shape) for t in outs]
+        expected = ([tuple(s) for s in snap.output_shapes] if k == 0
+                    else [tuple(graph.values[v].shape) for v in outs_expected])
+        if outs_expected and shapes[: len(expected)] != expected:
+            raise VerifyFailure(
+                f"the slim {type(model).__name__} changed its output shapes on {what}: {shapes} instead of "
+                f"{expected}{hint}.",
+                None,
+            )

@@ -138,4 +138,4 @@ def broadcast(ctx: Ctx, refs: list[Any], out_shape: tuple[int, ...]) -> list[Lay
 
 def load_all() -> None:
     """Import the rule modules (they register themselves)."""
-    from . import elementwise, index, linalg, misc, norm, reduce, shape  # noqa: F401
+    from . import calls, elementwise, index, linalg, misc, norm, reduce, shape  # noqa: F401

@@ -223,7 +223,45 @@ def index(ctx: Ctx) -> None:
     ctx.set_out(0, out)
 
 
-@rule("aten.index_put", "aten.index_put_", "aten._index_put_impl_", "aten.index_copy", "aten.index_copy_",
+@rule("aten.index_put", "aten.index_put_", "aten._index_put_impl_")
+def index_put(ctx: Ctx) -> None:
+    """``self[indices] = values`` where the index tensors address the leading axes only (a boolean
+    mask over (batch, time), wav2vec2's time masking): the trailing axes are written entry for
+    entry from ``values`` (right-aligned, broadcast), so they couple like an elementwise op;
+    the indexed axes are positional. Any other form is rigid."""
+    x, indices, values = ctx.a("self"), ctx.a("indices"), ctx.a("values")
+    if not (isinstance(x, ValueRef) and isinstance(values, ValueRef) and isinstance(indices, (list, tuple))
+            and indices and all(isinstance(i, ValueRef) for i in indices)):
+        data_indexed(ctx)
+        return
+    idx_shapes = [ctx.shape(i) for i in indices]
+    is_bool = ["bool" in ctx.graph.values[i.vid].dtype for i in indices]
+    if any(is_bool) and len(indices) != 1:
+        data_indexed(ctx)
+        return
+    n_indexed = len(idx_shapes[0]) if is_bool[0] else len(indices)
+    xa, xs = ctx.axes(x), ctx.shape(x)
+    va, vs = ctx.axes(values), ctx.shape(values)
+    if n_indexed > len(xs):
+        data_indexed(ctx)
+        return
+    for i in indices:
+        for ax in ctx.axes(i):
+            ctx.rigid(ax, f"{ctx.node.op} index")
+    for d in range(n_indexed):
+        ctx.rigid(xa[d], f"{ctx.node.op} writes by position along this axis")
+    trailing = len(xs) - n_indexed
+    for k in range(1, len(vs) + 1):  # values' axes, right-aligned against self's
+        if k <= trailing and vs[-k] == xs[-k] and vs[-k] != 1:
+            ctx.unify(xa[-k], va[-k])
+        else:
+            ctx.rigid(va[-k], f"{ctx.node.op} broadcasts or indexes values along this axis")
+    for i, vid in enumerate(ctx.node.outputs):
+        if vid >= 0:
+            ctx.set_out(i, list(xa))
+
+
+@rule("aten.index_copy", "aten.index_copy_",
       "aten.index_add", "aten.index_add_", "aten.scatter", "aten.scatter_", "aten.scatter_add",
       "aten.scatter_add_", "aten.masked_scatter", "aten.masked_scatter_", "aten.masked_select",
       "aten.nonzero", "aten.take", "aten.put_", "aten.index_fill", "aten.index_fill_",
@@ -231,6 +269,7 @@ def index(ctx: Ctx) -> None:
       "aten.unfold", "aten.diagonal", "aten.diag", "aten.unique_dim", "aten._unique2", "aten.bincount",
       "aten.histc", "aten.kthvalue", "aten.mode")
 def data_indexed(ctx: Ctx) -> None:
+    """Ops that move entries by data: every axis they touch is rigid."""
     _all_rigid(ctx, f"{ctx.node.op} moves or indexes entries by position")
 
 

@@ -12,6 +12,7 @@ the build time against Torch-Pruning's dependency graph.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
@@ -26,8 +27,10 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .._ir.graph import Graph, Node, Value, ValueRef
+from .._rewrite.conditions import deterministic
 from ..errors import TraceError
 from ..modules import PrunedMultiheadAttention, explicit_forward, traces_explicitly
+from .merge import merge_call
 
 log = logging.getLogger(__name__)
 
@@ -222,13 +225,24 @@ def _leaf_match(module: nn.Module, leaves: list[Any]) -> bool:
     return False
 
 
+ExtraCall = tuple[tuple[Any, ...], dict[str, Any], "dict[str, bool] | None"]
+"""``(args, kwargs, modes)`` of a call traced after the example call; ``modes`` maps module
+paths to their training flag during the call (``None``: as they are)."""
+
+
 def record(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
-           leaf_modules: list[Any] | None = None, observer: Observer | None = None) -> Graph:
+           leaf_modules: list[Any] | None = None, observer: Observer | None = None,
+           extra: list[ExtraCall] | None = None, seeded_training: bool = True) -> Graph:
     """Run ``model(*args, **kwargs)`` once and return the recorded graph.
 
     ``observer(node, outputs)`` is called after each recorded ATen op with the op's
     flattened outputs (real tensors): calibration criteria read activations this way,
     with node numbers that match the IR's graph whenever the model takes the same path.
+    ``extra`` calls are recorded after it into the same graph (``graph.extra_calls``), each
+    with its modules' training flags set as given, then put back. A call with a module in
+    training mode runs under :func:`~pruning_ir._rewrite.conditions.deterministic` (dropout keeps
+    everything, random decisions seeded, as verification runs it) unless ``seeded_training`` is
+    off (calibration: the user's own training randomness).
     """
     graph = Graph()
     names: dict[int, tuple[str, str]] = {}
@@ -291,12 +305,39 @@ def record(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
         for i, t in enumerate(flat_in):
             if isinstance(t, torch.Tensor):
                 graph.inputs.append(rec.new_value(t, "input", name=f"input[{i}]"))
-        with torch.no_grad(), rec, _CompositeRecorder(rec):
+        training = seeded_training and any(m.training for m in model.modules())
+        with deterministic() if training else contextlib.nullcontext(), torch.no_grad(), rec, \
+                _CompositeRecorder(rec):
             out = model(*args, **kwargs)
         flat_out, _ = pytree.tree_flatten(_to_pytree(out))
         for t in flat_out:
             if isinstance(t, torch.Tensor) and id(t) in rec.current:
                 graph.outputs.append(rec.current[id(t)])
+        del out, flat_out
+        for e_args, e_kwargs, modes in extra or []:
+            start = len(graph.nodes)
+            before = {p: m.training for p, m in model.named_modules()}
+            try:
+                if modes is not None:
+                    for p, m in model.named_modules():
+                        m.training = modes.get(p, m.training)
+                for i, t in enumerate(pytree.tree_leaves((e_args, e_kwargs))):
+                    if isinstance(t, torch.Tensor) and id(t) not in rec.current:
+                        rec.new_value(t, "input", name=f"call{len(graph.extra_calls) + 1}.input[{i}]")
+                training = any(m.training for m in model.modules())
+                # as verification runs it: dropout keeps everything, random decisions seeded
+                with deterministic() if training else contextlib.nullcontext(), torch.no_grad(), rec, \
+                        _CompositeRecorder(rec):
+                    out = model(*e_args, **e_kwargs)
+            finally:
+                for p, m in model.named_modules():
+                    m.training = before.get(p, m.training)
+            outs = [rec.current[id(t)] for t in pytree.tree_leaves(_to_pytree(out))
+                    if isinstance(t, torch.Tensor) and id(t) in rec.current]
+            primary_end = graph.extra_calls[0][0] if graph.extra_calls else start
+            sequence, outs = merge_call(graph, start, primary_end, outs)
+            graph.extra_calls.append((start, outs, sequence))
+            del out
     except TraceError:
         raise
     except Exception as exc:

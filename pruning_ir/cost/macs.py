@@ -860,7 +860,7 @@ class MacsModel(CostModel):
         self.counted: dict[str, int] = {}
         """Op -> number of nodes whose MACs are counted."""
         graph = snap.graph
-        for node in graph.nodes:
+        for node in graph.primary_nodes():  # the example call's (extra calls are not the model's cost)
             where = node.module or "<root>"
             if node.leaf:
                 self.uncounted.append(f"leaf module {node.leaf} '{where}' (its inside is not in the graph)")
@@ -958,7 +958,7 @@ class NodeCostModel(CostModel):
     def _collect(self, snap: Snapshot, builder: _Builder) -> None:
         graph = snap.graph
         other = self._tag("<elements written by the other ops>")
-        for node in graph.nodes:
+        for node in graph.primary_nodes():
             formula = None if node.leaf else MAC_OPS.get(node.op)
             monos = None
             if formula is not None:

@@ -101,12 +101,12 @@ class _ActivationCriterion(Criterion):
 
         sites: dict[_Key, list[_Site]] = {}
         covered: set[int] = set()
-        for node in graph.nodes:
+        for node in graph.primary_nodes():
             if node.op in NONLINEAR_OPS and not node.leaf:
                 covered |= add_sites(node, None, sites)
         missing = {g.gid for g in snap.prunable_groups} - covered
         if missing:  # no nonlinearity: read the outputs of the layers using the group's parameters
-            for node in graph.nodes:
+            for node in graph.primary_nodes():
                 uses = [vid for vid in node.tensor_args() if vid in param_vids]
                 if not uses:
                     continue
@@ -138,7 +138,7 @@ class _ActivationCriterion(Criterion):
         self._seen = {}
         self._hits = 0
         try:
-            record(model, args, kwargs, self.ir.leaf_modules, observer=self._observe)
+            record(model, args, kwargs, self.ir.leaf_modules, observer=self._observe, seeded_training=False)
         finally:
             handle.remove()
         if self._hits != len(self.sites):

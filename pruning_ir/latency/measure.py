@@ -487,9 +487,18 @@ class MacsLatency(_RunsInEval):
             self._run(model)
         return counter.get_total_flops() / 2
 
-    def cost_model(self, ir: PruningIR, snapshot_name: str = "main") -> CostModel:
-        """The same MACs read off ``ir``'s snapshot for any selection of labels (no forward)."""
-        return MacsModel(ir, snapshot_name)
+    def cost_model(self, ir: PruningIR, snapshot_name: str = "main") -> CostModel | None:
+        """The same MACs read off ``ir``'s snapshot for any selection of labels (no forward), or
+        ``None`` when the IR was traced on other inputs (another batch size or sequence length):
+        its MACs would not be in this function's units, so a selector then calls the function on
+        candidate models instead (a budget of ``0.5 * fn(model)`` stays half of *these* MACs)."""
+        model = MacsModel(ir, snapshot_name)
+        own = self(ir.model)
+        if abs(own - model.baseline()) > 1e-6 * max(own, 1.0):
+            log.info("MacsLatency: the IR's example inputs give %d MACs, this function's inputs %d; candidates "
+                     "are counted on this function's inputs", model.baseline(), own)
+            return None
+        return model
 
     def __repr__(self) -> str:
         return "MacsLatency()"

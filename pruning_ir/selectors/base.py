@@ -5,6 +5,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
+import torch
+
 if TYPE_CHECKING:
     from .._ir.labels import Label
     from ..ir import PruningIR
@@ -26,9 +28,51 @@ def aligned_removal(n_remove: int, size: int, step: int) -> int:
     return max(0, size - kept)
 
 
+def keep_axes_nonempty(ir: PruningIR, labels: list[Label], snapshot_name: str = "main") -> list[Label]:
+    """``labels`` with, for every parameter axis made of parts of groups that they would empty
+    (see :func:`~pruning_ir._ir.axes.emptied_axis`), the highest-scoring removed label that
+    lies in it put back, until none is empty. A no-op (one cached lookup) for most models."""
+    from .._ir.axes import emptied_axis, partial_param_axes, slot_map
+    from .._ir.masks import removed_masks
+
+    snap = ir.snapshot(snapshot_name)
+    if not labels or not partial_param_axes(snap):
+        return labels
+    removed = removed_masks(snap, labels)
+    if removed is None:  # invalid labels: prune() will say why
+        return labels
+    by_leaf = {g.leaf: g for g in snap.groups}
+    scores = None
+    out = list(labels)
+    for _ in range(len(out)):
+        hit = emptied_axis(snap, removed)
+        if hit is None:
+            break
+        _, _, layout = hit
+        scores = scores if scores is not None else ir.label_scores(snapshot_name)
+        best: tuple[float, int, int] | None = None
+        for leaf, mask in removed.items():
+            g = by_leaf[leaf]
+            slots = slot_map(snap.spaces, layout, leaf)
+            inside = torch.zeros(mask.shape[0], dtype=torch.bool)
+            inside[slots[slots >= 0]] = True  # the group's slots this axis holds
+            for i in (mask & inside).nonzero().flatten().tolist():
+                s = float(scores[g.gid][i]) if g.gid in scores else 0.0
+                if best is None or s > best[0]:
+                    best = (s, g.gid, i)
+        if best is None:
+            break
+        _, gid, i = best
+        removed[snap.groups[gid].leaf][i] = False
+        out = [lab for lab in out if not (lab.group == gid and lab.index == i)]
+    return out
+
+
 def align_selection(ir: PruningIR, labels: list[Label], snapshot_name: str = "main") -> list[Label]:
     """``labels`` with, in every group whose kept size must be a multiple of its ``step``, the
-    highest-scoring removed labels put back until it is (see :attr:`LabelGroup.step`)."""
+    highest-scoring removed labels put back until it is (see :attr:`LabelGroup.step`), and no
+    parameter axis emptied (:func:`keep_axes_nonempty`)."""
+    labels = keep_axes_nonempty(ir, labels, snapshot_name)
     snap = ir.snapshot(snapshot_name)
     steps = {g.gid: g for g in snap.groups if g.step > 1}
     if not steps:

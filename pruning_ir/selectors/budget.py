@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .._ir.graph import ValueRef
-from ..errors import InvalidInputError, LatencyMeasurementError
+from ..errors import InvalidInputError, LabelError, LatencyMeasurementError
 
 if TYPE_CHECKING:
     from .._ir.labels import Label, LabelGroup
@@ -122,7 +122,7 @@ def attention_head_ties(snap: Snapshot) -> list[tuple[int, int]]:
         g = by_leaf.get(leaf)
         return g if g is not None and (start, end) == (0, g.size) else None
 
-    for node in snap.graph.nodes:
+    for node in snap.graph.primary_nodes():
         if node.op not in SDPA:
             continue
         q, v = node.kwargs.get("query"), node.kwargs.get("value")
@@ -293,9 +293,12 @@ class Evaluator:
         if self.exact is not None:
             value = float(self.exact.cost(labels))
         else:
-            model = self.ir.model if not labels else self.ir.prune(self.name, labels=labels).model
             try:
+                model = self.ir.model if not labels else self.ir.prune(self.name, labels=labels).model
                 value = float(self.fn(model))
+            except LabelError as exc:  # a selection prune() refuses (an emptied axis): not a candidate
+                log.info("candidate with %d labels removed cannot be pruned: %s", len(labels), exc)
+                value = math.inf
             except LatencyMeasurementError as exc:
                 log.info("candidate with %d labels removed refused by the latency function: %s", len(labels), exc)
                 value = math.inf

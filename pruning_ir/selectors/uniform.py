@@ -6,7 +6,7 @@ import math
 from typing import TYPE_CHECKING
 
 from ..errors import InvalidInputError
-from .base import LabelSelector, aligned_removal
+from .base import LabelSelector, aligned_removal, keep_axes_nonempty
 
 if TYPE_CHECKING:
     from .._ir.labels import Label
@@ -44,7 +44,7 @@ class UniformLabelSelector(LabelSelector):
             if ordered:
                 n = aligned_removal(n, len(ordered), groups[ordered[0].group].step)
             out.extend(ordered[:n])
-        return out
+        return keep_axes_nonempty(ir, out, snapshot_name)
 
     def __repr__(self) -> str:
         return f"UniformLabelSelector(pruning_ratio={self.pruning_ratio})"
