@@ -13,31 +13,66 @@ For every ``model_type`` in the ``transformers`` auto mappings this script
   right-padded ``attention_mask``, + ``decoder_input_ids`` for encoder-decoders) for text,
   ``pixel_values`` for vision; other inputs (audio features, time series, ...) are skipped;
 * checks that the model runs on those inputs (otherwise: skipped, the generic recipe does
-  not fit it), then ``PruningIR(model, ...)``, ``UniformLabelSelector(0.3).select(ir)`` and
-  ``verify_pruning(ir, labels)`` (prune, and compare the slim model with the masked original).
+  not fit it), then builds ``PruningIR(model, ...)`` and prunes three selections of labels:
 
-Each model runs in its own forked subprocess under a time limit (``--timeout``), so a hang,
-a segfault or a memory blow-up costs one row, not the run. Status per model:
+  - ``uniform 0.3``: ``UniformLabelSelector(0.3).select(ir)``;
+  - ``random 0`` and ``random 1``: :func:`random_selection` with seeds 0 and 1 (every prunable
+    group loses a random 5-90 % of its labels, a random subset, keeping at least one step and
+    a multiple of the group's step; a draw that ``ir.check_labels`` refuses because it would
+    empty a concatenation of slices is redrawn, up to 20 times).
 
-* ``ok-exact``: slim == masked original within float rounding;
-* ``ok-inexact-listed``: not exact, and ``verify_pruning`` lists why (a norm, mean or softmax
-  over pruned channels, a Python-held scale), and the selection's labels from groups *without*
-  such notes, pruned alone, are exact (``note-free diff``);
-* ``WRONG``: not exact and **no reason listed**, or the note-free part not exact -- a silently
-  wrong model, the worst outcome;
-* ``nothing-prunable``: the IR found no prunable label group (or the selector removed nothing);
-* ``error``: a ``pruning_ir.errors.PruningIRError`` (a clear refusal: allowed);
-* ``CRASH``: any other exception raised while ``pruning_ir`` ran (the innermost frame is
-  recorded), or the subprocess died;
-* ``timeout`` (with the stage it was in), ``skipped (reason)`` (config, model or inputs could
-  not be built generically, or the model does not run on them).
+  For each selection ``verify_pruning(ir, labels)`` prunes and compares the slim model with the
+  original whose removed labels' parameter entries are set to zero (the masked original), on
+  outputs **and** the gradients of every kept parameter entry (of a fixed random projection of
+  the outputs), under three conditions: the example call (modules in their traced modes),
+  ``train mode`` (every module training, dropout keeping every entry, same seeds) and
+  ``batch N`` (the example call with one more example). A condition the masked original itself
+  cannot run (BatchNorm training on one example, no batch axis, ...) is *skipped* by
+  ``verify_pruning`` with the reason; this script reports which conditions ran and which were
+  skipped.
 
-The table is printed and written to ``benchmarks/results/hf_sweep.md``. Exit status 1 when a
-model is ``WRONG`` or ``CRASH``; errors, nothing-prunable, timeouts and skips are reported only.
+Outcome of one selection:
+
+* ``exact``: every check that ran matches within float rounding, outputs and gradients
+  (``Check.exact``: ``diff <= 1e-4 * max(1, max |reference|)``, each separately);
+* ``listed``: not exact, ``verify_pruning`` lists why (a norm, mean or softmax over pruned
+  channels, a Python-held scale), no check failed, and the selection's labels from groups
+  *without* such notes, pruned together in one ``verify_pruning``, are exact under every
+  condition (``note-free diff``);
+* ``WRONG``: not exact with **no reason listed**; or the note-free part not exact; or a check
+  with ``error`` set (the slim model raises where the masked original runs), in the selection's
+  run or its note-free run; or no condition could run at all -- a silently wrong (or broken)
+  model, the worst outcome;
+* ``refused``: a ``pruning_ir.errors.PruningIRError`` raised by ``prune``/``verify_pruning``
+  (or by ``check_labels`` refusing every random draw) for labels of groups the IR marked
+  prunable -- a defect: the IR promised the group can be pruned;
+* ``CRASH``: any other exception while selecting, pruning or verifying (innermost frame kept);
+* ``none``: the selection is empty.
+
+Status per model (the table's ``status`` column), the worst over its three selections
+(``WRONG`` > ``CRASH`` > ``refused-at-prune`` > ``timeout`` > ``ok-inexact-listed`` >
+``ok-exact`` > ``nothing-prunable``):
+
+* ``ok-exact``, ``ok-inexact-listed``, ``WRONG``, ``refused-at-prune``, ``CRASH``: the worst
+  selection outcome (``CRASH`` also when the subprocess died);
+* ``nothing-prunable``: the IR found no prunable label group (every selection empty);
+* ``error``: a ``PruningIRError`` while building the IR (a clear refusal: allowed);
+* ``CRASH``: any other exception while building the IR;
+* ``timeout`` (with the stage it was in; selections finished before it are still shown, and a
+  ``WRONG``/``CRASH``/``refused`` among them wins), ``skipped (reason)`` (config, model or inputs
+  could not be built generically, or the model does not run on them).
+
+The table (one row per model: the model status, a column per selection, the conditions that
+ran, worst differences) is printed and written to ``benchmarks/results/hf_sweep.md``, with a
+summary line counting models per status, per selection outcome and per condition (ran in every
+verified selection / skipped in one / slim failed), and the skip reasons grouped. Exit status 1
+when a model is ``WRONG``, ``CRASH`` or ``refused-at-prune``; errors, nothing-prunable, timeouts
+and skips are reported only.
 
 Usage::
 
-    python benchmarks/hf_sweep.py                      # every architecture (~ half an hour on 2 CPUs)
+    python benchmarks/hf_sweep.py --timeout 240        # every architecture (~ 18 min on 2 CPUs with --jobs 1;
+                                                       # zamba / zamba2 take 60-105 s each)
     python benchmarks/hf_sweep.py --quick              # ~12 diverse architectures
     python benchmarks/hf_sweep.py --models llama,bert,vit --timeout 60
     python benchmarks/hf_sweep.py --limit 40           # the first 40 model types (alphabetical)
@@ -51,6 +86,7 @@ import contextlib
 import inspect
 import multiprocessing as mp
 import os
+import random
 import re
 import sys
 import time
@@ -261,6 +297,34 @@ def candidates() -> dict[str, list[str]]:
 
 
 # ----------------------------------------------------------------------------- one model (child)
+SELECTIONS = ("uniform 0.3", "random 0", "random 1")
+CONDITIONS = ("example", "train", "batch")  # kinds of verify_pruning's checks
+SEL_STATUS = {"exact": "ok-exact", "listed": "ok-inexact-listed", "WRONG": "WRONG", "refused": "refused-at-prune",
+              "CRASH": "CRASH", "none": "nothing-prunable"}
+SEVERITY = ("nothing-prunable", "ok-exact", "ok-inexact-listed", "timeout", "refused-at-prune", "CRASH", "WRONG")
+
+
+@dataclass
+class Sel:
+    """The outcome of one selection (see the module docstring)."""
+
+    name: str
+    outcome: str = "-"  # exact / listed / WRONG / refused / CRASH / none; "-": not reached
+    labels: int | None = None
+    params_after: int | None = None
+    max_abs_diff: float | None = None  # outputs, worst over the checks that ran
+    max_grad_diff: float | None = None  # kept parameter entries' gradients, worst over the checks
+    clean_diff: float | None = None  # outputs of the note-free run (the main run when exact)
+    clean_grad_diff: float | None = None
+    reasons: list[str] = field(default_factory=list)
+    ran: list[str] = field(default_factory=list)  # names of the checks that ran (Check.name)
+    failed: list[str] = field(default_factory=list)  # checks whose slim model raised
+    skipped: list[str] = field(default_factory=list)  # verify_pruning's skipped (main and note-free runs)
+    unverified: int = 0
+    detail: str = ""
+    where: str = ""
+
+
 @dataclass
 class Row:
     model_type: str
@@ -270,19 +334,18 @@ class Row:
     where: str = ""  # innermost frame of a crash
     stage: str = "setup"
     params_before: int | None = None
-    params_after: int | None = None
     build_s: float | None = None
     groups: int | None = None
     prunable: int | None = None
-    labels: int | None = None
-    max_abs_diff: float | None = None
-    clean_diff: float | None = None  # max_abs_diff when only groups without notes are pruned
-    reasons: list[str] = field(default_factory=list)
+    sels: list[dict[str, Any]] = field(default_factory=list)  # asdict(Sel) per selection reached
     seconds: float | None = None
 
     @property
     def kind(self) -> str:
         return self.status.split(" ")[0]
+
+    def selections(self) -> list[Sel]:
+        return [Sel(**d) for d in self.sels]
 
 
 class Skip(Exception):
@@ -441,8 +504,128 @@ def skip_kind(detail: str) -> str:
     return head
 
 
+# Copied from tests/checks.py (random_selection, commit a490574) so that the benchmark does not
+# depend on tests/: what a selector could produce, drawn at random. Differences: the rounding to
+# the step grid is corrected (the original's ``n -= (g.size - n) % g.step`` adds the remainder to
+# the kept count, which stays off the grid for steps other than 1 and 2, and check_labels rightly
+# refuses such draws); a draw refused for another reason than an emptied concatenation is
+# re-raised (reported, not asserted); running out of draws raises NoRandomSelection.
+class NoRandomSelection(Exception):
+    """``check_labels`` refused every random draw (each emptied a concatenation of slices)."""
+
+
+def random_selection(ir: Any, seed: int) -> list[Any]:
+    """Every prunable group loses a random fraction (0.05-0.9) of its labels, a random subset of
+    them, keeping at least one step and a multiple of the group's step; draws that empty a
+    concatenation of slices (a ``LabelError`` "... none of ...") are redrawn, up to 20 times."""
+    from pruning_ir.errors import LabelError
+
+    gen = random.Random(seed)
+    last = ""
+    for _ in range(20):
+        out: list[Any] = []
+        for g in ir.prunable_label_groups():
+            n = int(gen.uniform(0.05, 0.9) * g.size)
+            n = min(n, g.size - g.step)
+            n -= -(g.size - n) % g.step  # kept count rounded up onto the step grid
+            if n > 0:
+                out += gen.sample(ir.labels(g), n)
+        try:
+            ir.check_labels(out)
+        except LabelError as exc:
+            if "none of" not in str(exc):
+                raise
+            last = _first_line(exc, 200)
+            continue
+        return out
+    raise NoRandomSelection(f"check_labels refused 20 random draws, last: {last}")
+
+
+def condition_kind(name: str) -> str:
+    """``example`` / ``train`` / ``batch`` for a Check name or a skipped entry of verify_pruning."""
+    if name.startswith("example"):
+        return "example"
+    if name.startswith("train"):
+        return "train"
+    if name.startswith(("batch", "other batch")):
+        return "batch"
+    return name.split(":")[0]
+
+
+def _check_text(c: Any) -> str:
+    if c.error:
+        msg = c.error.strip().splitlines()[0] if c.error.strip() else c.error
+        return f"{c.name}: the slim model fails where the masked original runs: {msg[:200]}"
+    # Check.exact's tolerance: diff <= 1e-4 * max(1, max |reference|); "!" marks what exceeds it
+    bad = c.max_abs_diff > 1e-4 * max(1.0, c.max_reference)
+    text = f"{c.name}: out {c.max_abs_diff:.2e}{' !' if bad else ''} (max |ref| {c.max_reference:.2e})"
+    if c.max_grad_diff is not None:
+        bad = c.max_grad_diff > 1e-4 * max(1.0, c.max_grad_reference)
+        text += f", grad {c.max_grad_diff:.2e}{' !' if bad else ''} (max |ref| {c.max_grad_reference:.2e})"
+    return text
+
+
+def _grad_worst(rep: Any) -> float | None:
+    vals = [c.max_grad_diff for c in rep.checks if c.max_grad_diff is not None]
+    return max(vals) if vals else None
+
+
+def judge(ir: Any, labels: list[Any], sel: Sel, stage: Any) -> None:
+    """``verify_pruning`` of one selection (and of its note-free part); fills ``sel``."""
+    from pruning_ir import verify_pruning
+
+    rep = verify_pruning(ir, labels)
+    sel.params_after = rep.params_after
+    sel.max_abs_diff = None if not rep.checks else rep.max_abs_diff
+    sel.max_grad_diff = _grad_worst(rep)
+    sel.reasons = list(rep.inexact_reasons)
+    sel.ran = [c.name for c in rep.checks]
+    sel.failed = [c.name for c in rep.checks if c.error]
+    sel.skipped = list(rep.skipped)
+    sel.unverified = len(rep.unverified)
+    if sel.failed:
+        sel.outcome = "WRONG"
+        sel.detail = "; ".join(_check_text(c) for c in rep.checks if c.error)
+        return
+    if not rep.checks:
+        sel.outcome = "WRONG"
+        sel.detail = "no condition could run: " + "; ".join(rep.skipped)[:300]
+        return
+    if rep.exact:
+        sel.outcome = "exact"
+        sel.clean_diff, sel.clean_grad_diff = sel.max_abs_diff, sel.max_grad_diff
+        return
+    if not rep.inexact_reasons:
+        sel.outcome = "WRONG"
+        sel.detail = "inexact, no reason listed: " + "; ".join(_check_text(c) for c in rep.checks if not c.exact)
+        return
+    sel.outcome = "listed"
+    # the listed reasons must be the whole story: the labels of groups without notes, pruned
+    # together, must match the masked original exactly (outputs and gradients, every condition)
+    groups = ir.label_groups()
+    clean = [lab for lab in labels if not groups[lab.group].notes]
+    if not clean:
+        return
+    stage(f"verify-clean {sel.name}")
+    rc = verify_pruning(ir, clean)
+    sel.clean_diff = None if not rc.checks else rc.max_abs_diff
+    sel.clean_grad_diff = _grad_worst(rc)
+    sel.skipped += [f"note-free run, {s}" for s in rc.skipped if s not in rep.skipped]
+    if any(c.error for c in rc.checks):
+        sel.outcome = "WRONG"
+        sel.failed += [f"note-free {c.name}" for c in rc.checks if c.error]
+        sel.detail = "groups without notes: " + "; ".join(_check_text(c) for c in rc.checks if c.error)
+    elif not rc.checks:
+        sel.outcome = "WRONG"
+        sel.detail = "groups without notes: no condition could run: " + "; ".join(rc.skipped)[:300]
+    elif not rc.exact:
+        sel.outcome = "WRONG"
+        sel.detail = "groups without notes, not exact: " + "; ".join(_check_text(c) for c in rc.checks if not c.exact)
+
+
 def run_one(model_type: str, class_names: list[str], conn: Connection, verbose: bool) -> None:
-    """Child process: build, prune, verify; send stage updates and the final :class:`Row`."""
+    """Child process: build, then prune and verify each selection; send stage updates, the row
+    so far after each step (kept when the model times out) and the final :class:`Row`."""
     torch.set_num_threads(1)
     if not verbose:  # transformers' and the model's own prints / warnings
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -453,7 +636,7 @@ def run_one(model_type: str, class_names: list[str], conn: Connection, verbose: 
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
-    from pruning_ir import PruningIR, UniformLabelSelector, verify_pruning
+    from pruning_ir import PruningIR, UniformLabelSelector
     from pruning_ir.errors import PruningIRError
 
     t0 = time.perf_counter()
@@ -462,6 +645,10 @@ def run_one(model_type: str, class_names: list[str], conn: Connection, verbose: 
     def stage(name: str) -> None:
         row.stage = name
         conn.send(("stage", name))
+
+    def progress() -> None:
+        row.seconds = time.perf_counter() - t0
+        conn.send(("row", asdict(row)))
 
     try:
         stage("setup")
@@ -476,50 +663,60 @@ def run_one(model_type: str, class_names: list[str], conn: Connection, verbose: 
         row.params_before = n_params(model)
         stage("build")
         t1 = time.perf_counter()
-        ir = PruningIR(model, example_inputs=args, example_kwargs=kwargs)
-        row.build_s = time.perf_counter() - t1
-        row.groups = len(ir.label_groups())
-        row.prunable = len(ir.prunable_label_groups())
-        stage("select")
-        labels = UniformLabelSelector(RATIO).select(ir)
-        row.labels = len(labels)
-        if not labels:
-            row.status = "nothing-prunable"
-            row.params_after = row.params_before
+        try:
+            ir = PruningIR(model, example_inputs=args, example_kwargs=kwargs)
+            row.build_s = time.perf_counter() - t1
+            row.groups = len(ir.label_groups())
+            row.prunable = len(ir.prunable_label_groups())
+        except PruningIRError as exc:
+            row.status, row.detail, row.where = "error", _first_line(exc), _where(exc)
             return
-        stage("verify")
-        rep = verify_pruning(ir, labels)
-        row.params_after = rep.params_after
-        row.max_abs_diff = rep.max_abs_diff
-        row.reasons = list(rep.inexact_reasons)
-        if rep.exact:
-            row.status = "ok-exact"
-            row.clean_diff = rep.max_abs_diff
-        elif rep.inexact_reasons:
-            row.status = "ok-inexact-listed"
-            # the listed reasons must be the whole story: the groups without notes, pruned
-            # alone, must match the masked original exactly
-            groups = ir.label_groups()
-            clean = [lab for lab in labels if not groups[lab.group].notes]
-            if clean:
-                stage("verify-clean")
-                rep_clean = verify_pruning(ir, clean)
-                row.clean_diff = rep_clean.max_abs_diff
-                if not rep_clean.exact:
-                    row.status = "WRONG"
-                    row.detail = (f"groups without notes: max_abs_diff {rep_clean.max_abs_diff:.3e} "
-                                  f"(max |ref| {rep_clean.max_reference:.3e}), not exact")
-        else:
-            row.status = "WRONG"
-            row.detail = f"max_abs_diff {rep.max_abs_diff:.3e} (max |ref| {rep.max_reference:.3e}), no reason listed"
-    except PruningIRError as exc:
-        row.status, row.detail, row.where = "error", _first_line(exc), _where(exc)
-    except Exception as exc:
+        except Exception as exc:
+            row.status, row.detail, row.where = "CRASH", _first_line(exc), _where(exc)
+            return
+        progress()
+        pickers = {
+            "uniform 0.3": lambda: UniformLabelSelector(RATIO).select(ir),
+            "random 0": lambda: random_selection(ir, 0),
+            "random 1": lambda: random_selection(ir, 1),
+        }
+        for name in SELECTIONS:
+            sel = Sel(name)
+            try:
+                stage(f"select {name}")
+                labels = list(pickers[name]())
+                sel.labels = len(labels)
+                if not labels:
+                    sel.outcome = "none"
+                else:
+                    stage(f"verify {name}")
+                    judge(ir, labels, sel, stage)
+            except (PruningIRError, NoRandomSelection) as exc:
+                sel.outcome, sel.detail, sel.where = "refused", _first_line(exc), _where(exc)
+            except Exception as exc:
+                sel.outcome, sel.detail, sel.where = "CRASH", _first_line(exc), _where(exc)
+            row.sels.append(asdict(sel))
+            progress()
+        row.status, row.detail, row.where = model_status(row.selections())
+    except Exception as exc:  # in the benchmark itself
         row.status, row.detail, row.where = "CRASH", _first_line(exc), _where(exc)
     finally:
         row.seconds = time.perf_counter() - t0
         conn.send(("done", asdict(row)))
         conn.close()
+
+
+def model_status(sels: list[Sel], floor: str = "nothing-prunable") -> tuple[str, str, str]:
+    """(status, detail, where) of a model: the worst selection outcome (not better than ``floor``)."""
+    status, detail, where = floor, "", ""
+    for s in sels:
+        st = SEL_STATUS.get(s.outcome)
+        if st is not None and SEVERITY.index(st) > SEVERITY.index(status):
+            status, detail, where = st, (f"{s.name}: {s.detail}" if s.detail else ""), s.where
+    if status == "ok-inexact-listed":
+        reasons = {r for s in sels for r in s.reasons}
+        detail = f"{len(reasons)} reason(s)"
+    return status, detail, where
 
 
 def run_isolated(model_type: str, class_names: list[str], timeout: float, verbose: bool) -> Row:
@@ -530,7 +727,7 @@ def run_isolated(model_type: str, class_names: list[str], timeout: float, verbos
     t0 = time.perf_counter()
     proc.start()
     send.close()
-    stage, result = "start", None
+    stage, result, partial = "start", None, None
     while result is None:
         left = timeout - (time.perf_counter() - t0)
         if left <= 0:
@@ -540,20 +737,30 @@ def run_isolated(model_type: str, class_names: list[str], timeout: float, verbos
                 kind, payload = recv.recv()
                 if kind == "stage":
                     stage = payload
+                elif kind == "row":
+                    partial = payload
                 else:
                     result = payload
             elif not proc.is_alive() and not recv.poll(0):
                 break
         except EOFError:
             break
-    if result is None and proc.is_alive():
-        proc.kill()
-        proc.join()
-        row = Row(model_type, status="timeout", detail=f"> {timeout:.0f} s in {stage}", stage=stage)
-    elif result is None:
-        proc.join()
-        row = Row(model_type, status="CRASH", stage=stage,
-                  detail=f"subprocess died with exit code {proc.exitcode} in {stage}")
+    if result is None:
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+            status, detail = "timeout", f"> {timeout:.0f} s in {stage}"
+        else:
+            proc.join()
+            status, detail = "CRASH", f"subprocess died with exit code {proc.exitcode} in {stage}"
+        row = Row(**partial) if partial is not None else Row(model_type)
+        row.stage = stage
+        # selections finished before: a WRONG / CRASH / refused among them wins over a timeout
+        worst, sdetail, swhere = model_status(row.selections(), floor=status)
+        if worst == status:
+            row.status, row.detail, row.where = status, detail, ""
+        else:
+            row.status, row.detail, row.where = worst, f"{sdetail}; then {status}: {detail}", swhere
     else:
         proc.join(5)
         if proc.is_alive():
@@ -577,7 +784,7 @@ def warm_up() -> None:
         hf_logging.set_verbosity_error()
     import transformers
 
-    from pruning_ir import PruningIR, UniformLabelSelector
+    from pruning_ir import PruningIR, UniformLabelSelector, verify_pruning
 
     for name in ("LlamaForCausalLM", "BertForMaskedLM", "ViTForImageClassification", "T5Model"):
         with contextlib.suppress(Exception):
@@ -585,12 +792,14 @@ def warm_up() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.LayerNorm(8), torch.nn.ReLU(),
                                 torch.nn.Linear(8, 5)).eval()
     ir = PruningIR(model, example_inputs=(torch.randn(2, 6),))
-    ir.prune(labels=UniformLabelSelector(RATIO).select(ir), verify=True)
+    verify_pruning(ir, UniformLabelSelector(RATIO).select(ir))
 
 
 # ----------------------------------------------------------------------------- report
 HEADERS = ("model_type", "class", "status", "params", "params after", "#groups", "#prunable groups",
-           "#prunable labels", "IR build s", "max_abs_diff", "note-free diff", "total s", "detail")
+           "#labels u/r0/r1", "IR build s", *SELECTIONS, "conditions", "max_abs_diff out/grad",
+           "note-free diff out/grad", "total s", "detail")
+VERIFIED = ("exact", "listed", "WRONG")  # outcomes with a verify_pruning report
 
 
 def fmt_params(n: int | None) -> str:
@@ -599,19 +808,73 @@ def fmt_params(n: int | None) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
 
 
+def _e(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1e}"
+
+
+def _worst(vals: list[float | None]) -> float | None:
+    vals = [v for v in vals if v is not None]
+    return max(vals) if vals else None
+
+
+def conditions(r: Row) -> dict[str, str]:
+    """Per condition kind: ``ran`` (in every verified selection), ``failed`` (the slim model raised
+    in one), ``skipped`` (in one), or ``-`` (no verified selection)."""
+    sels = [s for s in r.selections() if s.outcome in VERIFIED and (s.ran or s.skipped)]
+    out: dict[str, str] = {}
+    for kind in CONDITIONS:
+        if not sels:
+            out[kind] = "-"
+        elif any(condition_kind(f.removeprefix("note-free ")) == kind for s in sels for f in s.failed):
+            out[kind] = "failed"
+        elif any(condition_kind(k.removeprefix("note-free run, ")) == kind for s in sels for k in s.skipped):
+            out[kind] = "skipped"
+        else:
+            out[kind] = "ran"
+    return out
+
+
+def conditions_cell(r: Row) -> str:
+    c = conditions(r)
+    if all(v == "-" for v in c.values()):
+        return "-"
+    ran = " ".join(k[0].upper() for k in CONDITIONS if c[k] == "ran") or "none ran"
+    other = [f"{k} {c[k]}" for k in CONDITIONS if c[k] not in ("ran", "-")]
+    return ran + (f" ({', '.join(other)})" if other else "")
+
+
+def sel_cell(s: Sel | None) -> str:
+    if s is None:
+        return "-"
+    if s.outcome == "listed":
+        return f"listed ({len(s.reasons)})"
+    return s.outcome
+
+
 def table_row(r: Row) -> list[str]:
-    after = fmt_params(r.params_after)
-    if r.params_after is not None and r.params_before:
-        after += f" ({r.params_after / r.params_before:.2f})"
+    sels = {s.name: s for s in r.selections()}
+    uni = sels.get(SELECTIONS[0])
+    after = fmt_params(uni.params_after if uni else None)
+    if uni is not None and uni.params_after is not None and r.params_before:
+        after += f" ({uni.params_after / r.params_before:.2f})"
+    labels = "/".join("-" if sels.get(n) is None or sels[n].labels is None else str(sels[n].labels)
+                      for n in SELECTIONS)
+    ss = list(sels.values())
+    diff = f"{_e(_worst([s.max_abs_diff for s in ss]))}/{_e(_worst([s.max_grad_diff for s in ss]))}"
+    clean = f"{_e(_worst([s.clean_diff for s in ss]))}/{_e(_worst([s.clean_grad_diff for s in ss]))}"
     detail = r.detail
-    if r.status == "ok-inexact-listed":
-        detail = f"{len(r.reasons)} reason(s)"
     return [r.model_type, r.cls, r.status, fmt_params(r.params_before), after,
             "-" if r.groups is None else str(r.groups), "-" if r.prunable is None else str(r.prunable),
-            "-" if r.labels is None else str(r.labels), fmt_s(r.build_s),
-            "-" if r.max_abs_diff is None else f"{r.max_abs_diff:.2e}",
-            "-" if r.clean_diff is None else f"{r.clean_diff:.2e}", fmt_s(r.seconds),
+            labels if ss else "-", fmt_s(r.build_s), *[sel_cell(sels.get(n)) for n in SELECTIONS],
+            conditions_cell(r), diff if ss else "-", clean if ss else "-", fmt_s(r.seconds),
             detail if len(detail) <= 110 else detail[:109] + "…"]
+
+
+def skip_reason_key(text: str) -> str:
+    """A skipped condition's reason with numbers blanked, to group models by it."""
+    text = text.removeprefix("note-free run, ")
+    text = text.split(": ", 1)[1] if ": " in text else text
+    return re.sub(r"\d+", "N", text)[:240]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -665,8 +928,9 @@ def main(argv: list[str] | None = None) -> int:
         nonlocal done
         r = run_isolated(name, cands[name], args.timeout, args.verbose)
         done += 1
-        print(f"[hf_sweep {done}/{len(names)}] {name}: {r.status} {r.seconds or 0:.1f}s {r.detail[:100]}",
-              file=sys.stderr, flush=True)
+        per_sel = " ".join(sel_cell(s) for s in r.selections())
+        print(f"[hf_sweep {done}/{len(names)}] {name}: {r.status} [{per_sel}] {conditions_cell(r)} "
+              f"{r.seconds or 0:.1f}s {r.detail[:100]}", file=sys.stderr, flush=True)
         return r
 
     with ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:  # threads only wait on subprocesses
@@ -674,21 +938,36 @@ def main(argv: list[str] | None = None) -> int:
     total = time.perf_counter() - t_start
 
     counts = Counter(r.kind for r in rows)
-    order = ("ok-exact", "ok-inexact-listed", "WRONG", "nothing-prunable", "error", "CRASH", "timeout", "skipped")
+    order = ("ok-exact", "ok-inexact-listed", "WRONG", "refused-at-prune", "CRASH", "nothing-prunable", "error",
+             "timeout", "skipped")
     summary = ", ".join(f"{k}: {counts.get(k, 0)}" for k in order)
     attempted = len(rows) - counts.get("skipped", 0)
-    bad = [r for r in rows if r.kind in ("WRONG", "CRASH")]
+    bad = [r for r in rows if r.kind in ("WRONG", "CRASH", "refused-at-prune")]
     main_rows = [r for r in rows if r.kind != "skipped"]
     skipped = [r for r in rows if r.kind == "skipped"]
     skip_kinds = Counter(skip_kind(r.detail) for r in skipped)
-    table = markdown_table(HEADERS, [table_row(r) for r in main_rows])
+    sel_order = ("exact", "listed", "WRONG", "refused", "CRASH", "none", "-")
+    per_sel = []
+    for n in SELECTIONS:
+        c = Counter(next((s.outcome for s in r.selections() if s.name == n), "-") for r in main_rows)
+        per_sel.append(f"{n}: " + ", ".join(f"{k} {c[k]}" for k in sel_order if c.get(k)))
+    per_cond = []
+    for kind, label in zip(CONDITIONS, ("example call", "train mode", "batch +1")):
+        c = Counter(conditions(r)[kind] for r in main_rows)
+        per_cond.append(f"{label}: " + ", ".join(f"{k} {c[k]}" for k in ("ran", "skipped", "failed", "-")
+                                                  if c.get(k)))
     lines = [
-        f"{len(rows)} model types, {attempted} built and run through pruning_ir (uniform ratio {RATIO}).",
-        f"Status counts: {summary}.",
-        "Skipped by reason: " + (", ".join(f"{k}: {v}" for k, v in skip_kinds.most_common()) or "none") + ".",
+        f"{len(rows)} model types, {attempted} built and run through pruning_ir (selections: "
+        f"{', '.join(SELECTIONS)}; outputs and gradients).",
+        f"Status counts (worst over the selections): {summary}.",
+        "Per selection (models): " + "; ".join(per_sel) + " (`-`: not reached).",
+        "Conditions (models; ran = in every verified selection, skipped = in at least one, failed = the slim "
+        "model raised in one, - = no verified selection): " + "; ".join(per_cond) + ".",
+        "Skipped models by reason: " + (", ".join(f"{k}: {v}" for k, v in skip_kinds.most_common()) or "none") + ".",
     ]
     if bad:
-        lines.append("FAILED (WRONG or CRASH): " + ", ".join(r.model_type for r in bad))
+        lines.append("FAILED (WRONG, CRASH or refused-at-prune): " + ", ".join(r.model_type for r in bad))
+    table = markdown_table(HEADERS, [table_row(r) for r in main_rows])
     print(table)
     print()
     print("\n".join(lines))
@@ -704,15 +983,27 @@ def main(argv: list[str] | None = None) -> int:
         "tiny sizes (hidden 64 = 4 heads x 16, 2 kv heads, intermediate 112, 2 layers, vocab 99, 32x32 "
         "images / 8x8 patches; sub-configs too), as the causal-LM, masked-LM or image-classification head "
         "model, else the base model; inputs `input_ids` + padded `attention_mask` (text) or `pixel_values` "
-        "(vision). Each model runs in its own subprocess: `PruningIR(model, ...)`, "
-        "`UniformLabelSelector(0.3).select(ir)`, `verify_pruning(ir, labels)`. Status: `ok-exact`; "
-        "`ok-inexact-listed` (inexact with the reasons listed by the IR, and exact when only the groups "
-        "without such notes are pruned: `note-free diff`); `WRONG` (inexact with no reason listed, or the "
-        "note-free part inexact: a silently wrong model); `nothing-prunable`; `error` (a `pruning_ir.errors` "
-        "refusal); `CRASH` (any "
-        "other exception while pruning_ir ran, or the subprocess died); `timeout`; `skipped` (the generic "
-        "recipe does not fit the model; listed below). `params after` = parameters of the slim model "
-        "(ratio to before); `IR build s` = `PruningIR(...)`; `total s` = the whole subprocess.",
+        "(vision). Each model runs in its own subprocess: `PruningIR(model, ...)`, then three selections, "
+        "`UniformLabelSelector(0.3)` and two random ones (seeds 0 and 1: every prunable group loses a random "
+        "5-90 % of its labels, a random subset on the group's step grid), each through "
+        "`verify_pruning(ir, labels)`: the slim model against the original with the removed labels masked to "
+        "zero, outputs and kept parameter entries' gradients, on the example call (`E`), in train mode "
+        "(`T`: dropout keeps everything, same seeds) and at batch size + 1 (`B`); a condition the masked "
+        "original itself cannot run is skipped (listed below). Tolerance per check (`Check.exact`): "
+        "diff <= 1e-4 * max(1, max |reference|), for outputs and for gradients; in the details `!` marks "
+        "the differences above it. Selection outcome: `exact`; `listed (n)` "
+        "(inexact with n reasons listed by the IR, and the selection's labels of groups without such notes, "
+        "pruned together, exact: `note-free diff`); `WRONG` (inexact with no reason listed, the note-free "
+        "part inexact, or the slim model raising where the masked original runs: a silently wrong or broken "
+        "model); `refused` (a `pruning_ir.errors` refusal from prune/verify for groups the IR marked "
+        "prunable: a defect); `CRASH` (any other exception); `none` (empty selection). Model status = the "
+        "worst over the selections (`ok-exact`, `ok-inexact-listed`, `WRONG`, `refused-at-prune`, `CRASH`, "
+        "`nothing-prunable`), or `error` (a `pruning_ir.errors` refusal while building the IR: allowed), "
+        "`CRASH` (building the IR, or the subprocess died), `timeout`, `skipped` (the generic recipe does "
+        "not fit the model; listed below). `conditions`: the conditions that ran in every verified "
+        "selection. `params after` = parameters of the slim model for the uniform selection (ratio to "
+        "before); diffs are the worst over the selections; `IR build s` = `PruningIR(...)`; `total s` = the "
+        "whole subprocess.",
         "",
         *[f"{line}  " for line in lines],
         "",
@@ -720,11 +1011,30 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if busy:
         doc[4:4] = [f"> {busy}.", ""]
-    problems = [r for r in rows if r.kind in ("WRONG", "CRASH", "error", "timeout")]
+    problems = [r for r in rows if r.kind in ("WRONG", "CRASH", "refused-at-prune", "error", "timeout")]
     if problems:
-        doc += ["", "## WRONG, CRASH, error and timeout rows", ""]
-        doc += [f"- **{r.model_type}** ({r.cls}, {r.status}, stage {r.stage}): {md_cell(r.detail)}"
-                + (f" -- at `{r.where}`" if r.where else "") for r in problems]
+        doc += ["", "## WRONG, CRASH, refused-at-prune, error and timeout rows", ""]
+        for r in problems:
+            where_stage = f", stage {r.stage}" if r.kind in ("timeout", "error") or not r.sels else ""
+            doc.append(f"- **{r.model_type}** ({r.cls}, {r.status}{where_stage}): {md_cell(r.detail)}"
+                       + (f" -- at `{r.where}`" if r.where else ""))
+            for s in r.selections():
+                if s.outcome in ("WRONG", "refused", "CRASH"):
+                    doc.append(f"  - {s.name}: {s.outcome}: {md_cell(s.detail)}"
+                               + (f" -- at `{s.where}`" if s.where else ""))
+    cond_skips: dict[tuple[str, str], list[str]] = {}
+    for r in main_rows:
+        seen: set[tuple[str, str]] = set()
+        for s in r.selections():
+            for k in s.skipped:
+                key = (condition_kind(k.removeprefix("note-free run, ")), skip_reason_key(k))
+                if key not in seen:
+                    seen.add(key)
+                    cond_skips.setdefault(key, []).append(r.model_type)
+    if cond_skips:
+        doc += ["", "## Conditions skipped (the masked original itself cannot run there), by reason", ""]
+        for (kind, reason), models in sorted(cond_skips.items(), key=lambda kv: (kv[0][0], -len(kv[1]))):
+            doc.append(f"- {kind}: {md_cell(reason)} -- {len(models)} model(s): {', '.join(models)}")
     if skipped:
         doc += ["", "## Skipped", ""]
         doc += [f"- {r.model_type} ({r.cls}): {md_cell(r.detail)}" for r in skipped]
