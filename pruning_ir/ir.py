@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import inspect
+import itertools
 import logging
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from itertools import repeat
 from typing import Any
 
@@ -123,6 +125,40 @@ def untraced_parameters(model: nn.Module, graph: Graph) -> list[str]:
     """Names of the model's parameters that no traced call used (their channels are unknown)."""
     seen = set(graph.params) | set(graph.aliases)
     return [n for n, _ in model.named_parameters() if n not in seen]
+
+
+@dataclass
+class _Ambiguity:
+    """Attributes of one module that facts of equal old value left ambiguous (see
+    :func:`~pruning_ir._rewrite.attributes.update_attributes`), and the value combinations
+    verification has yet to try: all of them but the unchanged one (it already failed), at most
+    :data:`_MAX_COMBINATIONS`."""
+
+    names: list[str]
+    olds: list[int]
+    plans: list[tuple[int, ...]]
+
+    @classmethod
+    def of(cls, todo: list[tuple[str, int, list[int]]]) -> _Ambiguity:
+        options = [[old, *cands] for _, old, cands in todo]
+        plans = list(itertools.islice(itertools.product(*options), 1, _MAX_COMBINATIONS + 1))
+        return cls([n for n, _, _ in todo], [o for _, o, _ in todo], plans)
+
+    def try_next(self, module: nn.Module) -> str | None:
+        """Set the next combination (what was set, for the log), or put the old values back and
+        return ``None`` when none is left."""
+        if self.plans:
+            combo = self.plans.pop(0)
+            for name, value in zip(self.names, combo, strict=True):
+                setattr(module, name, value)
+            return ", ".join(f"{n}={v}" for n, v in zip(self.names, combo, strict=True))
+        for name, old in zip(self.names, self.olds, strict=True):
+            setattr(module, name, old)
+        self.names, self.olds = [], []
+        return None
+
+
+_MAX_COMBINATIONS = 16
 
 
 def _refuse_empty_axes(snap: Snapshot, removed: dict[int, torch.Tensor]) -> None:
@@ -483,7 +519,8 @@ class PruningIR:
                     "PruningIR(..., extra_calls=[ExampleCall(...)]) (see ir.report()).", stacklevel=2)
         slim = slim_model(snap, self._model, removed, inplace)
         guesses: dict[str, list[tuple[str, Any]]] = {}
-        changes, unresolved = update_attributes(slim, snap, kept, guesses)
+        ambiguous: dict[str, list[tuple[str, int, list[int]]]] = {}
+        changes, unresolved = update_attributes(slim, snap, kept, guesses, ambiguous)
         for c in changes:
             log.debug("updated %s", c)
         edits = module_edits(snap, kept) if removed else {}
@@ -494,7 +531,15 @@ class PruningIR:
             if edits:  # the literal-finding forward (if any) doubles as verification's forward
                 patched, ran = patch_literals(slim, snap, edits, guesses, unresolved,
                                               lambda: verify_forward(slim, new_snap, unresolved))
-            patched += self._verify_or_patch(slim, new_snap, edits, patched, unresolved, guesses, ran)
+            plans = {path: _Ambiguity.of(todo) for path, todo in ambiguous.items()}
+            patched += self._verify_or_patch(slim, new_snap, edits, patched, unresolved, guesses, ran, plans)
+            modules = dict(slim.named_modules())
+            for path, amb in plans.items():
+                for name, old in zip(amb.names, amb.olds, strict=True):
+                    now = getattr(modules[path], name, old)
+                    if now != old:
+                        changes.append(f"{path or '<root>'}.{name}: {old} -> {now} (ambiguous; the value verification "
+                                       "accepted)")
             out = PruningIR._from_snapshot(slim, new_snap, self, name)
         else:
             if edits:
@@ -506,7 +551,8 @@ class PruningIR:
 
     def _verify_or_patch(self, slim: nn.Module, new_snap: Snapshot, edits: dict[str, ModuleEdits],
                          patched: list[str], unresolved: list[str],
-                         guesses: dict[str, list[tuple[str, Any]]], ran: bool = False) -> list[str]:
+                         guesses: dict[str, list[tuple[str, Any]]], ran: bool = False,
+                         ambiguous: dict[str, _Ambiguity] | None = None) -> list[str]:
         """Verify the slim model; where it fails, restore attributes set by matching values and
         patch literal sizes of the failing module (or its nearest ancestor with changed facts),
         then retry. Returns the modules patched here (``patched``: those patched before;
@@ -526,6 +572,13 @@ class PruningIR:
                 for path in [*chain, ""]:
                     if path not in modules:
                         continue
+                    amb = (ambiguous or {}).get(path)
+                    tried = amb.try_next(modules[path]) if amb is not None else None
+                    if tried is not None:
+                        # attributes that facts of equal old value left ambiguous: try other values
+                        log.debug("verification of %s: trying %s", path or "<root>", tried)
+                        acted = True
+                        break
                     if path in guesses:
                         # an attribute set by matching values was the wrong one: restore, then patch
                         for attr, old in guesses.pop(path):
@@ -556,7 +609,9 @@ class PruningIR:
                 "or report the model.")
         if added:
             log.warning("slim %s: modules %s hold channel sizes as literals in forward; their ops are patched "
-                        "at run time by forward hooks", type(slim).__name__, added)
+                        "at run time by forward hooks (eager PyTorch, gradients included; torch.export, ONNX and "
+                        "TorchScript export do not reliably keep them: check exported graphs)",
+                        type(slim).__name__, added)
         return added
 
     # ------------------------------------------------------------------ inspection

@@ -52,7 +52,7 @@ def random_selection(ir: PruningIR, seed: int) -> list[Label]:
         for g in ir.prunable_label_groups():
             n = int(gen.uniform(0.05, 0.9) * g.size)
             n = min(n, g.size - g.step)
-            n -= (g.size - n) % g.step  # kept count on the step grid
+            n = g.size - -(-(g.size - n) // g.step) * g.step  # kept count rounded up to the step grid
             if n > 0:
                 out += gen.sample(ir.labels(g), n)
         try:

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.skipif(not hf_available(), reason="transformers is not 
 @pytest.mark.parametrize("name", sorted(HF_CASES))
 def test_battery(name: str) -> None:
     case = HF_CASES[name]()
-    check_battery(case.model, case.example_inputs, case.example_kwargs)
+    check_battery(case.model, case.example_inputs, case.example_kwargs, random_seeds=1)  # the sweep runs 2 seeds
 
 
 def test_gqa_heads_found_from_the_graph() -> None:

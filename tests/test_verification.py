@@ -59,3 +59,29 @@ def test_results_a_python_cache_serves_do_not_block_pruning() -> None:
     ir2 = PruningIR(model, example_inputs=(x,))
     assert sorted(g.size for g in ir2.prunable_label_groups()) == [12, 20], ir2.report()
     assert verify_pruning(ir2, UniformLabelSelector(0.5).select(ir2)).exact
+
+
+def test_one_kept_input_feature_is_not_a_false_refusal() -> None:
+    """conv -> flatten -> transpose -> Linear keeping 1 channel: torch then runs F.linear as a
+    view and a product instead of t and mm; verification compared ops inside the Linear and
+    refused a right model. Oracle: the masked original."""
+    import torch
+    from torch import nn
+
+    from pruning_ir import PruningIR, verify_pruning
+
+    class ConvTokens(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 6, 3, padding=1)
+            self.lin = nn.Linear(6, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.lin(self.conv(x).flatten(2).transpose(1, 2))  # (B, HW, C)
+
+    torch.manual_seed(0)
+    ir = PruningIR(ConvTokens(), example_inputs=(torch.randn(2, 3, 7, 6),))
+    g = ir.prunable_label_groups()[0]
+    assert g.size == 6
+    rep = verify_pruning(ir, ir.labels(g)[:-1])
+    assert rep.exact and rep.params_after < rep.params_before, rep

@@ -192,7 +192,8 @@ def size_attributes(mod: nn.Module) -> dict[str, int]:
 
 def update_generic(mod: nn.Module, changes: list[tuple[str, int, int]], lists: list[tuple[list[int], list[int]]],
                    handled: set[str], log: list[str], unresolved: list[str], path: str,
-                   undo: dict[str, list[tuple[str, Any]]] | None = None) -> None:
+                   undo: dict[str, list[tuple[str, Any]]] | None = None,
+                   ambiguous: dict[str, list[tuple[str, int, list[int]]]] | None = None) -> None:
     """Set size-like int attributes whose old value a fact of this module changed."""
     by_old: dict[int, set[int]] = {}
     for _, o, n in changes:
@@ -223,14 +224,21 @@ def update_generic(mod: nn.Module, changes: list[tuple[str, int, int]], lists: l
                 log.append(f"{path or '<root>'}.{name}: {value} -> {new}")
         elif any(n != value for n in news):
             unresolved.append(f"{path or '<root>'}.{name}={value} could become any of {sorted(news)}")
+            if ambiguous is not None:
+                ambiguous.setdefault(path, []).append((name, value, sorted(n for n in news if n != value)))
 
 
 def update_attributes(model: nn.Module, snap: Snapshot, kept: dict[int, torch.Tensor],
-                      undo: dict[str, list[tuple[str, Any]]] | None = None) -> tuple[list[str], list[str]]:
+                      undo: dict[str, list[tuple[str, Any]]] | None = None,
+                      ambiguous: dict[str, list[tuple[str, int, list[int]]]] | None = None
+                      ) -> tuple[list[str], list[str]]:
     """Update every module of ``model``; returns (changes made, ambiguities left).
 
     ``undo`` collects, per module path, the (attribute, old value) pairs set by matching
     values, so that a module whose guess fails verification can be restored and patched.
+    ``ambiguous`` collects, per module path, the attributes left as they were because facts of
+    equal old value changed differently: ``(name, old value, the other candidate values)``
+    (verification tries them).
     """
     facts = fact_changes(snap, kept)
     lists = list_changes(snap, kept)
@@ -242,7 +250,7 @@ def update_attributes(model: nn.Module, snap: Snapshot, kept: dict[int, torch.Te
         changes = facts.get(path, no_changes)
         handled = update_known(mod, changes, log, path)
         if any(o != n for _, o, n in changes):
-            update_generic(mod, changes, lists.get(path, []), handled, log, unresolved, path, undo)
+            update_generic(mod, changes, lists.get(path, []), handled, log, unresolved, path, undo, ambiguous)
     for path, mod in modules:
         # the nested-tensor fast path of nn.TransformerEncoder assumes stock attention layers
         if isinstance(mod, nn.TransformerEncoder) and getattr(mod, "use_nested_tensor", False) and any(

@@ -44,8 +44,9 @@ class _KeepAll(TorchDispatchMode):
 
 
 @contextlib.contextmanager
-def deterministic(seed: int = 0) -> Iterator[None]:
-    """Run with dropout keeping everything and every RNG seeded; RNG states restored after."""
+def deterministic(seed: int = 0, keep_all: bool = True) -> Iterator[None]:
+    """Run with every RNG seeded (RNG states restored after) and, with ``keep_all``, dropout
+    keeping everything (a dispatch mode: leave it off where no dropout runs, it costs time)."""
     py_state = random.getstate()
     np_state = np.random.get_state()
     with torch.random.fork_rng(devices=[]):
@@ -53,7 +54,7 @@ def deterministic(seed: int = 0) -> Iterator[None]:
         random.seed(seed)
         np.random.seed(seed)
         try:
-            with _KeepAll():
+            with _KeepAll() if keep_all else contextlib.nullcontext():
                 yield
         finally:
             random.setstate(py_state)

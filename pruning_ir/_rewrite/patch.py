@@ -249,5 +249,7 @@ def patch_literals(model: nn.Module, snap: Snapshot, edits: dict[str, ModuleEdit
             undo[path]()
     if found:
         log.warning("slim %s: modules %s hold channel sizes as literals in forward; their ops are patched "
-                    "at run time by forward hooks", type(model).__name__, sorted(found))
+                    "at run time by forward hooks (eager PyTorch, gradients included; torch.export, ONNX and "
+                    "TorchScript export do not reliably keep them: check exported graphs)",
+                    type(model).__name__, sorted(found))
     return decided + found, complete

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from collections.abc import Set as AbstractSet
 
 import torch
 from torch import nn
@@ -129,8 +130,9 @@ def verify_graph(model: nn.Module, expected: Snapshot, unresolved: list[str], le
         except TraceError as exc:
             raise VerifyFailure(str(exc), None) from exc
         what = "" if k == 0 else f" (traced call {k + 1})"
-        _compare(model, _signature([graph.nodes[i] for i in sequence], graph), _signature(got.nodes, got),
-                 vanish, constant_nodes(got), what)
+        stock = _stock_paths(model)
+        _compare(model, _signature([graph.nodes[i] for i in sequence], graph, stock),
+                 _signature(got.nodes, got, stock), vanish, constant_nodes(got), what)
 
 
 def _compare(model: nn.Module, exp_sig: list[tuple[str, list[tuple[int, ...]], str, int]],
@@ -161,14 +163,36 @@ _IDENTITY = {"aten.clone", "aten.alias", "aten.contiguous", "aten._to_copy", "at
 _VIEW = {"aten._unsafe_view": "aten.view", "aten.reshape": "aten.view", "aten._reshape_alias": "aten.view"}
 
 
-def _signature(nodes: list[Node], graph: Graph) -> list[tuple[str, list[tuple[int, ...]], str, int]]:
-    """(op, primary output shape, module, node id) of every node that can change a shape; auxiliary
-    outputs (saved statistics) are left out: they differ between backends."""
-    out = []
+def _stock_paths(model: nn.Module) -> set[str]:
+    """Paths of stock ``torch.nn`` layers whose sizes are read off their weights (Linear, convs,
+    norms, Embedding): how torch decomposes their forward is torch's business and changes with
+    the sizes (``F.linear`` with one input feature runs a ``view`` and a product instead of
+    ``t`` and ``mm``), so verification compares their outputs, not their inner ops."""
+    from .patch import _sized_by_attributes
+
+    return {path for path, m in model.named_modules() if path and _sized_by_attributes(m)}
+
+
+def _signature(nodes: list[Node], graph: Graph,
+               stock: AbstractSet[str] = frozenset()) -> list[tuple[str, list[tuple[int, ...]], str, int]]:
+    """(op, primary output shape without its size-1 axes, module, node id) of every node that can
+    change a shape; auxiliary outputs (saved statistics) are left out: they differ between
+    backends. The ops of one call of
+    a stock layer (``stock``) count as one entry with the shape of its last op."""
+    out: list[tuple[str, list[tuple[int, ...]], str, int]] = []
     for n in nodes:
+        # where size-1 axes sit is how torch decomposes (einsum permutes them as it likes once a
+        # pruned axis has one entry left); it moves no data, so it is not compared
+        shapes = [tuple(d for d in graph.values[o].shape if d != 1) for o in n.outputs[:1] if o >= 0]
+        if n.module in stock:
+            entry = (f"module {n.module}", shapes, n.module, n.nid)
+            if out and out[-1][2] == n.module and out[-1][0] == entry[0]:
+                out[-1] = entry  # the same call goes on: keep its last output
+            else:
+                out.append(entry)
+            continue
         if n.op in _IDENTITY:
             continue
-        shapes = [graph.values[o].shape for o in n.outputs[:1] if o >= 0]
         out.append((_VIEW.get(n.op, n.op), shapes, n.module, n.nid))
     return out
 
