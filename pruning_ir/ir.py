@@ -131,8 +131,8 @@ def untraced_parameters(model: nn.Module, graph: Graph) -> list[str]:
 class _Ambiguity:
     """Attributes of one module that facts of equal old value left ambiguous (see
     :func:`~pruning_ir._rewrite.attributes.update_attributes`), and the value combinations
-    verification has yet to try: all of them but the unchanged one (it already failed), at most
-    :data:`_MAX_COMBINATIONS`."""
+    verification has yet to try: all of them but the unchanged one (it already failed), fewest
+    distinct values first, at most :data:`_MAX_COMBINATIONS`."""
 
     names: list[str]
     olds: list[int]
@@ -141,7 +141,13 @@ class _Ambiguity:
     @classmethod
     def of(cls, todo: list[tuple[str, int, list[int]]]) -> _Ambiguity:
         options = [[old, *cands] for _, old, cands in todo]
-        plans = list(itertools.islice(itertools.product(*options), 1, _MAX_COMBINATIONS + 1))
+        olds = tuple(o for _, o, _ in todo)
+        # attributes of equal old value most often keep equal values (a one-head attention's
+        # hidden_size, all_head_size and attention_head_size): combinations with fewer distinct
+        # values come first, then those changing fewer attributes
+        every = [c for c in itertools.islice(itertools.product(*options), 4096) if c != olds]
+        every.sort(key=lambda c: (len(set(c)), sum(v != o for v, o in zip(c, olds, strict=True))))
+        plans = every[:_MAX_COMBINATIONS]
         return cls([n for n, _, _ in todo], [o for _, o, _ in todo], plans)
 
     def try_next(self, module: nn.Module) -> str | None:
