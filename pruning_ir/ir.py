@@ -592,7 +592,7 @@ class PruningIR:
                         acted = True
                     if path in edits:
                         if path not in done:
-                            install(modules[path], *edits[path])
+                            install(modules[path], *edits[path], path=path)
                             done.add(path)
                             added.append(path)
                             acted = True

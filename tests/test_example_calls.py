@@ -132,3 +132,32 @@ def test_boolean_mask_writes_couple_the_written_channels() -> None:
     assert ir.prune(labels=labels).model.mask_embed.shape == (5,)
     rep = verify_pruning(ir, labels)
     assert rep.exact and "train mode" in {c.name for c in rep.checks}, rep
+
+
+class TwoSlicesNet(nn.Module):
+    """Case: the extra call takes ``h[:, 4:8]`` where the example call took ``h[:, 0:4]``: same op,
+    module, shapes and input, other bounds. Merging must not treat the two slices as one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(3, 8)
+        self.b = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor, second: bool = False) -> torch.Tensor:
+        h = self.a(x)
+        return self.b(h[:, 4:8] if second else h[:, 0:4])
+
+
+def test_merged_calls_keep_nodes_that_differ_only_in_their_arguments() -> None:
+    """Known answer: with both calls, ``b``'s inputs couple to both halves of ``a``'s outputs; the
+    literal bounds of the second call's slice are not on the example call's path, so that group
+    is refused (before the fix the second slice was merged into the first and its group pruned
+    into a model 0.34 off the masked original on the second call)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3)
+    ir = PruningIR(TwoSlicesNet(), example_inputs=(x,), extra_calls=[ExampleCall((x,), {"second": True})])
+    for g in ir.prunable_label_groups():
+        rep = verify_pruning(ir, ir.labels(g)[:1])
+        assert rep.exact, rep
+    coupled = next(g for g in ir.label_groups() if any(n == "b.weight" and ax == 1 for n, ax in g.members))
+    assert not coupled.prunable and "traced call 2" in coupled.reason, ir.report()

@@ -49,7 +49,9 @@ def deterministic(seed: int = 0, keep_all: bool = True) -> Iterator[None]:
     keeping everything (a dispatch mode: leave it off where no dropout runs, it costs time)."""
     py_state = random.getstate()
     np_state = np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    # manual_seed seeds CUDA too: give the user's CUDA generators back as well
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if cuda else []):
         torch.manual_seed(seed)
         random.seed(seed)
         np.random.seed(seed)

@@ -320,11 +320,13 @@ class LiteralShapePatch:
         self.depth -= 1
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"edits": self.edits, "templates": self.templates, "sigs": self.sigs, "skips": self.skips}
+        return {"edits": self.edits, "templates": self.templates, "sigs": self.sigs, "skips": self.skips,
+                "module_path": self.module_path}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["edits"], state.get("templates"), state.get("sigs"),  # type: ignore[misc]
                       state.get("skips"))
+        self.module_path = state.get("module_path", "")
 
 
 def compose_edits(old: Edits, new: Edits) -> Edits:
@@ -346,7 +348,7 @@ def compose_edits(old: Edits, new: Edits) -> Edits:
 
 
 def install(module: nn.Module, edits: Edits, templates: Templates | None = None,
-            sigs: Sigs | None = None, skips: Skips | None = None) -> Callable[[], None]:
+            sigs: Sigs | None = None, skips: Skips | None = None, path: str = "") -> Callable[[], None]:
     """Patch ``module``'s own ops (a module patched by an earlier prune gets its edits chained).
 
     Returns a function that undoes this call (used to drop a patch that turned out unneeded).
@@ -365,6 +367,7 @@ def install(module: nn.Module, edits: Edits, templates: Templates | None = None,
 
         return restore
     patch = LiteralShapePatch(edits, templates, sigs, None if skips is None else dict(skips))
+    patch.module_path = path  # named in errors
     module._pruning_ir_patch = patch  # type: ignore[assignment]
     handles = [module.register_forward_pre_hook(patch.pre), module.register_forward_hook(patch.post, always_call=True)]
     for child in module.modules():

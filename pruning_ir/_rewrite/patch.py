@@ -204,12 +204,12 @@ def patch_literals(model: nn.Module, snap: Snapshot, edits: dict[str, ModuleEdit
         before = patch_of(modules[path])
         full = e if before is None else compose_edits(before.edits, e)
         undo[path] = install(modules[path], _only_literal(e, cache[keys[path]]), templates, sigs,
-                             skips=skip_cache[skip_keys[path]])
+                             skips=skip_cache[skip_keys[path]], path=path)
         p = patch_of(modules[path])
         assert p is not None
         p.all_edits = full
     for path in unknown:
-        undo[path] = install(modules[path], *edits[path], skips={})
+        undo[path] = install(modules[path], *edits[path], skips={}, path=path)
     if not unknown:
         return decided, False
     watched: dict[str, dict[FactId, bool]] = {}

@@ -61,6 +61,10 @@ class Tape:
     outputs: list[torch.Tensor] = field(default_factory=list)  # slot -> the forward's tensor
     rewrote: bool = False
     mutates: str | None = None
+    rng: tuple[torch.Tensor, list[torch.Tensor]] = field(default_factory=lambda: _rng_state())
+    """Random state when the call began: the replay draws what the forward drew (dropout)."""
+    versions: list[tuple[torch.Tensor, int]] = field(default_factory=list)
+    """Constants the replay reads, with their versions: changed in place since, the replay refuses."""
 
     def _ref(self, t: torch.Tensor) -> Any:
         slot = self.slots.get(id(t))
@@ -73,6 +77,7 @@ class Tape:
                 self.inputs.append(t)
             return _Input(k)
         self.held.append(t)
+        self.versions.append((t, t._version))
         return t
 
     def record(self, func: Any, args: Any, kwargs: dict[str, Any], out: Any, rewrote: bool) -> None:
@@ -124,7 +129,17 @@ class _Replay(torch.autograd.Function):
                 return leaves[x.index]
             return x
 
-        with torch.enable_grad():
+        for t, version in tape.versions:
+            if t._version != version:
+                raise RuntimeError(
+                    f"a tensor that module '{tape.module or '<root>'}' read in a call whose literal sizes pruning_ir "
+                    "patches was modified in place before backward; its gradient cannot be replayed")
+        cpu_state, cuda_states = tape.rng
+        devices = list(range(len(cuda_states)))
+        with torch.random.fork_rng(devices=devices), torch.enable_grad():
+            torch.set_rng_state(cpu_state)
+            if cuda_states:
+                torch.cuda.set_rng_state_all(cuda_states)
             for func, a, k, out_slots in tape.calls:
                 a2, k2 = pytree.tree_map(resolve, (a, k), is_leaf=lambda x: isinstance(x, (_Slot, _Input)))
                 res = func(*a2, **k2)
@@ -142,6 +157,11 @@ class _Replay(torch.autograd.Function):
         for i, g in zip(diff, got, strict=False):
             result[i] = g
         return (None, None, *result)
+
+
+def _rng_state() -> tuple[torch.Tensor, list[torch.Tensor]]:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    return torch.get_rng_state(), cuda
 
 
 def replace_outputs(tape: Tape, out: Any) -> Any:

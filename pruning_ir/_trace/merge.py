@@ -7,9 +7,10 @@ couplings, and in the wrong order: a later call re-views layouts that the first 
 nodes are aligned with the example call's (longest matching runs of ``(op, module, output
 shapes)``, :class:`difflib.SequenceMatcher`):
 
-- an aligned node whose tensor inputs are its counterpart's inputs is dropped, and its outputs
-  stand for the counterpart's;
-- an aligned node with other inputs (an attention given a mask) is kept, followed by a
+- an aligned node whose arguments (tensor inputs, after mapping, and every other argument) are
+  its counterpart's is dropped, and its outputs stand for the counterpart's;
+- an aligned node with other inputs (an attention given a mask) or other arguments (``h[:, 4:8]``
+  where the example call took ``h[:, 0:4]``) is kept, followed by a
   synthetic ``pruning_ir.same_as`` node tying its outputs to the counterpart's, which then stand
   for them downstream;
 - a node without counterpart (dropout in training mode, the code of another branch) is kept.
@@ -62,7 +63,8 @@ def merge_call(graph: Graph, start: int, primary_end: int, outputs: list[int]) -
         node.args = _map_refs(node.args, vmap)
         node.kwargs = _map_refs(node.kwargs, vmap)
         twin = match.get(k)
-        if twin is not None and node.tensor_args() == twin.tensor_args():
+        if twin is not None and node.args == twin.args and node.kwargs == twin.kwargs:
+            # the same op on the same inputs with the same arguments (slice bounds, dims, sizes)
             for mine, theirs in zip(node.outputs, twin.outputs, strict=True):
                 if mine >= 0 and theirs >= 0:
                     vmap[mine] = theirs

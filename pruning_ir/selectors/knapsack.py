@@ -42,7 +42,7 @@ from torch import nn
 
 from ..errors import InvalidInputError, LatencyMeasurementError
 from ._mckp import MCKPResult, solve_mckp
-from .base import LabelSelector, keep_axes_nonempty
+from .base import LabelSelector, align_selection
 from .budget import ConstraintArg, Evaluator, as_float, attention_head_ties, resolve_constraints, tie_bounds
 
 if TYPE_CHECKING:
@@ -250,7 +250,7 @@ class KnapsackLabelSelector(LabelSelector):
             warnings.warn(f"KnapsackLabelSelector: target {target:.6g} is below the smallest model the constraints "
                           f"allow ({small_lat:.6g}); returning that smallest model's labels.", RuntimeWarning,
                           stacklevel=2)
-            return keep_axes_nonempty(ir, st.labels_of(smallest), snapshot_name)
+            return align_selection(ir, st.labels_of(smallest), snapshot_name)
 
         # Two loops. Inner: for a proxy budget B (cost-model units), solve the 0/1 program on a
         # linearisation of the proxy, re-linearised at the previous solution until the exact proxy
@@ -312,11 +312,11 @@ class KnapsackLabelSelector(LabelSelector):
         if best is None:
             warnings.warn(f"KnapsackLabelSelector: no candidate met the target {target:.6g} in {self.max_iterations} "
                           "rounds; returning the smallest model the constraints allow.", RuntimeWarning, stacklevel=2)
-            return keep_axes_nonempty(ir, st.labels_of(smallest), snapshot_name)
+            return align_selection(ir, st.labels_of(smallest), snapshot_name)
         chosen = best[1]
         if exact:
             chosen = self._add_back(chosen, scores, st.order, bounds, lambda r: ev(st.labels_of(r)), target)
-        return keep_axes_nonempty(ir, st.labels_of(chosen), snapshot_name)
+        return align_selection(ir, st.labels_of(chosen), snapshot_name)
 
     def _confirm(self, st: _Search, smallest: Round) -> Round | None:
         """Re-measure the most promising rounds side by side with the unpruned model and keep the

@@ -6,7 +6,7 @@ import math
 from typing import TYPE_CHECKING
 
 from ..errors import InvalidInputError
-from .base import LabelSelector, aligned_removal, keep_axes_nonempty
+from .base import LabelSelector, align_selection, aligned_removal
 
 if TYPE_CHECKING:
     from .._ir.labels import Label
@@ -44,7 +44,7 @@ class UniformLabelSelector(LabelSelector):
             if ordered:
                 n = aligned_removal(n, len(ordered), groups[ordered[0].group].step)
             out.extend(ordered[:n])
-        return keep_axes_nonempty(ir, out, snapshot_name)
+        return align_selection(ir, out, snapshot_name)  # no emptied axis, kept counts on the step grid
 
     def __repr__(self) -> str:
         return f"UniformLabelSelector(pruning_ratio={self.pruning_ratio})"
