@@ -110,18 +110,28 @@ def _run(model: torch.nn.Module, call: Call, modes: dict[str, bool] | None,
     args, kwargs = call
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     training = any(m.training for m in model.modules())
-    # dropout and random decisions happen in forward; the backward runs without the mode
-    with deterministic(keep_all=training), torch.set_grad_enabled(backward):
-        out = model(*args, **kwargs)
-    flat = [t for t in pytree.tree_leaves(_to_pytree(out)) if isinstance(t, torch.Tensor)]
-    grads: dict[str, torch.Tensor] = {}
-    floats = [t for t in flat if t.is_floating_point() and t.requires_grad]
-    with torch.enable_grad():
+    # a training-mode run updates buffers (BN running statistics): put them back after the
+    # backward (which may read them), or the next condition would run on what this one left
+    saved = {n: b.detach().clone() for n, b in model.named_buffers()} if training else {}
+    try:
+        # dropout and random decisions happen in forward; the backward runs without the mode
+        with deterministic(keep_all=training), torch.set_grad_enabled(backward):
+            out = model(*args, **kwargs)
+        flat = [t for t in pytree.tree_leaves(_to_pytree(out)) if isinstance(t, torch.Tensor)]
+        grads: dict[str, torch.Tensor] = {}
+        floats = [t for t in flat if t.is_floating_point() and t.requires_grad]
         if backward and floats and params:
-            gen = torch.Generator().manual_seed(0)
-            loss = sum((t * torch.randn(t.shape, generator=gen, dtype=t.dtype).to(t.device)).sum() for t in floats)
-            got = torch.autograd.grad(loss, [p for _, p in params], allow_unused=True)  # type: ignore[arg-type]
-            grads = {n: g for (n, _), g in zip(params, got, strict=True) if g is not None}
+            with torch.enable_grad():
+                gen = torch.Generator().manual_seed(0)
+                loss = sum((t * torch.randn(t.shape, generator=gen, dtype=t.dtype).to(t.device)).sum()
+                           for t in floats)
+                got = torch.autograd.grad(loss, [p for _, p in params], allow_unused=True)  # type: ignore[arg-type]
+                grads = {n: g for (n, _), g in zip(params, got, strict=True) if g is not None}
+    finally:
+        with torch.no_grad():
+            for n, b in model.named_buffers():
+                if n in saved and b.shape == saved[n].shape:
+                    b.copy_(saved[n])
     return [t.detach() for t in flat], grads
 
 
