@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from ._ir.axes import emptied_axis
-from ._ir.graph import Graph
+from ._ir.graph import Graph, untraced_parameters
 from ._ir.infer import infer
 from ._ir.labels import Label, LabelGroup, build_groups
 from ._ir.lint import lint_snapshot
@@ -119,12 +119,6 @@ def padded_mask_call(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, 
     mask = torch.ones(ids.shape, dtype=torch.long, device=ids.device)
     mask[0, 0] = 0
     return args, {**kwargs, "attention_mask": mask}, {p: m.training for p, m in model.named_modules()}
-
-
-def untraced_parameters(model: nn.Module, graph: Graph) -> list[str]:
-    """Names of the model's parameters that no traced call used (their channels are unknown)."""
-    seen = set(graph.params) | set(graph.aliases)
-    return [n for n, _ in model.named_parameters() if n not in seen]
 
 
 @dataclass
@@ -294,17 +288,19 @@ class PruningIR:
                 "example, e.g. example_inputs=(torch.randn(1, ...),).")
         t0 = time.perf_counter()
         extra = [(c.args, dict(c.kwargs), c.modes(self._model)) for c in getattr(self, "extra_calls", [])]
-        graph = record(self._model, args, kwargs, self.leaf_modules, extra=list(extra))
-        if getattr(self, "auto_calls", True):
-            padded = padded_mask_call(self._model, args, kwargs)
-            if padded is not None:
-                try:
-                    graph = record(self._model, args, kwargs, self.leaf_modules, extra=[*extra, padded])
-                    extra = [*extra, padded]
-                except Exception as exc:  # the model does not take a mask like that: trace without it
-                    log.info("%s: no padded-mask call (%s: %s)", type(self._model).__name__, type(exc).__name__, exc)
-            if untraced_parameters(self._model, graph):
-                graph, extra = self._with_train_call(graph, args, kwargs, extra)
+        auto = getattr(self, "auto_calls", True)
+        padded = padded_mask_call(self._model, args, kwargs) if auto else None
+        graph = None
+        if padded is not None:
+            try:  # one trace with the padded call; without it only if the model refuses such a mask
+                graph = record(self._model, args, kwargs, self.leaf_modules, extra=[*extra, padded])
+                extra = [*extra, padded]
+            except Exception as exc:
+                log.info("%s: no padded-mask call (%s: %s)", type(self._model).__name__, type(exc).__name__, exc)
+        if graph is None:
+            graph = record(self._model, args, kwargs, self.leaf_modules, extra=list(extra))
+        if auto and untraced_parameters(self._model, graph):
+            graph, extra = self._with_train_call(graph, args, kwargs, extra)
         t1 = time.perf_counter()
         res = infer(graph, soft_tracing=self.soft_tracing, keep_io=self.keep_io_shapes)
         apply_module_constraints(self._model, graph, res)
@@ -539,7 +535,7 @@ class PruningIR:
                                               lambda: verify_forward(slim, new_snap, unresolved))
             plans = {path: _Ambiguity.of(todo) for path, todo in ambiguous.items()}
             patched += self._verify_or_patch(slim, new_snap, edits, patched, unresolved, guesses, ran, plans)
-            modules = dict(slim.named_modules())
+            modules = dict(slim.named_modules()) if plans else {}
             for path, amb in plans.items():
                 for name, old in zip(amb.names, amb.olds, strict=True):
                     now = getattr(modules[path], name, old)

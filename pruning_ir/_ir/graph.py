@@ -226,3 +226,9 @@ def constant_nodes(graph: Graph) -> set[int]:
             out.add(n.nid)
             made.update(v for v in n.outputs if v >= 0)
     return out
+
+
+def untraced_parameters(model: Any, graph: Graph) -> list[str]:
+    """Names of ``model``'s parameters that no traced call used (their channels are unknown)."""
+    seen = set(graph.params) | set(graph.aliases)
+    return [n for n, _ in model.named_parameters() if n not in seen]

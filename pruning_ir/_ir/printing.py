@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .graph import ValueRef
+from .graph import ValueRef, untraced_parameters
 from .snapshot import Snapshot
 
 
@@ -47,8 +47,7 @@ def format_report(snap: Snapshot, model: nn.Module) -> str:
     extra = getattr(snap.graph, "extra_calls", [])
     if extra:
         lines.append(f"traced calls: the example call and {len(extra)} more (label groups cover their union)")
-    seen = set(snap.graph.params) | set(snap.graph.aliases)
-    untraced = [n for n, _ in model.named_parameters() if n not in seen]
+    untraced = untraced_parameters(model, snap.graph)
     if untraced:
         modules = sorted({n.rsplit(".", 1)[0] if "." in n else "<root>" for n in untraced})
         lines.append(f"not used by any traced call ({len(untraced)} parameters in {', '.join(modules)}): pruning "

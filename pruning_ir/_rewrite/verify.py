@@ -44,11 +44,6 @@ def call_modes(model: nn.Module, modes: dict[str, bool]) -> Iterator[None]:
                         b.copy_(saved[n])
 
 
-def traced_modes(model: nn.Module, snap: Snapshot) -> contextlib.AbstractContextManager[None]:
-    """:func:`call_modes` of the example call."""
-    return call_modes(model, snap.modes)
-
-
 Call = tuple[tuple[object, ...], dict[str, object], dict[str, bool]]
 
 
@@ -64,12 +59,6 @@ def run_call(model: nn.Module, call: Call) -> list[torch.Tensor]:
 def run_model(model: nn.Module, snap: Snapshot) -> list[torch.Tensor]:
     """Flat tensor outputs of the example call."""
     return run_call(model, snap.calls()[0])
-
-
-def run_all(model: nn.Module, snap: Snapshot) -> None:
-    """Run every traced call (the example call first)."""
-    for call in snap.calls():
-        run_call(model, call)
 
 
 class VerifyFailure(RewriteError):
@@ -122,6 +111,7 @@ def verify_graph(model: nn.Module, expected: Snapshot, unresolved: list[str], le
     # be recomputed in the other
     vanish |= constant_nodes(expected.graph)
     graph = expected.graph
+    stock = _stock_paths(model)
     for k, (call, (sequence, _)) in enumerate(zip(expected.calls(), graph.call_sequences(), strict=True)):
         args, kwargs, modes = call
         try:
@@ -130,7 +120,6 @@ def verify_graph(model: nn.Module, expected: Snapshot, unresolved: list[str], le
         except TraceError as exc:
             raise VerifyFailure(str(exc), None) from exc
         what = "" if k == 0 else f" (traced call {k + 1})"
-        stock = _stock_paths(model)
         _compare(model, _signature([graph.nodes[i] for i in sequence], graph, stock),
                  _signature(got.nodes, got, stock), vanish, constant_nodes(got), what)
 
