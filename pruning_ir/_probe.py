@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -121,10 +122,63 @@ _STEPS = (2, 4, 8, 16, 32)
 _STEP_PROBES = 32  # extra probes spent on alignments per build, at most
 
 
+def _backward_fails(model: nn.Module, snap: Snapshot) -> str | None:
+    """Why the slim ``model`` cannot run backward from its example call's outputs, or ``None``.
+    Backward kernels can need more than forward ones (a grouped matmul's gradient transposes its
+    operands, so an axis that forward reads contiguously needs 16-byte strides there)."""
+    from ._rewrite.verify import _to_pytree, call_modes
+
+    if not any(p.requires_grad for p in model.parameters()):
+        return None
+    args, kwargs, modes = snap.calls()[0]
+    try:
+        # backward inside: leaving call_modes writes the buffers back (a version bump of
+        # position ids that the embedding's backward holds)
+        with torch.enable_grad(), call_modes(model, modes):
+            out = model(*args, **kwargs)
+            flat = [t for t in pytree.tree_leaves(_to_pytree(out))
+                    if isinstance(t, torch.Tensor) and t.requires_grad and t.is_floating_point()]
+            if flat:
+                torch.stack([t.sum() for t in flat]).sum().backward()
+    except Exception as exc:  # the slim model's backward is what is probed
+        return (f"the slim {type(model).__name__} does not run backward from the example inputs' outputs: "
+                f"{type(exc).__name__}: {exc}")
+    finally:
+        model.zero_grad(set_to_none=True)
+    return None
+
+
+def _joint_counts(groups: list[LabelGroup]) -> dict[int, int]:
+    """Labels each group loses in a joint probe: groups of one size lose different numbers
+    (1, 2, 3, ... steps, wrapping at the size), so that Python code coupling two such groups by
+    their *count* (``x.reshape(b, c, -1)`` of a conv's output with ``c`` read off its input) is
+    not hidden by equal removals."""
+    seen: dict[int, int] = {}
+    out: dict[int, int] = {}
+    for g in groups:
+        k = seen.get(g.size, 0)
+        seen[g.size] = k + 1
+        slots = max(1, (g.size - 1) // g.step)
+        out[g.gid] = (k % slots + 1) * g.step
+    return out
+
+
+_TIE_PROBES = 32  # probes spent looking for count-coupled partners per build, at most
+_TIE_ROUNDS = 64  # ties made per build, at most
+
+
+def _failing_module(err: str) -> str | None:
+    m = re.search(r"\(in module '([^']*)'\)", err)
+    if m is None:
+        return None
+    return "" if m.group(1) == "<root>" else m.group(1)
+
+
 def probe_groups(ir: PruningIR, name: str) -> tuple[list[tuple[LabelGroup, str]], dict[int, int]]:
     """Prunable groups of snapshot ``name`` whose removal breaks the model (or cannot be checked),
     with the reason; and the groups (by leaf) that prune when their kept size stays a multiple
-    of some step."""
+    of some step. Groups that break the model alone but run when pruned together with another
+    group of their size (by the same count) are tied to it in ``name``'s space table first."""
     snap = ir.snapshot(name)
     probe_ir = _probe_ir(ir, name)
     if probe_ir is None:
@@ -138,22 +192,24 @@ def probe_groups(ir: PruningIR, name: str) -> tuple[list[tuple[LabelGroup, str]]
         return [(g, varying) for g in snap.prunable_groups], {}
     by_signature = {_signature(probe_snap, g): g for g in probe_snap.prunable_groups}
 
-    def fails(groups: list[LabelGroup], count: int = 1) -> str | None:
+    def fails(groups: list[LabelGroup], counts: dict[int, int] | None = None, count: int = 1) -> str | None:
         labels = []
         for g in groups:
             twin = by_signature.get(_signature(snap, g))
             if twin is None:
                 return f"group g{g.gid} has no twin in the meta trace"
-            labels += [Label(probe_snap.owner, twin.gid, twin.size - 1 - k) for k in range(count)]
+            n = counts.get(g.gid, count) if counts is not None else count
+            labels += [Label(probe_snap.owner, twin.gid, twin.size - 1 - k) for k in range(n)]
         try:
-            probe_ir.prune(name, labels=labels, verify=True)
+            slim = probe_ir.prune(name, labels=labels, verify=True)
         except PruningIRError as exc:
             return str(exc).split(". Some Python code")[0]
-        return None
+        return _backward_fails(slim.model, probe_snap)
 
     bad: list[tuple[LabelGroup, str]] = []
     steps: dict[int, int] = {}
     budget = [_STEP_PROBES]
+    tie_budget = [_TIE_PROBES]
 
     def aligned(g: LabelGroup, err: str) -> int | None:
         """The smallest step at which ``g`` prunes, when a kernel refused the one-label probe."""
@@ -164,28 +220,80 @@ def probe_groups(ir: PruningIR, name: str) -> tuple[list[tuple[LabelGroup, str]]
             if g.size % k or g.size <= k or budget[0] <= 0:
                 continue
             budget[0] -= 1
-            if fails([g], k) is None:
+            again = fails([g], count=k)
+            if again is None:
                 return k
+            if "is invalid for input of size" in again:
+                return None  # past the kernel, a Python-held size refuses it: no step helps
         return None
 
+    def partner(g: LabelGroup, err: str, candidates: list[LabelGroup]) -> LabelGroup | None:
+        """A group of ``g``'s size, with parameters in the module the probe failed in, that lets
+        the model run when it loses as many labels as ``g``: Python code sizes one by the other."""
+        where = _failing_module(err)
+        if where is None or "does not run" not in err:
+            return None
+        for h in candidates:
+            if tie_budget[0] <= 0:
+                return None
+            if h.gid == g.gid or h.size != g.size or h.step != g.step:
+                continue
+            if where and not any(m.startswith(where + ".") for m, _ in h.members):
+                continue
+            tie_budget[0] -= 1
+            if fails([g, h]) is None:
+                return h
+        return None
+
+    def tie(g: LabelGroup, h: LabelGroup, err: str) -> LabelGroup:
+        """Unify ``g`` and ``h`` in both snapshots; the merged group of ``snap``."""
+        tg, th = by_signature[_signature(snap, g)], by_signature[_signature(snap, h)]
+        for sn, a, b in ((snap, g, h), (probe_snap, tg, th)):
+            sn.spaces.unify((((a.leaf, 0, a.size),),), (((b.leaf, 0, b.size),),))
+            sn.groups = build_groups(sn.graph, sn.spaces)
+            sn.cache.clear()
+        probe_snap.cache["warned_untraced"] = True
+        by_signature.clear()
+        by_signature.update({_signature(probe_snap, x): x for x in probe_snap.prunable_groups})
+        snap.issues.append(Issue("probe", _failing_module(err) or "", f"{g.describe()} + {h.describe()}",
+                                 "these channels are pruned together (the same labels): Python code sizes one by "
+                                 f"the other's count, pruning one alone breaks the model ({err})"))
+        root = snap.spaces.find(g.leaf)
+        return next(x for x in snap.groups if x.leaf == root)
+
     groups = list(snap.prunable_groups)
+    counts = _joint_counts(groups)
     # few groups: probe each alone (a joint probe can pass by coincidence, e.g. a Python
-    # ``c // 2`` that happens to match); many: probe jointly and bisect failures
+    # ``c // 2`` that happens to match); many: probe jointly, each group of a size losing a
+    # different count (see _joint_counts), and bisect failures
     stack = [[g] for g in groups] if len(groups) <= _INDIVIDUAL_LIMIT else [groups]
+    ties = 0
     while stack:
         groups = stack.pop()
         if not groups:
             continue
-        err = fails(groups)
+        err = fails(groups, counts if len(groups) > 1 else None)
         if err is None:
             continue
         if len(groups) == 1:
             g = groups[0]
             step = aligned(g, err)
-            if step is None:
-                bad.append((g, f"pruning it breaks the model's Python code ({err})"))
-            else:
+            if step is not None:
                 steps[g.leaf] = step
+                continue
+            h = partner(g, err, list(snap.prunable_groups)) if ties < _TIE_ROUNDS else None
+            if h is not None:
+                ties += 1
+                merged = tie(g, h, err)
+                # group objects on the stack are stale now: re-read them by leaf
+                live = {x.leaf: x for x in snap.prunable_groups}
+                find = snap.spaces.find
+                stack = [[live[find(x.leaf)] for x in part if find(x.leaf) in live and find(x.leaf) != merged.leaf]
+                         for part in stack]
+                stack.append([merged])  # the merged group may break the model elsewhere
+                counts = _joint_counts(list(snap.prunable_groups))
+                continue
+            bad.append((g, f"pruning it breaks the model's Python code ({err})"))
             continue
         half = len(groups) // 2
         stack += [groups[:half], groups[half:]]
@@ -199,10 +307,13 @@ def apply_probe(ir: PruningIR, name: str) -> None:
     if not bad and not steps:
         return
     snap = ir.snapshot(name)
+    find = snap.spaces.find
     for leaf, step in steps.items():
-        snap.spaces.step[leaf] = step
+        snap.spaces.step[find(leaf)] = step
     for g, reason in bad:
-        snap.spaces.rigid[g.leaf] = reason
-        snap.issues.append(Issue("probe", "", f"g{g.gid}", reason))
+        snap.spaces.rigid[find(g.leaf)] = reason
     snap.groups = build_groups(snap.graph, snap.spaces)
+    gid = {g.leaf: g.gid for g in snap.groups}
+    for g, reason in bad:
+        snap.issues.append(Issue("probe", "", f"g{gid.get(find(g.leaf), g.gid)}", reason))
     snap.cache.clear()

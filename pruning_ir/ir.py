@@ -122,43 +122,91 @@ def padded_mask_call(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, 
 
 
 @dataclass
-class _Ambiguity:
-    """Attributes of one module that facts of equal old value left ambiguous (see
-    :func:`~pruning_ir._rewrite.attributes.update_attributes`), and the value combinations
-    verification has yet to try: all of them but the unchanged one (it already failed), fewest
-    distinct values first, at most :data:`_MAX_COMBINATIONS`."""
+class _Choices:
+    """Attribute values verification may try for one module of a slim model.
+
+    Two kinds of attributes: those that facts of equal old value left *ambiguous* (kept at their
+    old value; options: the old value and every new one those facts took, see
+    :func:`~pruning_ir._rewrite.attributes.update_attributes`) and those *guessed*, set by
+    matching values (options: the new value, then the old one: the guess may be wrong while the
+    module's other guesses are right, ``head_dim`` matched a pruned ``v`` while
+    ``num_key_value_groups`` was right). The combination in place when verification first
+    failed is left out; the others are tried in three rounds: other ambiguous values with every
+    guess kept; guesses put back (fewest first) with the ambiguous values as they were; both.
+    Ambiguous values go fewest distinct values first (attributes of equal old value mostly keep
+    equal values: a one-head attention's ``hidden_size``, ``all_head_size`` and
+    ``attention_head_size``), then fewest changes; at most :data:`_MAX_COMBINATIONS` of them,
+    and :data:`_MAX_TRIES` combinations in all.
+    """
 
     names: list[str]
-    olds: list[int]
-    plans: list[tuple[int, ...]]
+    olds: list[int]  # before pruning
+    start: tuple[int, ...]  # in place at the first failure
+    guessed: int  # the last ``guessed`` names are guesses
+    every: list[tuple[int, ...]]
+    todo: list[tuple[int, ...]]
 
     @classmethod
-    def of(cls, todo: list[tuple[str, int, list[int]]]) -> _Ambiguity:
-        options = [[old, *cands] for _, old, cands in todo]
-        olds = tuple(o for _, o, _ in todo)
-        # attributes of equal old value most often keep equal values (a one-head attention's
-        # hidden_size, all_head_size and attention_head_size): combinations with fewer distinct
-        # values come first, then those changing fewer attributes
-        every = [c for c in itertools.islice(itertools.product(*options), 4096) if c != olds]
-        every.sort(key=lambda c: (len(set(c)), sum(v != o for v, o in zip(c, olds, strict=True))))
-        plans = every[:_MAX_COMBINATIONS]
-        return cls([n for n, _, _ in todo], [o for _, o, _ in todo], plans)
+    def of(cls, ambiguous: list[tuple[str, int, list[int]]], guessed: list[tuple[str, Any]],
+           module: nn.Module) -> _Choices:
+        names = [n for n, _, _ in ambiguous] + [n for n, _ in guessed]
+        olds = [o for _, o, _ in ambiguous] + [o for _, o in guessed]
+        options = [[o, *cands] for _, o, cands in ambiguous] + [[getattr(module, n), o] for n, o in guessed]
+        start = tuple(opt[0] for opt in options)
+        k = len(ambiguous)
+        amb = list(itertools.islice(itertools.product(*options[:k]), 4096))
+        # attributes of equal old value mostly keep equal values: fewest distinct values first
+        amb.sort(key=lambda c: (len(set(c)), sum(v != o for v, o in zip(c, start[:k], strict=True))))
+        amb = amb[:_MAX_COMBINATIONS]
+        restores = list(itertools.islice(itertools.product(*options[k:]), 4096))
+        restores.sort(key=lambda c: sum(v != s for v, s in zip(c, start[k:], strict=True)))
+        every = [a + r for a in amb for r in restores[:1]]  # no guess put back
+        every += [start[:k] + r for r in restores[1:]]  # guesses put back, ambiguous values as they were
+        every += [a + r for r in restores[1:] for a in amb if a != start[:k]]  # both
+        every = [c for c in every if c != start][:_MAX_TRIES]
+        return cls(names, olds, start, len(guessed), every, list(every))
 
-    def try_next(self, module: nn.Module) -> str | None:
-        """Set the next combination (what was set, for the log), or put the old values back and
-        return ``None`` when none is left."""
-        if self.plans:
-            combo = self.plans.pop(0)
+    def rearm(self) -> None:
+        """Try every combination again: the module got a patch since, so combinations that
+        failed before may be right now."""
+        self.todo = list(self.every)
+
+    def try_next(self, module: nn.Module, *, guesses: bool) -> tuple[str, bool] | None:
+        """Set the next combination (``guesses=False``: only those keeping every guess); returns
+        what was set, for the log, and whether a guess was put back; or puts the starting values
+        back and returns ``None`` when none is left."""
+        k = len(self.names) - self.guessed
+        while self.todo:
+            combo = self.todo.pop(0)
+            restored = combo[k:] != self.start[k:]
+            if restored and not guesses:
+                continue
             for name, value in zip(self.names, combo, strict=True):
                 setattr(module, name, value)
-            return ", ".join(f"{n}={v}" for n, v in zip(self.names, combo, strict=True))
-        for name, old in zip(self.names, self.olds, strict=True):
-            setattr(module, name, old)
-        self.names, self.olds = [], []
+            return ", ".join(f"{n}={v}" for n, v in zip(self.names, combo, strict=True)), restored
+        for name, value in zip(self.names, self.start, strict=True):
+            setattr(module, name, value)
         return None
+
+    def log(self, path: str, module: nn.Module, changes: list[str]) -> None:
+        """Bring ``changes`` (the rewrite log) in line with the values kept."""
+        k = len(self.names) - self.guessed
+        label = path or "<root>"
+        for i, (name, old) in enumerate(zip(self.names, self.olds, strict=True)):
+            now = getattr(module, name, old)
+            if i >= k:
+                if now != self.start[i]:  # a guess put back: it no longer happened
+                    line = f"{label}.{name}: {old} -> {self.start[i]}"
+                    if line in changes:
+                        changes.remove(line)
+                    if now != old:
+                        changes.append(f"{label}.{name}: {old} -> {now} (the value verification accepted)")
+            elif now != old:
+                changes.append(f"{label}.{name}: {old} -> {now} (ambiguous; the value verification accepted)")
 
 
 _MAX_COMBINATIONS = 16
+_MAX_TRIES = 48
 
 
 def _refuse_empty_axes(snap: Snapshot, removed: dict[int, torch.Tensor]) -> None:
@@ -533,15 +581,16 @@ class PruningIR:
             if edits:  # the literal-finding forward (if any) doubles as verification's forward
                 patched, ran = patch_literals(slim, snap, edits, guesses, unresolved,
                                               lambda: verify_forward(slim, new_snap, unresolved))
-            plans = {path: _Ambiguity.of(todo) for path, todo in ambiguous.items()}
-            patched += self._verify_or_patch(slim, new_snap, edits, patched, unresolved, guesses, ran, plans)
-            modules = dict(slim.named_modules()) if plans else {}
-            for path, amb in plans.items():
-                for name, old in zip(amb.names, amb.olds, strict=True):
-                    now = getattr(modules[path], name, old)
-                    if now != old:
-                        changes.append(f"{path or '<root>'}.{name}: {old} -> {now} (ambiguous; the value verification "
-                                       "accepted)")
+            choices: dict[str, _Choices] = {}
+            patched += self._verify_or_patch(slim, new_snap, edits, patched, unresolved, guesses, ambiguous,
+                                             choices, ran)
+            modules = dict(slim.named_modules()) if choices else {}
+            for path, ch in choices.items():
+                ch.log(path, modules[path], changes)
+            if new_snap.cache.get("loose_verified"):
+                changes.append("verification: sizes along batch, sequence or spatial axes follow the values in this "
+                               "model (see ir.report()) and differ from the traced ones; they were not compared, "
+                               "channel sizes were")
             out = PruningIR._from_snapshot(slim, new_snap, self, name)
         else:
             if edits:
@@ -552,13 +601,15 @@ class PruningIR:
         return out
 
     def _verify_or_patch(self, slim: nn.Module, new_snap: Snapshot, edits: dict[str, ModuleEdits],
-                         patched: list[str], unresolved: list[str],
-                         guesses: dict[str, list[tuple[str, Any]]], ran: bool = False,
-                         ambiguous: dict[str, _Ambiguity] | None = None) -> list[str]:
-        """Verify the slim model; where it fails, restore attributes set by matching values and
-        patch literal sizes of the failing module (or its nearest ancestor with changed facts),
-        then retry. Returns the modules patched here (``patched``: those patched before;
-        ``ran``: the forward part of verification already passed on the model as it is)."""
+                         patched: list[str], unresolved: list[str], guesses: dict[str, list[tuple[str, Any]]],
+                         ambiguous: dict[str, list[tuple[str, int, list[int]]]], choices: dict[str, _Choices],
+                         ran: bool = False) -> list[str]:
+        """Verify the slim model; where it fails, repair the failing module (or its nearest
+        ancestor that can be repaired) and retry: first other values of its ambiguous attributes,
+        then a patch of its literal sizes, then every combination of ambiguous values and of
+        guesses (attributes set by matching values) kept or put back (:class:`_Choices`, filled
+        in as they are made). Returns the modules patched here (``patched``: those patched
+        before; ``ran``: the forward part of verification already passed on the model as it is)."""
         modules = dict(slim.named_modules())
         done = set(patched)
         added: list[str] = []
@@ -574,32 +625,29 @@ class PruningIR:
                 for path in [*chain, ""]:
                     if path not in modules:
                         continue
-                    amb = (ambiguous or {}).get(path)
-                    tried = amb.try_next(modules[path]) if amb is not None else None
+                    ch = choices.get(path)
+                    if ch is None and (path in guesses or path in ambiguous):
+                        ch = choices[path] = _Choices.of(ambiguous.get(path, []), guesses.get(path, []),
+                                                         modules[path])
+                    patchable = path in edits and path not in done
+                    tried = ch.try_next(modules[path], guesses=not patchable) if ch is not None else None
                     if tried is not None:
-                        # attributes that facts of equal old value left ambiguous: try other values
-                        log.debug("verification of %s: trying %s", path or "<root>", tried)
+                        log.debug("verification of %s: trying %s", path or "<root>", tried[0])
+                        patch = patch_of(modules[path])
+                        if tried[1] and patch is not None:
+                            # a guess put back: the sizes computed from it, which adapted by
+                            # themselves while the patch watched, are stale now too
+                            patch.widen()
                         acted = True
                         break
-                    if path in guesses:
-                        # an attribute set by matching values was the wrong one: restore, then patch
-                        for attr, old in guesses.pop(path):
-                            setattr(modules[path], attr, old)
+                    if patchable:
+                        install(modules[path], *edits[path], path=path)
+                        done.add(path)
+                        added.append(path)
+                        if ch is not None:
+                            ch.rearm()
                         acted = True
-                    if path in edits:
-                        if path not in done:
-                            install(modules[path], *edits[path], path=path)
-                            done.add(path)
-                            added.append(path)
-                            acted = True
-                            break
-                        if acted:
-                            # restored in a patched module: its patch must rewrite those sizes
-                            # again, including the ones it saw adapt under the restored guess
-                            patch = patch_of(modules[path])
-                            if patch is not None:
-                                patch.widen()
-                            break
+                        break
                 if not acted:
                     raise
                 ran = False

@@ -46,6 +46,7 @@ def main() -> None:
                 F.cross_entropy(logits, y).backward()
     torch.save({gid: s for gid, s in ir.snapshot().scores.items()}, out)
     if world > 1:
+        dist.barrier()  # neither rank tears gloo down while the other still talks to it
         dist.destroy_process_group()
 
 

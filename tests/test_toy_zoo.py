@@ -86,10 +86,12 @@ def test_multihead_attention_subclass_with_own_forward_is_reported() -> None:
     assert not any("attn.in_proj_weight" in name for g in ir.prunable_label_groups() for name, _ in g.members)
 
 
-def test_literal_equal_to_a_size_attribute_is_handled_conservatively() -> None:
+def test_literal_equal_to_a_size_attribute_is_resolved_by_verification() -> None:
     """With 3 heads, the literal 3 of ``reshape(b, s, 3, num_heads, head_dim)`` equals
-    ``num_heads``: the engine cannot tell which one sizes the head axis, so it ties the head
-    axis to the (unprunable) q/k/v axis. Heads stay; within-head features still prune."""
+    ``num_heads``: one op takes the value 3 for two different axes, so the engine does not tie
+    them by that attribute (only one of them can be it); the heads prune (the head count in
+    the reshape is rewritten, by the attribute or a run-time patch, as verification settles)
+    and the literal 3 stays."""
 
     class ThreeHeads(FusedQKVAttention):
         num_heads = 3
@@ -98,7 +100,10 @@ def test_literal_equal_to_a_size_attribute_is_handled_conservatively() -> None:
     model = ThreeHeads().eval()
     x = (torch.randn(2, 7, 14),)
     ir = PruningIR(model, example_inputs=x)
-    assert sorted(g.size for g in ir.prunable_label_groups()) == [5]
+    assert sorted(g.size for g in ir.prunable_label_groups()) == [3, 5]
+    heads = next(g for g in ir.prunable_label_groups() if g.size == 3)
+    slim = ir.prune(labels=ir.labels(heads)[:1]).model
+    assert slim.proj.in_features == 10 and slim.qkv.out_features == 30
     check_battery(model, x)
 
 

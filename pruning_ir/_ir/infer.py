@@ -62,6 +62,11 @@ _RANDOM = {"aten.rand", "aten.randn", "aten.rand_like", "aten.randn_like", "aten
            "aten.multinomial", "aten.native_dropout", "aten.randint_like"}
 
 
+DATA_DEPENDENT = frozenset({"aten._local_scalar_dense", "aten.nonzero", "aten.masked_select", "aten._unique2",
+                            "aten.unique_dim", "aten.unique_consecutive", "aten.nonzero_static"})
+"""Ops whose results (a Python number, or an output size) depend on tensor values."""
+
+
 def infer(graph: Graph, *, soft_tracing: bool = True, keep_io: bool = True) -> InferResult:
     """Annotate every value's axes with layouts; return the space table and issues."""
     load_all()
@@ -74,6 +79,10 @@ def infer(graph: Graph, *, soft_tracing: bool = True, keep_io: bool = True) -> I
     for node in graph.nodes:
         ctx = Ctx(graph, sp, node)
         ctx.live = node.nid in live
+        if node.op in DATA_DEPENDENT and not any(i.kind == "data_dependent" for i in res.issues):
+            res.issues.append(Issue("data_dependent", node.module, node.op, "a tensor's values become a Python "
+                                    "number or a size in forward: sizes along batch, sequence or spatial axes "
+                                    "may follow the values (checked only where the traced sizes do not hold)"))
         if node.op in _RANDOM and not any(i.kind == "random" for i in res.issues):
             res.issues.append(Issue("random", node.module, node.op, "random values in forward: outputs differ "
                                     "between runs (use eval() or fixed inputs for equivalence checks)"))

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import functools
+from collections.abc import Callable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 
 import torch
@@ -120,24 +121,101 @@ def verify_graph(model: nn.Module, expected: Snapshot, unresolved: list[str], le
         except TraceError as exc:
             raise VerifyFailure(str(exc), None) from exc
         what = "" if k == 0 else f" (traced call {k + 1})"
-        _compare(model, _signature([graph.nodes[i] for i in sequence], graph, stock),
-                 _signature(got.nodes, got, stock), vanish, constant_nodes(got), what)
+        nodes = [graph.nodes[i] for i in sequence]
+        try:
+            _compare(model, _signature(nodes, graph, stock), _signature(got.nodes, got, stock), vanish,
+                     constant_nodes(got), what)
+        except VerifyFailure:
+            if not value_dependent(expected):
+                raise
+            # sizes along activation axes may follow the values (a duration predictor's output
+            # length): compare again with those free, channel sizes still checked
+            free = _free(expected)
+            _compare(model, _signature(nodes, graph, stock, free), _signature(got.nodes, got, stock, keep_ones=True),
+                     vanish, constant_nodes(got), what, same=_loose_same)
+            expected.cache["loose_verified"] = True
 
 
-def _compare(model: nn.Module, exp_sig: list[tuple[str, list[tuple[int, ...]], str, int]],
-             got_sig: list[tuple[str, list[tuple[int, ...]], str, int]], vanish: set[int], extra: set[int],
-             what: str) -> None:
+Sig = tuple[str, list[tuple[int | None, ...]], str, int]
+
+
+def _strict_same(e: Sig, g: Sig) -> bool:
+    return e[:2] == g[:2]
+
+
+def _dims_match(exp: tuple[int | None, ...], got: tuple[int | None, ...]) -> bool:
+    """``got`` has the sizes of ``exp`` (``None``: any size), size-1 axes aside on either side."""
+    @functools.cache
+    def m(i: int, j: int) -> bool:
+        if i == len(exp):
+            return all(d == 1 for d in got[j:])
+        if j == len(got):
+            return all(e in (1, None) for e in exp[i:])
+        e, g = exp[i], got[j]
+        return (((e is None or e == g) and m(i + 1, j + 1)) or (e in (1, None) and m(i + 1, j))
+                or (g == 1 and m(i, j + 1)))
+
+    return m(0, 0)
+
+
+def _loose_same(e: Sig, g: Sig) -> bool:
+    return e[0] == g[0] and len(e[1]) == len(g[1]) and all(
+        _dims_match(a, b) for a, b in zip(e[1], g[1], strict=True))
+
+
+def value_dependent(snap: Snapshot) -> bool:
+    """Whether the trace turned tensor values into Python numbers or sizes (see
+    :data:`~pruning_ir._ir.infer.DATA_DEPENDENT`)."""
+    return any(i.kind == "data_dependent" for i in snap.issues)
+
+
+def _free(snap: Snapshot) -> Callable[[int], tuple[bool, ...]]:
+    """Value id -> for each axis, whether no prunable group's channels lie along it (batch,
+    sequence, spatial axes, a positional table's rows: what values may size; pruning changes
+    the others)."""
+    sp = snap.spaces
+    leaves = {sp.find(g.leaf) for g in snap.groups if g.prunable}
+    values = snap.graph.values
+
+    def free(vid: int) -> tuple[bool, ...]:
+        v = values[vid]
+        if len(v.axes) != len(v.shape):
+            return tuple(False for _ in v.shape)
+        return tuple(not any(sp.find(leaf) in leaves for t in sp.normalize(ax) for leaf, _, _ in t)
+                     for ax in v.axes)
+
+    return free
+
+
+def _loose_outputs(snap: Snapshot, k: int, shapes: list[tuple[int, ...]]) -> bool:
+    """Output shapes of traced call ``k`` equal the expected ones but along axes that values may
+    size (only for a value-dependent trace); notes that on the snapshot."""
+    if not value_dependent(snap):
+        return False
+    free = _free(snap)
+    vids = list(snap.graph.call_sequences()[k][1])
+    if len(shapes) < len(vids):
+        return False
+    ok = all(_dims_match(tuple(None if f else d for d, f in zip(snap.graph.values[v].shape, free(v), strict=True)),
+                         tuple(s)) for v, s in zip(vids, shapes, strict=False))
+    if ok:
+        snap.cache["loose_verified"] = True
+    return ok
+
+
+def _compare(model: nn.Module, exp_sig: list[Sig], got_sig: list[Sig], vanish: set[int], extra: set[int],
+             what: str, same: Callable[[Sig, Sig], bool] = _strict_same) -> None:
     i = j = 0
     while i < len(exp_sig) or j < len(got_sig):
         e = exp_sig[i] if i < len(exp_sig) else None
         g = got_sig[j] if j < len(got_sig) else None
-        if e is not None and (g is None or e[:2] != g[:2]) and e[3] in vanish:
+        if e is not None and (g is None or not same(e, g)) and e[3] in vanish:
             i += 1
             continue
-        if g is not None and (e is None or e[:2] != g[:2]) and g[3] in extra:
+        if g is not None and (e is None or not same(e, g)) and g[3] in extra:
             j += 1
             continue
-        if (e and e[:2]) != (g and g[:2]):
+        if e is None or g is None or not same(e, g):
             where = (g or e)[2]  # type: ignore[index]
             raise VerifyFailure(
                 f"the slim {type(model).__name__} runs, but in module '{where or '<root>'}'{what} it computes "
@@ -162,17 +240,27 @@ def _stock_paths(model: nn.Module) -> set[str]:
     return {path for path, m in model.named_modules() if path and _sized_by_attributes(m)}
 
 
-def _signature(nodes: list[Node], graph: Graph,
-               stock: AbstractSet[str] = frozenset()) -> list[tuple[str, list[tuple[int, ...]], str, int]]:
+def _signature(nodes: list[Node], graph: Graph, stock: AbstractSet[str] = frozenset(),
+               free: Callable[[int], tuple[bool, ...]] | None = None,
+               keep_ones: bool = False) -> list[tuple[str, list[tuple[int | None, ...]], str, int]]:
     """(op, primary output shape without its size-1 axes, module, node id) of every node that can
     change a shape; auxiliary outputs (saved statistics) are left out: they differ between
     backends. The ops of one call of
-    a stock layer (``stock``) count as one entry with the shape of its last op."""
-    out: list[tuple[str, list[tuple[int, ...]], str, int]] = []
+    a stock layer (``stock``) count as one entry with the shape of its last op. With ``free``
+    (value id -> which axes are not checked), shapes keep every axis, ``None`` where free; with
+    ``keep_ones``, size-1 axes too (both for :func:`_loose_same`)."""
+    out: list[tuple[str, list[tuple[int | None, ...]], str, int]] = []
     for n in nodes:
         # where size-1 axes sit is how torch decomposes (einsum permutes them as it likes once a
         # pruned axis has one entry left); it moves no data, so it is not compared
-        shapes = [tuple(d for d in graph.values[o].shape if d != 1) for o in n.outputs[:1] if o >= 0]
+        shapes: list[tuple[int | None, ...]]
+        if free is not None:
+            shapes = [tuple(None if f else d for d, f in zip(graph.values[o].shape, free(o), strict=True))
+                      for o in n.outputs[:1] if o >= 0]
+        elif keep_ones:
+            shapes = [tuple(graph.values[o].shape) for o in n.outputs[:1] if o >= 0]
+        else:
+            shapes = [tuple(d for d in graph.values[o].shape if d != 1) for o in n.outputs[:1] if o >= 0]
         if n.module in stock:
             entry = (f"module {n.module}", shapes, n.module, n.nid)
             if out and out[-1][2] == n.module and out[-1][0] == entry[0]:
@@ -205,7 +293,7 @@ def verify_forward(model: nn.Module, snap: Snapshot, unresolved: list[str]) -> N
         shapes = [tuple(t.shape) for t in outs]
         expected = ([tuple(s) for s in snap.output_shapes] if k == 0
                     else [tuple(graph.values[v].shape) for v in outs_expected])
-        if outs_expected and shapes[: len(expected)] != expected:
+        if outs_expected and shapes[: len(expected)] != expected and not _loose_outputs(snap, k, shapes):
             raise VerifyFailure(
                 f"the slim {type(model).__name__} changed its output shapes on {what}: {shapes} instead of "
                 f"{expected}{hint}.",
