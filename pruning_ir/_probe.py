@@ -191,6 +191,9 @@ def probe_groups(ir: PruningIR, name: str) -> tuple[list[tuple[LabelGroup, str]]
     if varying is not None:
         return [(g, varying) for g in snap.prunable_groups], {}
     by_signature = {_signature(probe_snap, g): g for g in probe_snap.prunable_groups}
+    # backward is probed only where the unpruned model's own backward runs (RWKV's writes in place)
+    # (on a copy: probing for real, probe_ir.model is the user's model)
+    backward = _backward_fails(probe_ir.prune(name, labels=[], verify=False).model, probe_snap) is None
 
     def fails(groups: list[LabelGroup], counts: dict[int, int] | None = None, count: int = 1) -> str | None:
         labels = []
@@ -204,7 +207,7 @@ def probe_groups(ir: PruningIR, name: str) -> tuple[list[tuple[LabelGroup, str]]
             slim = probe_ir.prune(name, labels=labels, verify=True)
         except PruningIRError as exc:
             return str(exc).split(". Some Python code")[0]
-        return _backward_fails(slim.model, probe_snap)
+        return _backward_fails(slim.model, probe_snap) if backward else None
 
     bad: list[tuple[LabelGroup, str]] = []
     steps: dict[int, int] = {}

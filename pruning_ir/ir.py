@@ -634,14 +634,19 @@ class PruningIR:
                     if tried is not None:
                         log.debug("verification of %s: trying %s", path or "<root>", tried[0])
                         patch = patch_of(modules[path])
-                        if tried[1] and patch is not None:
-                            # a guess put back: the sizes computed from it, which adapted by
-                            # themselves while the patch watched, are stale now too
-                            patch.widen()
+                        if patch is not None:
+                            patch.forget_skips()  # which calls the code skips follows the attributes
+                            if tried[1]:
+                                # a guess put back: the sizes computed from it, which adapted by
+                                # themselves while the patch watched, are stale now too
+                                patch.widen()
                         acted = True
                         break
                     if patchable:
                         install(modules[path], *edits[path], path=path)
+                        patch = patch_of(modules[path])
+                        if patch is not None:
+                            patch.forget_skips()
                         done.add(path)
                         added.append(path)
                         if ch is not None:

@@ -58,6 +58,42 @@ def test_compiled_module_is_unwrapped_with_a_warning() -> None:
     assert ir.model is model and sorted(g.size for g in ir.prunable_label_groups()) == [6, 8]
 
 
+def test_compiled_submodule_is_refused_naming_it() -> None:
+    model = _mlp()
+    model[2] = torch.compile(model[2])
+    with pytest.raises(InvalidInputError, match=r"module '2' is a torch\.compile wrapper"):
+        PruningIR(model, example_inputs=(torch.randn(2, 4),))
+
+
+def test_repairs_that_never_converge_raise_instead_of_returning_an_unverified_model(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fused-qkv attention whose head attributes are set by matching values: when verification
+    keeps failing in that module, the repairs (other attribute values, a patch) run up to the
+    cap and then prune raises RewriteError; the user's model is left intact."""
+    import pruning_ir.ir as ir_mod
+    from checks import state_hash
+    from toy_zoo import TOY_CASES
+
+    from pruning_ir._rewrite.verify import VerifyFailure
+    from pruning_ir.errors import RewriteError
+
+    model, x = TOY_CASES["mha_fused"]()
+    ir = PruningIR(model, example_inputs=x)
+    heads = next(g for g in ir.prunable_label_groups() if g.size == 4)
+    before = state_hash(model)
+    calls = []
+
+    def never(*args: object, **kwargs: object) -> None:
+        calls.append(1)
+        raise VerifyFailure("the slim model fails (forced)", "")
+
+    monkeypatch.setattr(ir_mod, "verify_graph", never)
+    monkeypatch.setattr(ir_mod, "_MAX_REPAIRS", 2)
+    with pytest.raises(RewriteError, match="still failed after 2 repairs"):
+        ir.prune(labels=ir.labels(heads)[:1])
+    assert len(calls) == 2 and state_hash(model) == before
+
+
 def test_prune_mask_holding_an_autograd_graph_is_refused_and_a_plain_one_prunes() -> None:
     from torch.nn.utils import prune as nn_prune
 

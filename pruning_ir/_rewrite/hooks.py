@@ -132,7 +132,7 @@ class _Mode(TorchDispatchMode):
                     return torch.ops.aten.slice.Tensor, (args[0],), dict(template), True
             return func, args, kwargs, False
         bound = bind(func, args, kwargs)
-        if p.watch is not None:
+        if p.watch is not None or p.relearn:
             i = p.align(name, i, bound)
         p.count[name] = i + 1
         if i >= len(seq) or not seq[i]:
@@ -260,7 +260,14 @@ class LiteralShapePatch:
         self.watch: dict[FactId, bool] | None = None
         self.all_edits: Edits | None = None
         self.tape: Tape | None = None
+        self.relearn = False  # align with skipped calls on every call, not only while watching
         self.module_path = ""
+
+    def forget_skips(self) -> None:
+        """The module's attributes changed since the skipped calls were learnt (``repeat_kv``
+        returns early only once ``num_key_value_groups`` is 1): learn them again as calls come."""
+        self.skips = {}
+        self.relearn = True
 
     def widen(self) -> None:
         """Rewrite every changing size again, not only those found literal: an attribute of the
@@ -321,12 +328,13 @@ class LiteralShapePatch:
 
     def __getstate__(self) -> dict[str, Any]:
         return {"edits": self.edits, "templates": self.templates, "sigs": self.sigs, "skips": self.skips,
-                "module_path": self.module_path}
+                "module_path": self.module_path, "relearn": self.relearn}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["edits"], state.get("templates"), state.get("sigs"),  # type: ignore[misc]
                       state.get("skips"))
         self.module_path = state.get("module_path", "")
+        self.relearn = state.get("relearn", False)
 
 
 def compose_edits(old: Edits, new: Edits) -> Edits:
