@@ -70,10 +70,10 @@ def test_repairs_that_never_converge_raise_instead_of_returning_an_unverified_mo
     """Fused-qkv attention whose head attributes are set by matching values: when verification
     keeps failing in that module, the repairs (other attribute values, a patch) run up to the
     cap and then prune raises RewriteError; the user's model is left intact."""
-    import pruning_ir.ir as ir_mod
     from checks import state_hash
     from toy_zoo import TOY_CASES
 
+    import pruning_ir.ir as ir_mod
     from pruning_ir._rewrite.verify import VerifyFailure
     from pruning_ir.errors import RewriteError
 
