@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import copy
 import logging
-import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -30,6 +29,7 @@ from ._ir.axes import slot_map
 from ._ir.infer import Issue
 from ._ir.labels import Label, LabelGroup, build_groups
 from ._ir.snapshot import Snapshot
+from ._rewrite.verify import VerifyFailure, size_refused
 from .calls import ExampleCall
 from .errors import PruningIRError
 
@@ -122,7 +122,26 @@ _STEPS = (2, 4, 8, 16, 32)
 _STEP_PROBES = 32  # extra probes spent on alignments per build, at most
 
 
-def _backward_fails(model: nn.Module, snap: Snapshot) -> str | None:
+@dataclass(frozen=True)
+class _Failure:
+    """Why a probe failed: ``reason`` (for the report); ``kind``, as
+    :class:`~pruning_ir._rewrite.verify.VerifyFailure`'s (``"raised"``, ``"shapes"``, ``"graph"``,
+    ``"trace"``) or ``"backward"`` (backward raised) or ``"other"``; ``module`` where it raised;
+    ``cause`` the exception the slim model raised."""
+
+    reason: str
+    kind: str
+    module: str | None = None
+    cause: BaseException | None = None
+
+    @property
+    def kernel(self) -> bool:
+        """The slim model raised (forward or backward), not at a view of a Python-held size:
+        possibly a kernel's alignment."""
+        return self.kind in ("raised", "backward") and not size_refused(self.cause)
+
+
+def _backward_fails(model: nn.Module, snap: Snapshot) -> _Failure | None:
     """Why the slim ``model`` cannot run backward from its example call's outputs, or ``None``.
     Backward kernels can need more than forward ones (a grouped matmul's gradient transposes its
     operands, so an axis that forward reads contiguously needs 16-byte strides there)."""
@@ -141,8 +160,8 @@ def _backward_fails(model: nn.Module, snap: Snapshot) -> str | None:
             if flat:
                 torch.stack([t.sum() for t in flat]).sum().backward()
     except Exception as exc:  # the slim model's backward is what is probed
-        return (f"the slim {type(model).__name__} does not run backward from the example inputs' outputs: "
-                f"{type(exc).__name__}: {exc}")
+        return _Failure(f"the slim {type(model).__name__} does not run backward from the example inputs' "
+                        f"outputs: {type(exc).__name__}: {exc}", "backward", None, exc)
     finally:
         model.zero_grad(set_to_none=True)
     return None
@@ -167,13 +186,6 @@ _TIE_PROBES = 32  # probes spent looking for count-coupled partners per build, a
 _TIE_ROUNDS = 64  # ties made per build, at most
 
 
-def _failing_module(err: str) -> str | None:
-    m = re.search(r"\(in module '([^']*)'\)", err)
-    if m is None:
-        return None
-    return "" if m.group(1) == "<root>" else m.group(1)
-
-
 def probe_groups(ir: PruningIR, name: str) -> tuple[list[tuple[LabelGroup, str]], dict[int, int]]:
     """Prunable groups of snapshot ``name`` whose removal breaks the model (or cannot be checked),
     with the reason; and the groups (by leaf) that prune when their kept size stays a multiple
@@ -195,18 +207,20 @@ def probe_groups(ir: PruningIR, name: str) -> tuple[list[tuple[LabelGroup, str]]
     # (on a copy: probing for real, probe_ir.model is the user's model)
     backward = _backward_fails(probe_ir.prune(name, labels=[], verify=False).model, probe_snap) is None
 
-    def fails(groups: list[LabelGroup], counts: dict[int, int] | None = None, count: int = 1) -> str | None:
+    def fails(groups: list[LabelGroup], counts: dict[int, int] | None = None, count: int = 1) -> _Failure | None:
         labels = []
         for g in groups:
             twin = by_signature.get(_signature(snap, g))
             if twin is None:
-                return f"group g{g.gid} has no twin in the meta trace"
+                return _Failure(f"group g{g.gid} has no twin in the meta trace", "other")
             n = counts.get(g.gid, count) if counts is not None else count
             labels += [Label(probe_snap.owner, twin.gid, twin.size - 1 - k) for k in range(n)]
         try:
             slim = probe_ir.prune(name, labels=labels, verify=True)
+        except VerifyFailure as exc:
+            return _Failure(exc.summary, exc.kind, exc.module, exc.cause)
         except PruningIRError as exc:
-            return str(exc).split(". Some Python code")[0]
+            return _Failure(str(exc), "other")
         return _backward_fails(slim.model, probe_snap) if backward else None
 
     bad: list[tuple[LabelGroup, str]] = []
@@ -214,9 +228,9 @@ def probe_groups(ir: PruningIR, name: str) -> tuple[list[tuple[LabelGroup, str]]
     budget = [_STEP_PROBES]
     tie_budget = [_TIE_PROBES]
 
-    def aligned(g: LabelGroup, err: str) -> int | None:
+    def aligned(g: LabelGroup, err: _Failure) -> int | None:
         """The smallest step at which ``g`` prunes, when a kernel refused the one-label probe."""
-        if "does not run" not in err or "is invalid for input of size" in err:
+        if not err.kernel:
             return None  # the model ran (a size mismatch found by verification), or a reshape of
             # a Python-held size refused it: not an alignment
         for k in _STEPS:
@@ -226,16 +240,16 @@ def probe_groups(ir: PruningIR, name: str) -> tuple[list[tuple[LabelGroup, str]]
             again = fails([g], count=k)
             if again is None:
                 return k
-            if "is invalid for input of size" in again:
+            if again.kind in ("raised", "backward") and not again.kernel:
                 return None  # past the kernel, a Python-held size refuses it: no step helps
         return None
 
-    def partner(g: LabelGroup, err: str, candidates: list[LabelGroup]) -> LabelGroup | None:
+    def partner(g: LabelGroup, err: _Failure, candidates: list[LabelGroup]) -> LabelGroup | None:
         """A group of ``g``'s size, with parameters in the module the probe failed in, that lets
         the model run when it loses as many labels as ``g``: Python code sizes one by the other."""
-        where = _failing_module(err)
-        if where is None or "does not run" not in err:
+        if err.kind != "raised":
             return None
+        where = err.module or ""  # not known: any group of its size
         for h in candidates:
             if tie_budget[0] <= 0:
                 return None
@@ -248,7 +262,7 @@ def probe_groups(ir: PruningIR, name: str) -> tuple[list[tuple[LabelGroup, str]]
                 return h
         return None
 
-    def tie(g: LabelGroup, h: LabelGroup, err: str) -> LabelGroup:
+    def tie(g: LabelGroup, h: LabelGroup, err: _Failure) -> LabelGroup:
         """Unify ``g`` and ``h`` in both snapshots; the merged group of ``snap``."""
         tg, th = by_signature[_signature(snap, g)], by_signature[_signature(snap, h)]
         for sn, a, b in ((snap, g, h), (probe_snap, tg, th)):
@@ -258,9 +272,9 @@ def probe_groups(ir: PruningIR, name: str) -> tuple[list[tuple[LabelGroup, str]]
         probe_snap.cache["warned_untraced"] = True
         by_signature.clear()
         by_signature.update({_signature(probe_snap, x): x for x in probe_snap.prunable_groups})
-        snap.issues.append(Issue("probe", _failing_module(err) or "", f"{g.describe()} + {h.describe()}",
+        snap.issues.append(Issue("probe", err.module or "", f"{g.describe()} + {h.describe()}",
                                  "these channels are pruned together (the same labels): Python code sizes one by "
-                                 f"the other's count, pruning one alone breaks the model ({err})"))
+                                 f"the other's count, pruning one alone breaks the model ({err.reason})"))
         root = snap.spaces.find(g.leaf)
         return next(x for x in snap.groups if x.leaf == root)
 
@@ -296,7 +310,7 @@ def probe_groups(ir: PruningIR, name: str) -> tuple[list[tuple[LabelGroup, str]]
                 stack.append([merged])  # the merged group may break the model elsewhere
                 counts = _joint_counts(list(snap.prunable_groups))
                 continue
-            bad.append((g, f"pruning it breaks the model's Python code ({err})"))
+            bad.append((g, f"pruning it breaks the model's Python code ({err.reason})"))
             continue
         half = len(groups) // 2
         stack += [groups[:half], groups[half:]]

@@ -63,11 +63,28 @@ def run_model(model: nn.Module, snap: Snapshot) -> list[torch.Tensor]:
 
 
 class VerifyFailure(RewriteError):
-    """The slim model failed its verification; ``module`` is where it raised (if known)."""
+    """The slim model failed its verification; ``module`` is where it raised or computed the
+    unexpected shape (if known).
 
-    def __init__(self, message: str, module: str | None) -> None:
+    ``kind``: ``"raised"`` (the slim model raised ``cause`` on a traced call), ``"shapes"`` (it
+    ran but changed its output shapes), ``"graph"`` (an op's shape differs from the pruned IR's
+    prediction), ``"trace"`` (the re-trace failed). ``summary`` is the message without the
+    advice to the user (what a report lists as a reason).
+    """
+
+    def __init__(self, message: str, module: str | None, kind: str = "graph", cause: BaseException | None = None,
+                 summary: str | None = None) -> None:
         super().__init__(message)
         self.module = module
+        self.kind = kind
+        self.cause = cause
+        self.summary = summary if summary is not None else message
+
+
+def size_refused(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is torch refusing a view/reshape to a size Python computed (the element
+    count does not fit): past any kernel, so no alignment of the widths helps."""
+    return isinstance(exc, RuntimeError) and "is invalid for input of size" in str(exc)
 
 
 def _run_tracking(model: nn.Module, call: Call) -> tuple[list[torch.Tensor] | None, BaseException | None,
@@ -119,7 +136,7 @@ def verify_graph(model: nn.Module, expected: Snapshot, unresolved: list[str], le
             with call_modes(model, modes):
                 got = record(model, args, kwargs, leaf_modules)  # type: ignore[arg-type]
         except TraceError as exc:
-            raise VerifyFailure(str(exc), None) from exc
+            raise VerifyFailure(str(exc), None, kind="trace", cause=exc) from exc
         what = "" if k == 0 else f" (traced call {k + 1})"
         nodes = [graph.nodes[i] for i in sequence]
         try:
@@ -287,12 +304,12 @@ def verify_forward(model: nn.Module, snap: Snapshot, unresolved: list[str]) -> N
         what = "the example inputs" if k == 0 else f"traced call {k + 1}"
         outs, exc, where = _run_tracking(model, call)
         if outs is None:
+            summary = (f"the slim {type(model).__name__} does not run on {what} (in module "
+                       f"'{where or '<root>'}'): {type(exc).__name__}: {exc}{hint}")
             raise VerifyFailure(
-                f"the slim {type(model).__name__} does not run on {what} (in module "
-                f"'{where or '<root>'}'): {type(exc).__name__}: {exc}{hint}. Some Python code holds a shape "
-                "the engine could not update: pass that module in leaf_modules=[...] (its channels stay "
-                "unprunable) or report the model.",
-                where,
+                f"{summary}. Some Python code holds a shape the engine could not update: pass that module in "
+                "leaf_modules=[...] (its channels stay unprunable) or report the model.",
+                where, kind="raised", cause=exc, summary=summary,
             ) from exc
         shapes = [tuple(t.shape) for t in outs]
         expected = ([tuple(s) for s in snap.output_shapes] if k == 0
@@ -301,5 +318,5 @@ def verify_forward(model: nn.Module, snap: Snapshot, unresolved: list[str]) -> N
             raise VerifyFailure(
                 f"the slim {type(model).__name__} changed its output shapes on {what}: {shapes} instead of "
                 f"{expected}{hint}.",
-                None,
+                None, kind="shapes",
             )
