@@ -182,6 +182,13 @@ def _joint_counts(groups: list[LabelGroup]) -> dict[int, int]:
     return out
 
 
+_BACKWARD_ALIGNED = frozenset({"aten._grouped_mm", "aten._scaled_grouped_mm", "aten._scaled_mm"})
+"""Kernels whose backward needs 16-byte strides along axes forward reads contiguously."""
+_PROBE_TRIES = 8
+"""Attribute combinations a probe's prune tries per module (a user's prune tries 48): most probes
+that fail fail at every combination, and each try is a forward."""
+_PROBE_REPAIRS = 12
+"""Repairs a probe's prune makes in all (a user's prune makes up to 64)."""
 _TIE_PROBES = 32  # probes spent looking for count-coupled partners per build, at most
 _TIE_ROUNDS = 64  # ties made per build, at most
 
@@ -199,13 +206,23 @@ def probe_groups(ir: PruningIR, name: str) -> tuple[list[tuple[LabelGroup, str]]
         return [], {}
     probe_snap = probe_ir.snapshot(name)
     probe_snap.cache["warned_untraced"] = True  # the user hears it when they prune, not from the probe
+    probe_ir._repair_tries = _PROBE_TRIES
+    probe_ir._max_repairs = _PROBE_REPAIRS
     varying = _varying_output_shapes(probe_ir, name)
     if varying is not None:
         return [(g, varying) for g in snap.prunable_groups], {}
     by_signature = {_signature(probe_snap, g): g for g in probe_snap.prunable_groups}
-    # backward is probed only where the unpruned model's own backward runs (RWKV's writes in place)
-    # (on a copy: probing for real, probe_ir.model is the user's model)
-    backward = _backward_fails(probe_ir.prune(name, labels=[], verify=False).model, probe_snap) is None
+    # backward is probed where it can fail when forward ran: kernels whose backward needs
+    # alignments forward does not (grouped matmuls), and modules with run-time patches (their
+    # gradients are replayed); only where the unpruned model's own backward runs (RWKV writes in
+    # place), checked on a copy (probing for real, probe_ir.model is the user's model)
+    kernels = any(n.op in _BACKWARD_ALIGNED for n in probe_snap.graph.nodes)
+    baseline: list[bool] = []  # whether the unpruned model's backward runs, once asked
+
+    def backward() -> bool:
+        if not baseline:
+            baseline.append(_backward_fails(probe_ir.prune(name, labels=[], verify=False).model, probe_snap) is None)
+        return baseline[0]
 
     def fails(groups: list[LabelGroup], counts: dict[int, int] | None = None, count: int = 1) -> _Failure | None:
         labels = []
@@ -220,8 +237,12 @@ def probe_groups(ir: PruningIR, name: str) -> tuple[list[tuple[LabelGroup, str]]
         except VerifyFailure as exc:
             return _Failure(exc.summary, exc.kind, exc.module, exc.cause)
         except PruningIRError as exc:
+            last = exc.__cause__
+            if isinstance(last, VerifyFailure):  # repairs ran out: what the last verification found
+                return _Failure(last.summary, last.kind, last.module, last.cause)
             return _Failure(str(exc), "other")
-        return _backward_fails(slim.model, probe_snap) if backward else None
+        patched = any(line.endswith("patched by hooks") for line in slim.rewrite_log)
+        return _backward_fails(slim.model, probe_snap) if (kernels or patched) and backward() else None
 
     bad: list[tuple[LabelGroup, str]] = []
     steps: dict[int, int] = {}

@@ -136,7 +136,7 @@ class _Choices:
     Ambiguous values go fewest distinct values first (attributes of equal old value mostly keep
     equal values: a one-head attention's ``hidden_size``, ``all_head_size`` and
     ``attention_head_size``), then fewest changes; at most :data:`_MAX_COMBINATIONS` of them,
-    and :data:`_MAX_TRIES` combinations in all.
+    and ``limit`` (:data:`_MAX_TRIES` for a user's prune) combinations in all.
     """
 
     names: list[str]
@@ -148,7 +148,7 @@ class _Choices:
 
     @classmethod
     def of(cls, ambiguous: list[tuple[str, int, list[int]]], guessed: list[tuple[str, Any]],
-           module: nn.Module) -> _Choices:
+           module: nn.Module, limit: int = 48) -> _Choices:
         names = [n for n, _, _ in ambiguous] + [n for n, _ in guessed]
         olds = [o for _, o, _ in ambiguous] + [o for _, o in guessed]
         options = [[o, *cands] for _, o, cands in ambiguous] + [[getattr(module, n), o] for n, o in guessed]
@@ -163,7 +163,7 @@ class _Choices:
         every = [a + r for a in amb for r in restores[:1]]  # no guess put back
         every += [start[:k] + r for r in restores[1:]]  # guesses put back, ambiguous values as they were
         every += [a + r for r in restores[1:] for a in amb if a != start[:k]]  # both
-        every = [c for c in every if c != start][:_MAX_TRIES]
+        every = [c for c in every if c != start][:limit]
         return cls(names, olds, start, len(guessed), every, list(every))
 
     def rearm(self) -> None:
@@ -287,6 +287,9 @@ class PruningIR:
         >>> slim[0].out_features, slim[2].in_features
         (12, 12)
     """
+
+    _repair_tries: int = _MAX_TRIES  # attribute combinations prune's repairs try per module
+    _max_repairs: int = _MAX_REPAIRS  # repairs per prune (the build-time probe lowers both)
 
     def __init__(
         self,
@@ -613,11 +616,14 @@ class PruningIR:
         modules = dict(slim.named_modules())
         done = set(patched)
         added: list[str] = []
-        for _ in range(_MAX_REPAIRS):
+        cap = self._max_repairs
+        last: VerifyFailure | None = None
+        for _ in range(cap):
             try:
                 verify_graph(slim, new_snap, unresolved, self.leaf_modules, ran)
                 break
             except VerifyFailure as exc:
+                last = exc
                 where = exc.module
                 chain = [] if where is None else [where[:i] for i in range(len(where), 0, -1)
                                                   if i == len(where) or where[i] == "."]
@@ -628,7 +634,7 @@ class PruningIR:
                     ch = choices.get(path)
                     if ch is None and (path in guesses or path in ambiguous):
                         ch = choices[path] = _Choices.of(ambiguous.get(path, []), guesses.get(path, []),
-                                                         modules[path])
+                                                         modules[path], self._repair_tries)
                     patchable = path in edits and path not in done
                     tried = ch.try_next(modules[path], guesses=not patchable) if ch is not None else None
                     if tried is not None:
@@ -658,10 +664,10 @@ class PruningIR:
                 ran = False
         else:
             raise RewriteError(
-                f"verifying the slim {type(slim).__name__} still failed after {_MAX_REPAIRS} repairs (attributes "
+                f"verifying the slim {type(slim).__name__} still failed after {cap} repairs (attributes "
                 f"restored, modules patched: {added}); the model is not returned unverified. Pass the modules "
                 "that hold channel sizes in Python in leaf_modules=[...] (their channels stay unprunable), "
-                "or report the model.")
+                "or report the model.") from last
         if added:
             log.warning("slim %s: modules %s hold channel sizes as literals in forward; their ops are patched "
                         "at run time by forward hooks (eager PyTorch, gradients included; torch.export, ONNX and "

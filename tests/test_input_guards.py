@@ -88,7 +88,7 @@ def test_repairs_that_never_converge_raise_instead_of_returning_an_unverified_mo
         raise VerifyFailure("the slim model fails (forced)", "")
 
     monkeypatch.setattr(ir_mod, "verify_graph", never)
-    monkeypatch.setattr(ir_mod, "_MAX_REPAIRS", 2)
+    monkeypatch.setattr(ir, "_max_repairs", 2)
     with pytest.raises(RewriteError, match="still failed after 2 repairs"):
         ir.prune(labels=ir.labels(heads)[:1])
     assert len(calls) == 2 and state_hash(model) == before
