@@ -115,3 +115,40 @@ def test_label_list_cache_is_not_pickled() -> None:
     assert "selector_label_groups" not in loaded.snapshot().cache
     assert UniformLabelSelector(0.3).select(loaded) == labels
     assert "selector_label_groups" in ir.snapshot().cache  # pickling left the original's cache alone
+
+
+@pytest.mark.parametrize("case", ["residual", "grouped_conv", "mha_separate"])
+def test_one_label_validator_agrees_with_the_per_label_rules(case: str) -> None:
+    """``checked_labels`` (the vectorised rules shared by check_labels and the cost models)
+    accepts exactly the label lists the per-label loop accepts, on random draws that include
+    duplicates and whole groups; the MACs of accepted lists agree between the labels path and
+    the masks path."""
+    import random
+
+    from pruning_ir import MacsModel
+    from pruning_ir._ir.masks import checked_labels
+    from pruning_ir.errors import LabelError
+
+    ir = _ir(case)
+    snap = ir.snapshot()
+    macs = MacsModel(ir)
+    every = [lab for g in ir.prunable_label_groups() for lab in ir.labels(g)]
+    gen = random.Random(0)
+    accepted = refused = 0
+    for _ in range(60):
+        labels = gen.sample(every, gen.randint(1, len(every)))
+        labels += gen.sample(labels, min(len(labels), gen.randint(0, 3)))  # duplicates
+        fast = checked_labels(snap, labels) is not None
+        try:
+            removed = ir.check_labels(labels)
+            slow = True
+        except LabelError:
+            slow = False
+        assert fast == slow, labels
+        if slow:
+            accepted += 1
+            by_gid = {g.gid: removed[g.leaf] for g in ir.prunable_label_groups() if g.leaf in removed}
+            assert macs.cost(labels) == macs.cost_from_removed(by_gid)
+        else:
+            refused += 1
+    assert accepted and refused  # both outcomes drawn

@@ -57,17 +57,19 @@ def group_table(snap: Snapshot) -> GroupTable | None:
     return table
 
 
-def removed_masks(snap: Snapshot, labels: Sequence[Label]) -> dict[int, torch.Tensor] | None:
-    """Group leaf -> bool mask of removed slots (leaves in order of their first label), the
-    answer of ``check_labels`` for labels it accepts; ``None`` when any label breaks a rule.
+def checked_labels(snap: Snapshot, labels: Sequence[Label], check_step: bool = True
+                   ) -> tuple[GroupTable, np.ndarray, np.ndarray] | None:
+    """The rules of :meth:`~pruning_ir.PruningIR.check_labels` on every label at once: the group
+    table and the labels' group ids and indices (one array each) when all hold, ``None`` as
+    soon as one breaks (the caller then asks ``check_labels``, which names the culprit).
+    ``check_step=False`` accepts kept counts off a group's step (a search's intermediate points,
+    never pruned). The one validator of labels: ``check_labels`` and the cost models use it.
 
-    O(len(labels)) in numpy plus O(groups touched) in Python; no per-label Python objects
-    (they would also wake the cyclic GC over the whole IR).
+    O(len(labels)) in numpy plus O(groups touched); no per-label Python objects (they would
+    also wake the cyclic GC over the whole IR).
     """
-    if not labels:
-        return {}
     table = group_table(snap)
-    if table is None or set(map(type, labels)) != {Label}:
+    if table is None or not labels or set(map(type, labels)) != {Label}:
         return None
     try:
         ogi = np.fromiter(itertools.chain.from_iterable(labels), dtype=np.int64, count=3 * len(labels))
@@ -81,17 +83,34 @@ def removed_masks(snap: Snapshot, labels: Sequence[Label]) -> dict[int, torch.Te
     size = table.size[g]
     if int(i.min()) < 0 or bool((i >= size).any()) or not bool(table.prunable[g].all()):
         return None
+    flat = table.off[g] + i
+    removed = np.bincount(g, minlength=len(table.leaf))  # labels per group, duplicates counted
+    if len(np.unique(flat)) != len(flat):
+        removed = np.bincount(g[np.unique(flat, return_index=True)[1]], minlength=len(table.leaf))
+    n_kept = table.size - removed
+    touched = removed > 0
+    if bool((n_kept[touched] == 0).any()):
+        return None  # a group lost every label
+    if check_step and bool(((table.step > 1) & touched & (n_kept % table.step != 0)).any()):
+        return None  # a kept count off its group's step
+    return table, g, i
+
+
+def removed_masks(snap: Snapshot, labels: Sequence[Label]) -> dict[int, torch.Tensor] | None:
+    """Group leaf -> bool mask of removed slots (leaves in order of their first label), the
+    answer of ``check_labels`` for labels it accepts; ``None`` when any label breaks a rule
+    (see :func:`checked_labels`)."""
+    if not labels:
+        return {}
+    got = checked_labels(snap, labels)
+    if got is None:
+        return None
+    table, g, i = got
     mask = np.zeros(table.total, dtype=np.bool_)
     mask[table.off[g] + i] = True
     touched, first = np.unique(g, return_index=True)
     touched = touched[np.argsort(first, kind="stable")]  # groups in order of their first label
-    csum = np.zeros(table.total + 1, dtype=np.int64)
-    np.cumsum(mask, out=csum[1:])
     start, size = table.off[touched], table.size[touched]
-    n_kept = size - (csum[start + size] - csum[start])
-    step = table.step[touched]
-    if bool((n_kept == 0).any()) or bool(((step > 1) & (n_kept % step != 0)).any()):
-        return None
     mask_t = torch.from_numpy(mask)
     return {table.leaf[gid]: mask_t[o:o + n].clone()
             for gid, o, n in zip(touched.tolist(), start.tolist(), size.tolist())}

@@ -55,6 +55,7 @@ import torch
 
 from .._ir.graph import Graph, Node, ValueRef
 from .._ir.labels import Label
+from .._ir.masks import checked_labels
 from .._ir.snapshot import Snapshot
 from .._ir.spaces import Layout, SpaceTable
 from ..errors import InvalidInputError
@@ -602,18 +603,11 @@ class CostModel:
         self._poly = builder.compile()
         self._leaf_slot = dict(builder.leaf_slot)
         self._gid_leaf = {g.gid: g.leaf for g in snap.prunable_groups}
-        # per group id: slot offset (-1: not prunable) and size; slot ranges of the prunable groups
+        # per group id: slot offset (-1: not prunable); slot starts of the prunable groups
         self._g_off = np.full(len(snap.groups), -1, dtype=np.int64)
-        self._g_size = np.zeros(len(snap.groups), dtype=np.int64)
         for gid, leaf in self._gid_leaf.items():
-            self._g_off[gid], self._g_size[gid] = self._leaf_slot[leaf]
+            self._g_off[gid] = self._leaf_slot[leaf][0]
         self._p_start = np.asarray([o for o, _ in self._leaf_slot.values()], dtype=np.int64)
-        self._p_end = self._p_start + np.asarray([n for _, n in self._leaf_slot.values()], dtype=np.int64)
-        # groups whose kernels need kept counts in multiples of group.step: slot range and step
-        stepped = [(*self._leaf_slot[g.leaf], g.step) for g in snap.prunable_groups if g.step > 1]
-        self._s_start = np.asarray([o for o, _, _ in stepped], dtype=np.int64)
-        self._s_end = self._s_start + np.asarray([n for _, n, _ in stepped], dtype=np.int64)
-        self._s_step = np.asarray([st for _, _, st in stepped], dtype=np.int64)
         self._full_fc = self._poly.f_hi - self._poly.f_lo
         # removing labels only shrinks every partial product, so the baseline bounds them all
         if float(self._poly.monomials(self._full_fc.astype(np.float64)).max(initial=0.0)) >= 2.0**62:
@@ -631,10 +625,11 @@ class CostModel:
 
     # ----------------------------------------------------------------------------- selections
     def _kept_from_labels(self, removed_labels: LabelsArg, check_step: bool = True) -> np.ndarray:
-        """0/1 vector of kept slots. Labels are checked by a vectorised copy of
-        :meth:`~pruning_ir.PruningIR.check_labels`'s rules; anything it rejects goes to
-        ``check_labels`` itself, so the errors are the same. ``check_step=False`` accepts kept
-        counts off a group's step (a search's intermediate points, never pruned)."""
+        """0/1 vector of kept slots. Labels are checked by the rules of
+        :meth:`~pruning_ir.PruningIR.check_labels` (:func:`~pruning_ir._ir.masks.checked_labels`);
+        anything they reject goes to ``check_labels`` itself, so the errors are the same.
+        ``check_step=False`` accepts kept counts off a group's step (a search's intermediate
+        points, never pruned)."""
         kept = np.ones(self._poly.n_slots, dtype=np.int64)
         labels = list(removed_labels) if removed_labels is not None else []
         if not labels:
@@ -649,29 +644,11 @@ class CostModel:
         return kept
 
     def _fast_kept(self, labels: list[Label], kept: np.ndarray, check_step: bool = True) -> np.ndarray | None:
-        if set(map(type, labels)) != {Label}:
+        got = checked_labels(self._snap, labels, check_step)
+        if got is None:
             return None
-        # one pass, no per-label Python containers (they would wake the cyclic GC over the whole IR)
-        try:
-            flat = np.fromiter(itertools.chain.from_iterable(labels), dtype=np.int64, count=3 * len(labels))
-        except (TypeError, ValueError, OverflowError):
-            return None
-        owner, g, i = flat.reshape(-1, 3).T
-        if bool((owner != self._snap.owner).any()):
-            return None
-        n_groups = self._g_off.size
-        if int(g.min()) < 0 or int(g.max()) >= n_groups:
-            return None
-        off, size = self._g_off[g], self._g_size[g]
-        if bool((off < 0).any()) or int(i.min()) < 0 or bool((i >= size).any()):
-            return None
-        kept[off + i] = 0
-        csum = np.zeros(kept.size + 1, dtype=np.int64)
-        np.cumsum(kept, out=csum[1:])
-        if bool((csum[self._p_end] == csum[self._p_start]).any()):
-            return None  # a group lost every label
-        if check_step and self._s_step.size and bool(((csum[self._s_end] - csum[self._s_start]) % self._s_step).any()):
-            return None  # a kept count off its group's step (prune() refuses it)
+        _, g, i = got
+        kept[self._g_off[g] + i] = 0
         return kept
 
     def _kept_from_removed(self, removed: Mapping[int, Any]) -> np.ndarray:
