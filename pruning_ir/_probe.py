@@ -150,6 +150,8 @@ def _backward_fails(model: nn.Module, snap: Snapshot) -> _Failure | None:
     if not any(p.requires_grad for p in model.parameters()):
         return None
     args, kwargs, modes = snap.calls()[0]
+    # the call's tensors may be the user's own (probing for real): no gradient reaches them
+    args, kwargs = pytree.tree_map_only(torch.Tensor, lambda t: t.detach(), (args, kwargs))
     try:
         # backward inside: leaving call_modes writes the buffers back (a version bump of
         # position ids that the embedding's backward holds)
@@ -319,7 +321,9 @@ def probe_groups(ir: PruningIR, name: str) -> tuple[list[tuple[LabelGroup, str]]
             if step is not None:
                 steps[g.leaf] = step
                 continue
-            h = partner(g, err, list(snap.prunable_groups)) if ties < _TIE_ROUNDS else None
+            broken = {snap.spaces.find(x.leaf) for x, _ in bad}
+            candidates = [x for x in snap.prunable_groups if snap.spaces.find(x.leaf) not in broken]
+            h = partner(g, err, candidates) if ties < _TIE_ROUNDS else None
             if h is not None:
                 ties += 1
                 merged = tie(g, h, err)

@@ -196,7 +196,7 @@ class _Choices:
             now = getattr(module, name, old)
             if i >= k:
                 if now != self.start[i]:  # a guess put back: it no longer happened
-                    line = f"{label}.{name}: {old} -> {self.start[i]}"
+                    line = f"{label}.{name}: {_shown(old)} -> {_shown(self.start[i])}"  # as update_generic wrote it
                     if line in changes:
                         changes.remove(line)
                     if now != old:
@@ -206,6 +206,11 @@ class _Choices:
 
 
 _MAX_COMBINATIONS = 16
+
+
+def _shown(value: Any) -> Any:
+    """An attribute value as the rewrite log shows it (lists for list and tuple sizes)."""
+    return list(value) if isinstance(value, (list, tuple)) else value
 _MAX_TRIES = 48
 
 
@@ -621,6 +626,10 @@ class PruningIR:
         for _ in range(cap):
             try:
                 verify_graph(slim, new_snap, unresolved, self.leaf_modules, ran)
+                for m in modules.values():  # the skipped calls are learnt: stop aligning on every call
+                    patch = patch_of(m)
+                    if patch is not None:
+                        patch.relearn = False
                 break
             except VerifyFailure as exc:
                 last = exc

@@ -190,15 +190,18 @@ def _widen(ref: torch.nn.Module, slim: torch.nn.Module, conditions: list[tuple[s
     (on a GPU too: TF32 convolutions and matmuls differ from the masked original by 1e-3
     relative in gradients); else leave them as they were."""
     dtypes = {n: t.dtype for n, t in [*ref.named_parameters(), *ref.named_buffers()]}
-    ref.double()
+    slim_dtypes = {n: t.dtype for n, t in [*slim.named_parameters(), *slim.named_buffers()]}
     _, call, modes = conditions[0]
     try:
+        ref.double()
         _run(ref, _to_float64(call), modes, backward)
-    except Exception:  # code that fixes dtypes (float32 masks, kernels without float64): compare as is
-        for n, t in [*ref.named_parameters(), *ref.named_buffers()]:
-            t.data = t.data.to(dtypes[n])
+        slim.double()
+    except Exception:  # code that fixes dtypes (float32 masks, kernels without float64), or no memory
+        # for double copies (a large model on a GPU): compare as is
+        for model, kinds in ((ref, dtypes), (slim, slim_dtypes)):
+            for n, t in [*model.named_parameters(), *model.named_buffers()]:
+                t.data = t.data.to(kinds[n])
         return False
-    slim.double()
     return True
 
 

@@ -247,19 +247,30 @@ def test_loose_shape_match_frees_only_the_marked_axes() -> None:
 
 
 def test_probing_for_real_leaves_the_users_gradients_alone(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A model that cannot be probed on meta is probed on copies of itself, backward included:
-    the user's parameters keep the ``.grad`` their own backward left."""
+    """A model that cannot be probed on meta is probed on copies of itself, backward included
+    (its run-time patches make the probe run backward: counted): the user's parameters and
+    example input keep the ``.grad`` their own backward left."""
     import pruning_ir._probe as probe
+    from toy_zoo import TOY_CASES
 
     def no_meta(model: nn.Module) -> nn.Module:
         raise RuntimeError("no meta copy here")
 
+    calls: list[object] = []
+    real_backward = probe._backward_fails
+
+    def counted(model: nn.Module, snap: object) -> object:
+        calls.append(1)
+        return real_backward(model, snap)  # type: ignore[arg-type]
+
     monkeypatch.setattr(probe, "_meta_copy", no_meta)
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-    x = torch.randn(3, 4)
+    monkeypatch.setattr(probe, "_backward_fails", counted)
+    model, (x,) = TOY_CASES["literal_groups_slice"]()
+    x = x.clone().requires_grad_(True)
     model(x).pow(2).sum().backward()
     grads = [p.grad.clone() for p in model.parameters()]
+    x_grad = x.grad.clone()
     ir = PruningIR(model, example_inputs=(x,))
-    assert ir.prunable_label_groups()
+    assert ir.prunable_label_groups() and calls
     assert all(p.grad is not None and torch.equal(g, p.grad) for g, p in zip(grads, model.parameters(), strict=True))
+    assert torch.equal(x.grad, x_grad)

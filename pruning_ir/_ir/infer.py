@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from .._rules import RULES, Ctx, load_all
 from ..errors import TraceError
-from .graph import Graph, Node
+from .graph import Graph, Node, ValueRef
 from .spaces import Layout, Misaligned, SpaceTable
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,13 @@ DATA_DEPENDENT = frozenset({"aten._local_scalar_dense", "aten.nonzero", "aten.ma
 """Ops whose results (a Python number, or an output size) depend on tensor values."""
 
 
+def value_sized(node: Node) -> bool:
+    """Whether ``node``'s result (a Python number, or its output's size) follows tensor values:
+    :data:`DATA_DEPENDENT` ops, and ``repeat_interleave`` by a tensor of counts."""
+    return node.op in DATA_DEPENDENT or (node.op == "aten.repeat_interleave"
+                                         and isinstance(node.kwargs.get("repeats"), ValueRef))
+
+
 def infer(graph: Graph, *, soft_tracing: bool = True, keep_io: bool = True) -> InferResult:
     """Annotate every value's axes with layouts; return the space table and issues."""
     load_all()
@@ -79,7 +86,7 @@ def infer(graph: Graph, *, soft_tracing: bool = True, keep_io: bool = True) -> I
     for node in graph.nodes:
         ctx = Ctx(graph, sp, node)
         ctx.live = node.nid in live
-        if node.op in DATA_DEPENDENT and not any(i.kind == "data_dependent" for i in res.issues):
+        if value_sized(node) and not any(i.kind == "data_dependent" for i in res.issues):
             res.issues.append(Issue("data_dependent", node.module, node.op, "a tensor's values become a Python "
                                     "number or a size in forward: sizes along batch, sequence or spatial axes "
                                     "may follow the values (checked only where the traced sizes do not hold)"))

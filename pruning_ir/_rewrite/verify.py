@@ -143,7 +143,8 @@ def verify_graph(model: nn.Module, expected: Snapshot, unresolved: list[str], le
             _compare(model, _signature(nodes, graph, stock), _signature(got.nodes, got, stock), vanish,
                      constant_nodes(got), what)
         except VerifyFailure:
-            if not value_dependent(expected):
+            if not value_dependent(expected) or _values_read(nodes, graph) == _values_read(got.nodes, got):
+                # sizes can follow the values only where the values the code read changed
                 raise
             # sizes along activation axes may follow the values (a duration predictor's output
             # length): compare again with those free, channel sizes still checked
@@ -188,12 +189,27 @@ def value_dependent(snap: Snapshot) -> bool:
     return any(i.kind == "data_dependent" for i in snap.issues)
 
 
+def _values_read(nodes: Sequence[Node], graph: Graph) -> list[object]:
+    """What the code read off tensor values, in order: the Python numbers of ``item()`` /
+    ``int(t)`` and the output shapes of value-sized ops (``nonzero``)."""
+    from .._ir.infer import value_sized
+
+    out: list[object] = []
+    for n in nodes:
+        if not value_sized(n):
+            continue
+        shape = next((graph.values[o].shape for o in n.outputs if o >= 0), None)
+        out.append((n.op, n.kwargs.get("__value__"), shape))
+    return out
+
+
 def _free(snap: Snapshot) -> Callable[[int], tuple[bool, ...]]:
-    """Value id -> for each axis, whether no prunable group's channels lie along it (batch,
-    sequence, spatial axes, a positional table's rows: what values may size; pruning changes
-    the others)."""
+    """Value id -> for each axis, whether no parameter's channels lie along it (batch,
+    sequence, spatial axes, a positional table's rows: what values may size). Channel axes of
+    groups that cannot be pruned (a model output's) are compared too."""
     sp = snap.spaces
-    leaves = {sp.find(g.leaf) for g in snap.groups if g.prunable}
+    kinds = {name: snap.graph.values[vid].kind for name, vid in snap.graph.params.items()}
+    leaves = {sp.find(g.leaf) for g in snap.groups if any(kinds.get(m) == "param" for m, _ in g.members)}
     values = snap.graph.values
 
     def free(vid: int) -> tuple[bool, ...]:
@@ -204,22 +220,6 @@ def _free(snap: Snapshot) -> Callable[[int], tuple[bool, ...]]:
                      for ax in v.axes)
 
     return free
-
-
-def _loose_outputs(snap: Snapshot, k: int, shapes: list[tuple[int, ...]]) -> bool:
-    """Output shapes of traced call ``k`` equal the expected ones but along axes that values may
-    size (only for a value-dependent trace); notes that on the snapshot."""
-    if not value_dependent(snap):
-        return False
-    free = _free(snap)
-    vids = list(snap.graph.call_sequences()[k][1])
-    if len(shapes) < len(vids):
-        return False
-    ok = all(_dims_match(tuple(None if f else d for d, f in zip(snap.graph.values[v].shape, free(v), strict=True)),
-                         tuple(s)) for v, s in zip(vids, shapes, strict=False))
-    if ok:
-        snap.cache["loose_verified"] = True
-    return ok
 
 
 def _compare(model: nn.Module, exp_sig: list[Sig], got_sig: list[Sig], vanish: set[int], extra: set[int],
@@ -314,7 +314,9 @@ def verify_forward(model: nn.Module, snap: Snapshot, unresolved: list[str]) -> N
         shapes = [tuple(t.shape) for t in outs]
         expected = ([tuple(s) for s in snap.output_shapes] if k == 0
                     else [tuple(graph.values[v].shape) for v in outs_expected])
-        if outs_expected and shapes[: len(expected)] != expected and not _loose_outputs(snap, k, shapes):
+        if outs_expected and shapes[: len(expected)] != expected and not value_dependent(snap):
+            # (value-dependent models: the re-trace compares every op, output ones included, and
+            # frees value-sized axes only when the values the code read changed)
             raise VerifyFailure(
                 f"the slim {type(model).__name__} changed its output shapes on {what}: {shapes} instead of "
                 f"{expected}{hint}.",
