@@ -9,6 +9,7 @@ import pytest
 import torch
 from checks import check_equivalence, random_selection
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from pruning_ir import PruningIR
 from pruning_ir._probe import _joint_counts
@@ -250,8 +251,9 @@ def test_probing_for_real_leaves_the_users_gradients_alone(monkeypatch: pytest.M
     """A model that cannot be probed on meta is probed on copies of itself, backward included
     (its run-time patches make the probe run backward: counted): the user's parameters and
     example input keep the ``.grad`` their own backward left."""
-    import pruning_ir._probe as probe
     from toy_zoo import TOY_CASES
+
+    import pruning_ir._probe as probe
 
     def no_meta(model: nn.Module) -> nn.Module:
         raise RuntimeError("no meta copy here")
@@ -274,3 +276,41 @@ def test_probing_for_real_leaves_the_users_gradients_alone(monkeypatch: pytest.M
     assert ir.prunable_label_groups() and calls
     assert all(p.grad is not None and torch.equal(g, p.grad) for g, p in zip(grads, model.parameters(), strict=True))
     assert torch.equal(x.grad, x_grad)
+
+
+class ValueReadButNotDriving(nn.Module):
+    """Reads a tensor value in forward (``int(...)``: the model is value-dependent), but what it
+    read does not change with pruning; the token count of one output is sliced by the channel
+    count, and the other output is padded to half the channel count: both change only through
+    Python reading pruned sizes, which loose verification must not excuse."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Linear(4, 12)
+        self.dec = nn.Linear(12, 3)
+        self.head = nn.Linear(12, 6)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = torch.relu(self.enc(x))  # (b, 20, 12)
+        s = int(h.detach().abs().sum() >= 0)  # always 1
+        c = h.shape[-1]
+        tokens = self.dec(h[:, : c * s])  # 12 tokens of 20: read off the channel count
+        pooled = self.head(h.mean(1))  # (b, 6)
+        return tokens, F.pad(pooled, (0, c // 2 - 6))  # no padding at 12 channels
+
+
+def test_value_dependent_model_is_still_held_to_its_channel_sizes() -> None:
+    """Oracle: without the int(...) line the probe refuses the group; with it, it must too (the
+    value the code read is the same in every run, so nothing may follow the values)."""
+    torch.manual_seed(0)
+    model = ValueReadButNotDriving().eval()
+    ir = PruningIR(model, example_inputs=(torch.randn(2, 20, 4),))
+    assert "data_dependent" in ir.report()
+    hidden = [g for g in ir.label_groups() if ("enc.weight", 0) in g.members]
+    assert hidden and not hidden[0].prunable, ir.report()
+    ir_raw = PruningIR(model, example_inputs=(torch.randn(2, 20, 4),), probe=False)
+    (g,) = [g for g in ir_raw.prunable_label_groups() if ("enc.weight", 0) in g.members]
+    from pruning_ir.errors import RewriteError
+
+    with pytest.raises(RewriteError):
+        ir_raw.prune(labels=ir_raw.labels(g)[:4])
