@@ -186,11 +186,6 @@ def _joint_counts(groups: list[LabelGroup]) -> dict[int, int]:
 
 _BACKWARD_ALIGNED = frozenset({"aten._grouped_mm", "aten._scaled_grouped_mm", "aten._scaled_mm"})
 """Kernels whose backward needs 16-byte strides along axes forward reads contiguously."""
-_PROBE_TRIES = 8
-"""Attribute combinations a probe's prune tries per module (a user's prune tries 48): most probes
-that fail fail at every combination, and each try is a forward."""
-_PROBE_REPAIRS = 12
-"""Repairs a probe's prune makes in all (a user's prune makes up to 64)."""
 _TIE_PROBES = 32  # probes spent looking for count-coupled partners per build, at most
 _TIE_ROUNDS = 64  # ties made per build, at most
 
@@ -208,8 +203,6 @@ def probe_groups(ir: PruningIR, name: str) -> tuple[list[tuple[LabelGroup, str]]
         return [], {}
     probe_snap = probe_ir.snapshot(name)
     probe_snap.cache["warned_untraced"] = True  # the user hears it when they prune, not from the probe
-    probe_ir._repair_tries = _PROBE_TRIES
-    probe_ir._max_repairs = _PROBE_REPAIRS
     varying = _varying_output_shapes(probe_ir, name)
     if varying is not None:
         return [(g, varying) for g in snap.prunable_groups], {}

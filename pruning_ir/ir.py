@@ -294,7 +294,7 @@ class PruningIR:
     """
 
     _repair_tries: int = _MAX_TRIES  # attribute combinations prune's repairs try per module
-    _max_repairs: int = _MAX_REPAIRS  # repairs per prune (the build-time probe lowers both)
+    _max_repairs: int = _MAX_REPAIRS  # repairs per prune (both per IR, for a caller that wants fewer)
 
     def __init__(
         self,
