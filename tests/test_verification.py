@@ -85,3 +85,28 @@ def test_one_kept_input_feature_is_not_a_false_refusal() -> None:
     assert g.size == 6
     rep = verify_pruning(ir, ir.labels(g)[:-1])
     assert rep.exact and rep.params_after < rep.params_before, rep
+
+
+def test_repair_choices_order_and_log() -> None:
+    """Hand-set answer for the repair search of one module: an ambiguous ``a`` (old 4, may be 2)
+    and a guess ``g`` (set 16 -> 4 by matching values). Order: other ambiguous values with the
+    guess kept, then the guess put back, then both; ``guesses=False`` (before the module is
+    patched) skips the put-back ones; exhausted, the starting values return. The rewrite log
+    loses the guess that was put back."""
+    from torch import nn
+
+    from pruning_ir.ir import _Choices
+
+    m = nn.Module()
+    m.a, m.g = 4, 4
+    ch = _Choices.of([("a", 4, [2])], [("g", 16)], m)
+    assert ch.every == [(2, 4), (4, 16), (2, 16)]
+    assert ch.try_next(m, guesses=False) == ("a=2, g=4", False) and (m.a, m.g) == (2, 4)
+    assert ch.try_next(m, guesses=False) is None and (m.a, m.g) == (4, 4)  # put-back combos skipped
+    ch.rearm()
+    assert [ch.try_next(m, guesses=True) for _ in range(3)] == [("a=2, g=4", False), ("a=4, g=16", True),
+                                                                 ("a=2, g=16", True)]
+    assert (m.a, m.g) == (2, 16)
+    log = ["<root>.g: 16 -> 4", "x.out_features: 8 -> 6"]
+    ch.log("", m, log)
+    assert log == ["x.out_features: 8 -> 6", "<root>.a: 4 -> 2 (ambiguous; the value verification accepted)"]
