@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from .._rewrite.attributes import size_attributes
 from .graph import Graph
 from .infer import InferResult, Issue
+from .sizes import size_attributes
 from .spaces import Layout, Misaligned
 
 

@@ -15,19 +15,15 @@ Two mechanisms:
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import torch
 from torch import nn
 
 from .._ir.axes import kept_size
+from .._ir.sizes import attribute_values, size_like
 from .._ir.snapshot import Snapshot
 from ..modules import PrunedMultiheadAttention
-
-_SIZE_NAME = re.compile(r"(head|dim|size|hidden|channel|feature|group|width|embed|inner|split|^n_|num_|heads|nf$|nx$)",
-                        re.I)
-_NOT_SIZE = re.compile(r"(idx|index|layer|_id$|position|vocab|max_|min_|seed|eps|stride|pad|kernel|dilation)", re.I)
 
 
 def fact_changes(snap: Snapshot, kept: dict[int, torch.Tensor]) -> dict[str, list[tuple[str, int, int]]]:
@@ -171,25 +167,6 @@ def _update_mha(mod: nn.MultiheadAttention, changes: list[tuple[str, int, int]],
     return _MHA_ATTRS
 
 
-def _candidates(mod: nn.Module) -> dict[str, Any]:
-    """Instance attributes and plain class attributes (ints, lists of ints) of a module."""
-    out: dict[str, Any] = {}
-    for cls in reversed(type(mod).__mro__):
-        if cls in (nn.Module, object) or issubclass(nn.Module, cls):
-            continue
-        for k, v in vars(cls).items():
-            if type(v) is int or (isinstance(v, (list, tuple)) and v and all(type(x) is int for x in v)):
-                out[k] = v
-    out.update({k: v for k, v in vars(mod).items() if not k.startswith("_")})
-    return out
-
-
-def size_attributes(mod: nn.Module) -> dict[str, int]:
-    """Integer attributes of ``mod`` whose names look like sizes (``num_heads``, ``head_dim``)."""
-    return {k: v for k, v in _candidates(mod).items()
-            if type(v) is int and not k.startswith("_") and _SIZE_NAME.search(k) and not _NOT_SIZE.search(k)}
-
-
 def update_generic(mod: nn.Module, changes: list[tuple[str, int, int]], lists: list[tuple[list[int], list[int]]],
                    handled: set[str], log: list[str], unresolved: list[str], path: str,
                    undo: dict[str, list[tuple[str, Any]]] | None = None,
@@ -198,7 +175,7 @@ def update_generic(mod: nn.Module, changes: list[tuple[str, int, int]], lists: l
     by_old: dict[int, set[int]] = {}
     for _, o, n in changes:
         by_old.setdefault(o, set()).add(n)
-    for name, value in _candidates(mod).items():
+    for name, value in attribute_values(mod).items():
         if name.startswith("_") or name in handled:
             continue
         if isinstance(value, (list, tuple)) and value and all(type(x) is int for x in value):
@@ -212,7 +189,7 @@ def update_generic(mod: nn.Module, changes: list[tuple[str, int, int]], lists: l
             continue
         if type(value) is not int:
             continue
-        if value not in by_old or not _SIZE_NAME.search(name) or _NOT_SIZE.search(name):
+        if value not in by_old or not size_like(name):
             continue
         news = by_old[value]
         if len(news) == 1:

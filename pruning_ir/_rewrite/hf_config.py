@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from .._ir.axes import kept_size
+from .._ir.sizes import size_like
 from .._ir.snapshot import Snapshot
-from .attributes import _NOT_SIZE, _SIZE_NAME
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def update_hf_config(model: nn.Module, snap: Snapshot, kept: dict[int, torch.Ten
     target = _shapes(model)
     axes, changes = size_changes(snap, kept, model)
     fields = {k: v for k, v in vars(config).items()
-              if type(v) is int and not k.startswith("_") and _SIZE_NAME.search(k) and not _NOT_SIZE.search(k)
+              if type(v) is int and size_like(k)
               and v in changes}
     if not fields:
         return
