@@ -27,10 +27,10 @@ from ._ir.remap import remap_snapshot
 from ._ir.snapshot import Snapshot
 from ._ir.ties import tie_shared_sizes
 from ._rewrite.attributes import update_attributes
-from ._rewrite.conditions import batch_size
 from ._rewrite.patch import ModuleEdits, install, module_edits, patch_literals, patch_of
 from ._rewrite.slim import slim_model
 from ._rewrite.verify import VerifyFailure, verify_forward, verify_graph
+from ._trace.conditions import batch_size
 from ._trace.recorder import record
 from .calls import ExampleCall, as_example_call
 from .errors import InvalidInputError, LabelError, RewriteError, SnapshotVersionError

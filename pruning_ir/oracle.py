@@ -12,7 +12,7 @@ from torch.utils import _pytree as pytree
 
 from ._ir.axes import keep_mask
 from ._ir.measure import named_tensors
-from ._rewrite.conditions import batch_size, deterministic, other_batch
+from ._trace.conditions import batch_size, deterministic, other_batch
 from ._trace.recorder import _to_pytree
 from .ir import _as_call
 

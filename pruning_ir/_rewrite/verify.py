@@ -13,9 +13,9 @@ from torch.utils import _pytree as pytree
 
 from .._ir.graph import Graph, Node, constant_nodes, vanishing_nodes, view_chains
 from .._ir.snapshot import Snapshot
+from .._trace.conditions import deterministic
 from .._trace.recorder import _to_pytree, record
 from ..errors import RewriteError, TraceError
-from .conditions import deterministic
 
 
 @contextlib.contextmanager

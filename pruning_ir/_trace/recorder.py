@@ -27,9 +27,9 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .._ir.graph import Graph, Node, Value, ValueRef
-from .._rewrite.conditions import deterministic
 from ..errors import TraceError
 from ..modules import PrunedMultiheadAttention, explicit_forward, traces_explicitly
+from .conditions import deterministic
 from .merge import merge_call
 
 log = logging.getLogger(__name__)
@@ -242,7 +242,7 @@ def record(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
     with node numbers that match the IR's graph whenever the model takes the same path.
     ``extra`` calls are recorded after it into the same graph (``graph.extra_calls``), each
     with its modules' training flags set as given, then put back. A call with a module in
-    training mode runs under :func:`~pruning_ir._rewrite.conditions.deterministic` (dropout keeps
+    training mode runs under :func:`~pruning_ir._trace.conditions.deterministic` (dropout keeps
     everything, random decisions seeded, as verification runs it) unless ``seeded_training`` is
     off (calibration: the user's own training randomness).
     """
