@@ -12,6 +12,11 @@ from typing import Any
 
 from .spaces import Layout
 
+SAME_AS = "pruning_ir.same_as"
+"""Op of a synthetic node (no outputs): ``self`` and ``other`` are the same tensor of the model's
+code computed in two traced calls (see :mod:`pruning_ir._trace.merge`), so their axes are one
+channel space each (the rule is in ``_rules/calls.py``)."""
+
 
 @dataclass(frozen=True)
 class ValueRef:

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-from .._ir.graph import ValueRef
+from .._ir.graph import SAME_AS, ValueRef
 from . import Ctx, rule
-
-SAME_AS = "pruning_ir.same_as"
-"""Synthetic node (no outputs): ``self`` and ``other`` are the same tensor of the model's code
-computed in two traced calls (see :mod:`pruning_ir._trace.merge`), so their axes are one channel
-space each."""
 
 
 @rule(SAME_AS)

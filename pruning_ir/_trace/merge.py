@@ -24,8 +24,7 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-from .._ir.graph import Graph, Node, ValueRef
-from .._rules.calls import SAME_AS
+from .._ir.graph import SAME_AS, Graph, Node, ValueRef
 
 
 def _sig(graph: Graph, node: Node) -> tuple[Any, ...]:
