@@ -145,6 +145,7 @@ class _Choices:
     guessed: int  # the last ``guessed`` names are guesses
     every: list[tuple[int, ...]]
     todo: list[tuple[int, ...]]
+    narrow: Any = None  # the module's patch edits before a put-back guess widened them
 
     @classmethod
     def of(cls, ambiguous: list[tuple[str, int, list[int]]], guessed: list[tuple[str, Any]],
@@ -654,9 +655,21 @@ class PruningIR:
                             if tried[1]:
                                 # a guess put back: the sizes computed from it, which adapted by
                                 # themselves while the patch watched, are stale now too
+                                if ch is not None and ch.narrow is None:
+                                    ch.narrow = patch.edits
                                 patch.widen()
+                            elif ch is not None and ch.narrow is not None:
+                                patch.edits, ch.narrow = ch.narrow, None  # every guess in place again
                         acted = True
                         break
+                    if ch is not None and ch.narrow is not None:
+                        # out of combinations, the guesses are back in place: so are the edits
+                        # the patch found literal under them (the widened ones would also
+                        # rewrite sizes that merely equal an old value, at another batch size)
+                        patch = patch_of(modules[path])
+                        if patch is not None:
+                            patch.edits = ch.narrow
+                        ch.narrow = None
                     if patchable:
                         install(modules[path], *edits[path], path=path)
                         patch = patch_of(modules[path])
