@@ -134,6 +134,10 @@ class _Failure:
     module: str | None = None
     cause: BaseException | None = None
 
+    @classmethod
+    def of(cls, exc: VerifyFailure) -> _Failure:
+        return cls(exc.summary, exc.kind, exc.module, exc.cause)
+
     @property
     def kernel(self) -> bool:
         """The slim model raised (forward or backward), not at a view of a Python-held size:
@@ -230,11 +234,11 @@ def probe_groups(ir: PruningIR, name: str) -> tuple[list[tuple[LabelGroup, str]]
         try:
             slim = probe_ir.prune(name, labels=labels, verify=True)
         except VerifyFailure as exc:
-            return _Failure(exc.summary, exc.kind, exc.module, exc.cause)
+            return _Failure.of(exc)
         except PruningIRError as exc:
             last = exc.__cause__
             if isinstance(last, VerifyFailure):  # repairs ran out: what the last verification found
-                return _Failure(last.summary, last.kind, last.module, last.cause)
+                return _Failure.of(last)
             return _Failure(str(exc), "other")
         patched = any(line.endswith("patched by hooks") for line in slim.rewrite_log)
         return _backward_fails(slim.model, probe_snap) if (kernels or patched) and backward() else None

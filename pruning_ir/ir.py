@@ -121,6 +121,10 @@ def padded_mask_call(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, 
     return args, {**kwargs, "attention_mask": mask}, {p: m.training for p, m in model.named_modules()}
 
 
+_MAX_COMBINATIONS = 16
+_MAX_TRIES = 48
+
+
 @dataclass
 class _Choices:
     """Attribute values verification may try for one module of a slim model.
@@ -149,7 +153,7 @@ class _Choices:
 
     @classmethod
     def of(cls, ambiguous: list[tuple[str, int, list[int]]], guessed: list[tuple[str, Any]],
-           module: nn.Module, limit: int = 48) -> _Choices:
+           module: nn.Module, limit: int = _MAX_TRIES) -> _Choices:
         names = [n for n, _, _ in ambiguous] + [n for n, _ in guessed]
         olds = [o for _, o, _ in ambiguous] + [o for _, o in guessed]
         options = [[o, *cands] for _, o, cands in ambiguous] + [[getattr(module, n), o] for n, o in guessed]
@@ -189,6 +193,18 @@ class _Choices:
             setattr(module, name, value)
         return None
 
+    def fit_patch(self, patch: Any, restored: bool) -> None:
+        """While a guess is put back the module's patch rewrites every changing size (those
+        computed from the guess adapted by themselves while the patch watched, and are stale
+        now); once every guess is in place again, only those it found literal under them (the
+        others would also rewrite sizes that merely equal an old value, at another batch size)."""
+        if restored:
+            if self.narrow is None:
+                self.narrow = patch.edits
+            patch.widen()
+        elif self.narrow is not None:
+            patch.edits, self.narrow = self.narrow, None
+
     def log(self, path: str, module: nn.Module, changes: list[str]) -> None:
         """Bring ``changes`` (the rewrite log) in line with the values kept."""
         k = len(self.names) - self.guessed
@@ -206,13 +222,9 @@ class _Choices:
                 changes.append(f"{label}.{name}: {old} -> {now} (ambiguous; the value verification accepted)")
 
 
-_MAX_COMBINATIONS = 16
-
-
 def _shown(value: Any) -> Any:
     """An attribute value as the rewrite log shows it (lists for list and tuple sizes)."""
     return list(value) if isinstance(value, (list, tuple)) else value
-_MAX_TRIES = 48
 
 
 def _refuse_empty_axes(snap: Snapshot, removed: dict[int, torch.Tensor]) -> None:
@@ -646,30 +658,18 @@ class PruningIR:
                         ch = choices[path] = _Choices.of(ambiguous.get(path, []), guesses.get(path, []),
                                                          modules[path], self._repair_tries)
                     patchable = path in edits and path not in done
-                    tried = ch.try_next(modules[path], guesses=not patchable) if ch is not None else None
-                    if tried is not None:
-                        log.debug("verification of %s: trying %s", path or "<root>", tried[0])
+                    if ch is not None:
+                        tried = ch.try_next(modules[path], guesses=not patchable)
                         patch = patch_of(modules[path])
                         if patch is not None:
-                            patch.forget_skips()  # which calls the code skips follows the attributes
-                            if tried[1]:
-                                # a guess put back: the sizes computed from it, which adapted by
-                                # themselves while the patch watched, are stale now too
-                                if ch is not None and ch.narrow is None:
-                                    ch.narrow = patch.edits
-                                patch.widen()
-                            elif ch is not None and ch.narrow is not None:
-                                patch.edits, ch.narrow = ch.narrow, None  # every guess in place again
-                        acted = True
-                        break
-                    if ch is not None and ch.narrow is not None:
-                        # out of combinations, the guesses are back in place: so are the edits
-                        # the patch found literal under them (the widened ones would also
-                        # rewrite sizes that merely equal an old value, at another batch size)
-                        patch = patch_of(modules[path])
-                        if patch is not None:
-                            patch.edits = ch.narrow
-                        ch.narrow = None
+                            # out of combinations, every guess is back in place (restored=False)
+                            ch.fit_patch(patch, restored=tried is not None and tried[1])
+                        if tried is not None:
+                            log.debug("verification of %s: trying %s", path or "<root>", tried[0])
+                            if patch is not None:
+                                patch.forget_skips()  # which calls the code skips follows the attributes
+                            acted = True
+                            break
                     if patchable:
                         install(modules[path], *edits[path], path=path)
                         patch = patch_of(modules[path])

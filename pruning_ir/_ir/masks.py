@@ -83,10 +83,8 @@ def checked_labels(snap: Snapshot, labels: Sequence[Label], check_step: bool = T
     size = table.size[g]
     if int(i.min()) < 0 or bool((i >= size).any()) or not bool(table.prunable[g].all()):
         return None
-    flat = table.off[g] + i
-    removed = np.bincount(g, minlength=len(table.leaf))  # labels per group, duplicates counted
-    if len(np.unique(flat)) != len(flat):
-        removed = np.bincount(g[np.unique(flat, return_index=True)[1]], minlength=len(table.leaf))
+    first = np.unique(table.off[g] + i, return_index=True)[1]  # each slot once (duplicates allowed)
+    removed = np.bincount(g[first], minlength=len(table.leaf))  # labels per group
     n_kept = table.size - removed
     touched = removed > 0
     if bool((n_kept[touched] == 0).any()):

@@ -32,7 +32,7 @@ def tie_shared_sizes(model: nn.Module, graph: Graph, res: InferResult) -> None:
                 continue
             by_module.setdefault(node.module, {}).setdefault(f.old, []).append(f.layout)
             other = seen.setdefault(f.old, f.layout)
-            if sp.normalize(other) != sp.normalize(f.layout):
+            if other is not f.layout and sp.normalize(other) != sp.normalize(f.layout):
                 crowded.setdefault(node.module, set()).add(f.old)
     for path, by_value in by_module.items():
         mod = modules.get(path)

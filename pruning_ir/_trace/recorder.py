@@ -139,7 +139,7 @@ class _Recorder(TorchDispatchMode):
         outputs = [self.new_value(o, "op", producer=nid) if isinstance(o, torch.Tensor) else -1 for o in flat]
         node = Node(nid, name, (), bound, outputs, None, tuple(self.stack))
         if name == "aten._local_scalar_dense" and isinstance(out, (bool, int, float)):
-            node.kwargs["__value__"] = out  # a tensor's value become a Python number (item(), int(t))
+            node.kwargs["__value__"] = out  # a tensor's value became a Python number (item(), int(t))
         if alias_write:
             node.facts = []
             node.kwargs["__alias_write__"] = [ValueRef(self.value_of(b)) for b in alias_write]
