@@ -186,3 +186,14 @@ def test_macs_budget_is_in_the_units_of_the_function_passed() -> None:
     assert 0.4 <= got <= 0.5, got
     same = MacsLatency((torch.randn(2, 3, 8, 8),))
     assert same.cost_model(ir) is not None and same.cost_model(ir).baseline() == same(model)  # type: ignore[union-attr]
+
+
+def test_extension_registries_refuse_names_that_are_not_op_packets() -> None:
+    from pruning_ir.extend import register_leaf_handler, register_macs, register_rule
+
+    with pytest.raises(TypeError, match=r"register_rule takes op packet names such as 'aten\.add'"):
+        register_rule("add")
+    with pytest.raises(TypeError, match=r"register_macs takes op packet names such as 'aten\.mm'"):
+        register_macs()
+    with pytest.raises(TypeError, match=r"register_leaf_handler takes an nn\.Module subclass"):
+        register_leaf_handler(int)  # type: ignore[arg-type]
