@@ -26,10 +26,11 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from ._ir.axes import slot_map
-from ._ir.infer import Issue
 from ._ir.labels import Label, LabelGroup, build_groups
-from ._ir.snapshot import Snapshot
+from ._ir.ops import BACKWARD_ALIGNED
+from ._ir.snapshot import Issue, Snapshot
 from ._rewrite.verify import VerifyFailure, size_refused
+from ._trace.run import call_modes, flat_tensors
 from .calls import ExampleCall
 from .errors import PruningIRError
 
@@ -149,8 +150,6 @@ def _backward_fails(model: nn.Module, snap: Snapshot) -> _Failure | None:
     """Why the slim ``model`` cannot run backward from its example call's outputs, or ``None``.
     Backward kernels can need more than forward ones (a grouped matmul's gradient transposes its
     operands, so an axis that forward reads contiguously needs 16-byte strides there)."""
-    from ._rewrite.verify import _to_pytree, call_modes
-
     if not any(p.requires_grad for p in model.parameters()):
         return None
     args, kwargs, modes = snap.calls()[0]
@@ -161,8 +160,7 @@ def _backward_fails(model: nn.Module, snap: Snapshot) -> _Failure | None:
         # position ids that the embedding's backward holds)
         with torch.enable_grad(), call_modes(model, modes):
             out = model(*args, **kwargs)
-            flat = [t for t in pytree.tree_leaves(_to_pytree(out))
-                    if isinstance(t, torch.Tensor) and t.requires_grad and t.is_floating_point()]
+            flat = [t for t in flat_tensors(out) if t.requires_grad and t.is_floating_point()]
             if flat:
                 torch.stack([t.sum() for t in flat]).sum().backward()
     except Exception as exc:  # the slim model's backward is what is probed
@@ -188,8 +186,6 @@ def _joint_counts(groups: list[LabelGroup]) -> dict[int, int]:
     return out
 
 
-_BACKWARD_ALIGNED = frozenset({"aten._grouped_mm", "aten._scaled_grouped_mm", "aten._scaled_mm"})
-"""Kernels whose backward needs 16-byte strides along axes forward reads contiguously."""
 _TIE_PROBES = 32  # probes spent looking for count-coupled partners per build, at most
 _TIE_ROUNDS = 64  # ties made per build, at most
 
@@ -215,7 +211,7 @@ def probe_groups(ir: PruningIR, name: str) -> tuple[list[tuple[LabelGroup, str]]
     # alignments forward does not (grouped matmuls), and modules with run-time patches (their
     # gradients are replayed); only where the unpruned model's own backward runs (RWKV writes in
     # place), checked on a copy (probing for real, probe_ir.model is the user's model)
-    kernels = any(n.op in _BACKWARD_ALIGNED for n in probe_snap.graph.nodes)
+    kernels = any(n.op in BACKWARD_ALIGNED for n in probe_snap.graph.nodes)
     baseline: list[bool] = []  # whether the unpruned model's backward runs, once asked
 
     def backward() -> bool:

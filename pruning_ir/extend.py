@@ -88,8 +88,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ._infer.leaves import _param, register_leaf_handler
 from ._ir.graph import Graph, Node, ValueRef
-from ._ir.leaves import _param, register_leaf_handler
 from ._rules import Ctx as RuleContext
 from ._rules import rule
 from .cost.macs import MAC_OPS, Axis, Monomial

@@ -16,16 +16,16 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
+from ._infer.infer import infer
+from ._infer.modules import apply_module_constraints
+from ._infer.ties import tie_shared_sizes
 from ._ir.axes import emptied_axis
 from ._ir.graph import Graph, untraced_parameters
-from ._ir.infer import infer
 from ._ir.labels import Label, LabelGroup, build_groups
 from ._ir.lint import lint_snapshot
 from ._ir.masks import removed_masks
-from ._ir.modules import apply_module_constraints
 from ._ir.remap import remap_snapshot
 from ._ir.snapshot import Snapshot
-from ._ir.ties import tie_shared_sizes
 from ._rewrite.attributes import update_attributes
 from ._rewrite.patch import ModuleEdits, install, module_edits, patch_literals, patch_of
 from ._rewrite.slim import slim_model

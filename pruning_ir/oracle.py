@@ -12,8 +12,8 @@ from torch.utils import _pytree as pytree
 
 from ._ir.axes import keep_mask
 from ._ir.measure import named_tensors
-from ._trace.conditions import batch_size, deterministic, other_batch
-from ._trace.recorder import _to_pytree
+from ._trace.conditions import batch_size, other_batch
+from ._trace.run import call_modes, flat_tensors
 from .ir import _as_call
 
 if TYPE_CHECKING:
@@ -105,19 +105,17 @@ def _run(model: torch.nn.Module, call: Call, modes: dict[str, bool] | None,
     """Outputs (flat tensors) of ``model`` on ``call`` with modules in ``modes`` (``None``: all in
     training mode) under :func:`deterministic`, and, with ``backward``, the gradients of a fixed
     random projection of the floating outputs w.r.t. every parameter (``.grad`` untouched)."""
-    for path, m in model.named_modules():
-        m.training = True if modes is None else modes.get(path, m.training)
     args, kwargs = call
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    training = any(m.training for m in model.modules())
-    # a training-mode run updates buffers (BN running statistics): put them back after the
-    # backward (which may read them), or the next condition would run on what this one left
-    saved = {n: b.detach().clone() for n, b in model.named_buffers()} if training else {}
-    try:
-        # dropout and random decisions happen in forward; the backward runs without the mode
-        with deterministic(keep_all=training), torch.set_grad_enabled(backward):
+    if modes is None:
+        modes = {path: True for path, _ in model.named_modules()}
+    # seeded in eval mode too (random ops); a training-mode run updates buffers (BN running
+    # statistics): they are put back after the backward (which may read them), or the next
+    # condition would run on what this one left
+    with call_modes(model, modes, seed="always"):
+        with torch.set_grad_enabled(backward):
             out = model(*args, **kwargs)
-        flat = [t for t in pytree.tree_leaves(_to_pytree(out)) if isinstance(t, torch.Tensor)]
+        flat = flat_tensors(out)
         grads: dict[str, torch.Tensor] = {}
         floats = [t for t in flat if t.is_floating_point() and t.requires_grad]
         if backward and floats and params:
@@ -127,11 +125,6 @@ def _run(model: torch.nn.Module, call: Call, modes: dict[str, bool] | None,
                            for t in floats)
                 got = torch.autograd.grad(loss, [p for _, p in params], allow_unused=True)  # type: ignore[arg-type]
                 grads = {n: g for (n, _), g in zip(params, got, strict=True) if g is not None}
-    finally:
-        with torch.no_grad():
-            for n, b in model.named_buffers():
-                if n in saved and b.shape == saved[n].shape:
-                    b.copy_(saved[n])
     return [t.detach() for t in flat], grads
 
 

@@ -1,12 +1,11 @@
 """The traced graph: plain, picklable records of values and ATen-level nodes.
 
 A :class:`Graph` is what the recorder (``pruning_ir._trace``) produces and what
-label inference (``pruning_ir._ir.infer``) annotates with channel layouts.
+label inference (``pruning_ir._infer``) annotates with channel layouts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -163,59 +162,6 @@ class Graph:
 
     def value(self, vid: int) -> Value:
         return self.values[vid]
-
-
-VIEW_CHAIN_OPS = frozenset({"aten.view", "aten._unsafe_view", "aten.reshape", "aten._reshape_alias",
-                            "aten.unsqueeze", "aten.squeeze", "aten.expand", "aten.clone", "aten.alias",
-                            "aten.contiguous", "aten.flatten", "aten.unflatten", "aten.detach"})
-"""Ops that never reorder or drop elements: a chain of them whose first input and last output
-have one shape is the identity (views of row-major data, and only size-1 expansions keep
-the element count), so code may skip the whole chain when sizes make it trivial."""
-
-_CHAIN_LIMIT = 8
-
-
-def view_chains(graph: Graph) -> dict[int, tuple[list[int], list[int]]]:
-    """For each node of :data:`VIEW_CHAIN_OPS` with one tensor input: the values before it
-    along chain ops (its input first) and after it (its output first, then through sole
-    consumers that are chain ops). See :func:`vanishing_nodes`."""
-    consumers: dict[int, list[Node]] = {}
-    for n in graph.nodes:
-        for vid in set(n.tensor_args()):
-            consumers.setdefault(vid, []).append(n)
-    by_id = {n.nid: n for n in graph.nodes}
-    out: dict[int, tuple[list[int], list[int]]] = {}
-    for n in graph.nodes:
-        ins = n.tensor_args()
-        if n.op not in VIEW_CHAIN_OPS or len(ins) != 1 or not n.outputs or n.outputs[0] < 0:
-            continue
-        back = [ins[0]]
-        while len(back) < _CHAIN_LIMIT:
-            p = by_id.get(graph.values[back[-1]].producer)
-            if p is None or p.op not in VIEW_CHAIN_OPS or len(p.tensor_args()) != 1:
-                break
-            back.append(p.tensor_args()[0])
-        fwd = [n.outputs[0]]
-        while len(fwd) < _CHAIN_LIMIT:
-            users = consumers.get(fwd[-1], [])
-            if len(users) != 1 or users[0].op not in VIEW_CHAIN_OPS or not users[0].outputs:
-                break
-            fwd.append(users[0].outputs[0])
-        out[n.nid] = (back, fwd)
-    return out
-
-
-def vanishing_nodes(chains: dict[int, tuple[list[int], list[int]]],
-                    shape: Callable[[int], tuple[int, ...]]) -> set[int]:
-    """Nodes inside a chain of :data:`VIEW_CHAIN_OPS` that is the identity at the sizes
-    ``shape`` gives (``repeat_kv`` with one query per kv head): a pruned model's code may
-    skip them, so checks and patches must not expect them."""
-    out: set[int] = set()
-    for nid, (back, fwd) in chains.items():
-        before = {shape(v) for v in back}
-        if any(shape(v) in before for v in fwd):
-            out.add(nid)
-    return out
 
 
 def constant_nodes(graph: Graph) -> set[int]:

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .graph import Graph
-from .infer import param_leaves, structured_leaves
 from .spaces import SpaceTable
 
 
@@ -58,6 +57,40 @@ class LabelGroup:
         if len(self.members) > 4:
             where += f", +{len(self.members) - 4}"
         return where or self.origin
+
+
+def param_leaves(graph: Graph, sp: SpaceTable, floating_only: bool = False) -> dict[int, list[tuple[str, int]]]:
+    """Group leaf -> the (parameter name, axis) pairs whose layout mentions it.
+
+    With ``floating_only`` integer buffers (index tables, position ids) are skipped:
+    they hold positions, not channels.
+    """
+    out: dict[int, list[tuple[str, int]]] = {}
+    for name, vid in graph.params.items():
+        if floating_only and not _is_float(graph.values[vid].dtype):
+            continue
+        for d, ax in enumerate(graph.values[vid].axes):
+            for leaf in sp.leaves_of(ax):
+                out.setdefault(leaf, []).append((name, d))
+    return out
+
+
+def _is_float(dtype: str) -> bool:
+    return any(k in dtype for k in ("float", "bfloat", "half", "complex"))
+
+
+def structured_leaves(graph: Graph, sp: SpaceTable) -> set[int]:
+    """Leaves whose labels stand for blocks of channels (attention heads, conv groups):
+    an outer factor of a product, in a parameter axis, over a non-rigid inner factor.
+    (A conv channel flattened over rigid spatial positions is not structured.)"""
+    out: set[int] = set()
+    for vid in graph.params.values():
+        for ax in graph.values[vid].axes:
+            for term in sp.normalize(ax):
+                for i, (leaf, s, e) in enumerate(term[:-1]):
+                    if e - s > 1 and any(f[0] not in sp.rigid for f in term[i + 1 :]):
+                        out.add(leaf)
+    return out
 
 
 def build_groups(graph: Graph, sp: SpaceTable) -> list[LabelGroup]:

@@ -10,12 +10,21 @@ from typing import Any
 import torch
 
 from .graph import Graph
-from .infer import Issue
 from .labels import Label, LabelGroup
 from .spaces import SpaceTable
 
 REBUILT_AFTER_LOAD = frozenset({"selector_label_groups"})
 """Keys of :attr:`Snapshot.cache` that are not pickled (rebuilt lazily from the snapshot)."""
+
+
+@dataclass
+class Issue:
+    """Something the engine could not reason about (kept in the IR's report)."""
+
+    kind: str
+    module: str
+    op: str
+    detail: str
 
 
 @dataclass

@@ -36,7 +36,7 @@ Sig = tuple[tuple[tuple[str, Any], ...], tuple[tuple[tuple[Any, ...], int], ...]
 Sigs = dict[str, list[Sig]]
 """Per op name, per occurrence: the call's structure (see :func:`structure`), its recorded
 size arguments ``(path, old value)``, and whether the pruned model's code may skip it (see
-:func:`~pruning_ir._ir.graph.vanishing_nodes`)."""
+:func:`~pruning_ir._ir.chains.vanishing_nodes`)."""
 Skips = dict[str, list[int]]
 """Per op name: the recorded occurrences the slim model's code does not make."""
 ModuleEdits = tuple[Edits, Templates, Sigs]

@@ -25,8 +25,10 @@ import torch
 from torch import nn
 
 from .._ir.axes import kept_size
-from .._ir.graph import Node, vanishing_nodes, view_chains
+from .._ir.chains import vanishing_nodes, view_chains
+from .._ir.graph import Node
 from .._ir.snapshot import Snapshot
+from .._trace.run import run_call
 from .hooks import (
     SAME_OP,
     Edit,
@@ -41,7 +43,6 @@ from .hooks import (
     patch_of,
     structure,
 )
-from .verify import run_model
 
 __all__ = ["LiteralShapePatch", "ModuleEdits", "install", "module_edits", "patch_literals", "patch_of"]
 
@@ -219,7 +220,7 @@ def patch_literals(model: nn.Module, snap: Snapshot, edits: dict[str, ModuleEdit
         p.watch = watched[path] = {}
     try:
         if forward is None:
-            run_model(model, snap)
+            run_call(model, snap.calls()[0])
         else:
             forward()
         complete = True

@@ -2,59 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
 
 import torch
 from torch import nn
-from torch.utils import _pytree as pytree
 
-from .._ir.graph import Graph, Node, constant_nodes, vanishing_nodes, view_chains
+from .._ir.chains import vanishing_nodes, view_chains
+from .._ir.graph import Graph, Node, constant_nodes
+from .._ir.ops import COPIES, SHAPE_ONLY, value_sized
 from .._ir.snapshot import Snapshot
-from .._trace.conditions import deterministic
-from .._trace.recorder import _to_pytree, record
+from .._trace.recorder import record
+from .._trace.run import Call, call_modes, run_call
 from ..errors import RewriteError, TraceError
-
-
-@contextlib.contextmanager
-def call_modes(model: nn.Module, modes: dict[str, bool]) -> Iterator[None]:
-    """Run ``model`` with each module's train/eval flag from ``modes`` (as at trace time), and
-    buffers (BN running statistics) restored afterwards, so checks have no side effects. With a
-    module in training mode the call runs under :func:`~.conditions.deterministic`."""
-    modules = list(model.named_modules())
-    before = [m.training for _, m in modules]
-    for path, m in modules:
-        m.training = modes.get(path, m.training)
-    training = any(m.training for _, m in modules)
-    saved = ({n: b.detach().clone() for n, b in model.named_buffers() if b.device.type != "meta"}
-             if training else {})
-    try:
-        # in training mode, dropout keeps everything and random decisions (layer drop) are seeded,
-        # so a trace and its re-trace, or two models, take the same path
-        with deterministic() if training else contextlib.nullcontext():
-            yield
-    finally:
-        for (_, m), flag in zip(modules, before, strict=True):
-            m.training = flag
-        if saved:
-            with torch.no_grad():
-                for n, b in model.named_buffers():
-                    if n in saved and b.shape == saved[n].shape:
-                        b.copy_(saved[n])
-
-
-Call = tuple[tuple[object, ...], dict[str, object], dict[str, bool]]
-
-
-def run_call(model: nn.Module, call: Call) -> list[torch.Tensor]:
-    """Flat tensor outputs of one traced call ``(args, kwargs, modes)``, without gradients."""
-    args, kwargs, modes = call
-    with torch.no_grad(), call_modes(model, modes):
-        out = model(*args, **kwargs)
-    flat, _ = pytree.tree_flatten(_to_pytree(out))
-    return [t for t in flat if isinstance(t, torch.Tensor)]
 
 
 def run_model(model: nn.Module, snap: Snapshot) -> list[torch.Tensor]:
@@ -150,7 +111,7 @@ def verify_graph(model: nn.Module, expected: Snapshot, unresolved: list[str], le
             # length): compare again with those free, channel sizes still checked
             free = _free(expected)
             # (a view or slice may be the identity at the new sizes: torch then runs none)
-            shape_only = {n.nid for n in nodes if _VIEW.get(n.op, n.op) in _SHAPE_ONLY}
+            shape_only = {n.nid for n in nodes if _VIEW.get(n.op, n.op) in SHAPE_ONLY}
             _compare(model, _signature(nodes, graph, stock, free), _signature(got.nodes, got, stock, keep_ones=True),
                      vanish | shape_only, constant_nodes(got), what, same=_loose_same)
             expected.cache["loose_verified"] = True
@@ -185,14 +146,13 @@ def _loose_same(e: Sig, g: Sig) -> bool:
 
 def value_dependent(snap: Snapshot) -> bool:
     """Whether the trace turned tensor values into Python numbers or sizes (see
-    :data:`~pruning_ir._ir.infer.DATA_DEPENDENT`)."""
+    :data:`~pruning_ir._ir.ops.DATA_DEPENDENT`)."""
     return any(i.kind == "data_dependent" for i in snap.issues)
 
 
 def _values_read(nodes: Sequence[Node], graph: Graph) -> list[object]:
     """What the code read off tensor values, in order: the Python numbers of ``item()`` /
     ``int(t)`` and the output shapes of value-sized ops (``nonzero``)."""
-    from .._ir.infer import value_sized
 
     out: list[object] = []
     for n in nodes:
@@ -245,9 +205,6 @@ def _compare(model: nn.Module, exp_sig: list[Sig], got_sig: list[Sig], vanish: s
 
 
 # copies never change shapes, and a reshape is a view or a copy depending on strides
-_IDENTITY = {"aten.clone", "aten.alias", "aten.contiguous", "aten._to_copy", "aten.detach", "aten.lift_fresh_copy"}
-_SHAPE_ONLY = frozenset({"aten.view", "aten.slice", "aten.expand", "aten.narrow", "aten.select", "aten.unsqueeze",
-                         "aten.squeeze", "aten.permute", "aten.transpose", "aten.t", "aten.as_strided"})
 _VIEW = {"aten._unsafe_view": "aten.view", "aten.reshape": "aten.view", "aten._reshape_alias": "aten.view"}
 
 
@@ -289,7 +246,7 @@ def _signature(nodes: list[Node], graph: Graph, stock: AbstractSet[str] = frozen
             else:
                 out.append(entry)
             continue
-        if n.op in _IDENTITY:
+        if n.op in COPIES:
             continue
         out.append((_VIEW.get(n.op, n.op), shapes, n.module, n.nid))
     return out

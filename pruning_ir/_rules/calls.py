@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .._ir.graph import SAME_AS, ValueRef
-from . import Ctx, rule
+from .base import Ctx, rule
 
 
 @rule(SAME_AS)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .._ir.graph import ValueRef
-from . import Ctx, broadcast, rule
+from .base import Ctx, broadcast, rule
 
 UNARY = [
     "relu", "relu_", "gelu", "gelu_", "silu", "silu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "exp",

@@ -6,7 +6,7 @@ import sys
 
 from .._ir.graph import ValueRef
 from .._ir.spaces import ONE, Layout
-from . import Ctx, broadcast, norm_dim, rule
+from .base import Ctx, broadcast, norm_dim, rule
 from .shape import _all_rigid
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from .._ir.graph import ValueRef
+from .._ir.ops import SDPA
 from .._ir.spaces import Layout
-from . import Ctx, rule
+from .base import Ctx, rule
 
 
 def _bcast_batch(ctx: Ctx, pairs: list[tuple[ValueRef, int]], out_batch: tuple[int, ...]) -> list[Layout]:
@@ -150,11 +151,6 @@ def embedding_bag(ctx: Ctx) -> None:
         if vid >= 0:
             ctx.set_out(i, [ctx.fresh(s, "bag_aux", "embedding_bag aux") for s in ctx.graph.values[vid].shape])
 
-
-SDPA = ("aten.scaled_dot_product_attention", "aten._scaled_dot_product_flash_attention_for_cpu",
-        "aten._scaled_dot_product_flash_attention", "aten._scaled_dot_product_efficient_attention",
-        "aten._scaled_dot_product_cudnn_attention", "aten._scaled_dot_product_attention_math",
-        "aten._scaled_dot_product_fused_attention_overrideable")
 
 
 @rule(*SDPA)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .._ir.spaces import ONE
-from . import Ctx, norm_dim, rule
+from .base import Ctx, norm_dim, rule
 from .shape import _all_rigid
 
 _SPATIAL = ("aten.max_pool1d", "aten.max_pool2d", "aten.max_pool3d", "aten.max_pool2d_with_indices",

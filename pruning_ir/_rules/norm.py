@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .._ir.graph import ValueRef
 from .._ir.spaces import ONE
-from . import Ctx, rule
+from .base import Ctx, rule
 
 _BN = ("aten.native_batch_norm", "aten._native_batch_norm_legit", "aten._native_batch_norm_legit_no_training",
        "aten.batch_norm", "aten._batch_norm_impl_index", "aten.cudnn_batch_norm", "aten.miopen_batch_norm",

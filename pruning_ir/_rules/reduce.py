@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .._ir.spaces import ONE
-from . import Ctx, norm_dim, rule
+from .base import Ctx, norm_dim, rule
 
 # Reductions whose value over a channel set with zeroed members equals the value
 # over the kept members (sum of zeros adds nothing); the others are "inexact".

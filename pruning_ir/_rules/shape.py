@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .._ir.spaces import ONE, Layout, Misaligned
-from . import Ctx, norm_dim, rule
+from .base import Ctx, norm_dim, rule
 
 
 def _resolve(shape: list[int], numel: int) -> list[int]:

@@ -29,8 +29,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from .._ir.graph import Graph, Node, Value, ValueRef
 from ..errors import TraceError
 from ..modules import PrunedMultiheadAttention, explicit_forward, traces_explicitly
-from .conditions import deterministic
 from .merge import merge_call
+from .run import flat_tensors, in_modes, kept_buffers
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +292,8 @@ def record(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
         handles.append(mod.register_forward_hook(post, with_kwargs=True, always_call=True))
     # tracing runs forward once: keep buffers (BN running stats in train mode) and plain
     # attributes (caches filled in forward) as they were
-    saved = {name: b.detach().clone() for name, b in model.named_buffers() if b.device.type != "meta"}
+    buffers = contextlib.ExitStack()
+    buffers.enter_context(kept_buffers(model))
     attrs = _save_attributes(model)
     # stock nn.MultiheadAttention runs as explicit ops (see pruning_ir.modules); no fused fast paths
     explicit = {p: m for p, m in model.named_modules()
@@ -307,35 +308,23 @@ def record(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
         for i, t in enumerate(flat_in):
             if isinstance(t, torch.Tensor):
                 graph.inputs.append(rec.new_value(t, "input", name=f"input[{i}]"))
-        training = seeded_training and any(m.training for m in model.modules())
-        with deterministic() if training else contextlib.nullcontext(), torch.no_grad(), rec, \
+        with in_modes(model, None, "training" if seeded_training else "never"), torch.no_grad(), rec, \
                 _CompositeRecorder(rec):
             out = model(*args, **kwargs)
-        flat_out, _ = pytree.tree_flatten(_to_pytree(out))
+        flat_out = flat_tensors(out)
         for t in flat_out:
             if isinstance(t, torch.Tensor) and id(t) in rec.current:
                 graph.outputs.append(rec.current[id(t)])
         del out, flat_out
         for e_args, e_kwargs, modes in extra or []:
             start = len(graph.nodes)
-            before = {p: m.training for p, m in model.named_modules()}
-            try:
-                if modes is not None:
-                    for p, m in model.named_modules():
-                        m.training = modes.get(p, m.training)
-                for i, t in enumerate(pytree.tree_leaves((e_args, e_kwargs))):
-                    if isinstance(t, torch.Tensor) and id(t) not in rec.current:
-                        rec.new_value(t, "input", name=f"call{len(graph.extra_calls) + 1}.input[{i}]")
-                training = any(m.training for m in model.modules())
-                # as verification runs it: dropout keeps everything, random decisions seeded
-                with deterministic() if training else contextlib.nullcontext(), torch.no_grad(), rec, \
-                        _CompositeRecorder(rec):
-                    out = model(*e_args, **e_kwargs)
-            finally:
-                for p, m in model.named_modules():
-                    m.training = before.get(p, m.training)
-            outs = [rec.current[id(t)] for t in pytree.tree_leaves(_to_pytree(out))
-                    if isinstance(t, torch.Tensor) and id(t) in rec.current]
+            for i, t in enumerate(pytree.tree_leaves((e_args, e_kwargs))):
+                if isinstance(t, torch.Tensor) and id(t) not in rec.current:
+                    rec.new_value(t, "input", name=f"call{len(graph.extra_calls) + 1}.input[{i}]")
+            # as verification runs it: dropout keeps everything, random decisions seeded
+            with in_modes(model, modes), torch.no_grad(), rec, _CompositeRecorder(rec):
+                out = model(*e_args, **e_kwargs)
+            outs = [rec.current[id(t)] for t in flat_tensors(out) if id(t) in rec.current]
             primary_end = graph.extra_calls[0][0] if graph.extra_calls else start
             sequence, outs = merge_call(graph, start, primary_end, outs)
             graph.extra_calls.append((start, outs, sequence))
@@ -356,10 +345,7 @@ def record(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
         for h in handles:
             h.remove()
         rec.refs.clear()
-        with torch.no_grad():
-            for name, b in model.named_buffers():
-                if name in saved and b.shape == saved[name].shape:
-                    b.copy_(saved[name])
+        buffers.close()
         _restore_attributes(attrs)
         for m in explicit.values():
             m.__dict__.pop("forward", None)
@@ -417,16 +403,3 @@ def _restore_attributes(saved: _Saved) -> None:
                     v.update(c)  # type: ignore[arg-type]
                 elif isinstance(v, list):
                     v[:] = c
-
-
-def _to_pytree(out: Any) -> Any:
-    """HF ``ModelOutput`` and other dict-likes flatten through their values."""
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, dict):
-        return {k: _to_pytree(v) for k, v in out.items()}
-    if isinstance(out, (list, tuple)):
-        return [_to_pytree(o) for o in out]
-    if hasattr(out, "to_tuple"):
-        return [_to_pytree(o) for o in out.to_tuple()]
-    return out

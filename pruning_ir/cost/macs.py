@@ -56,6 +56,7 @@ import torch
 from .._ir.graph import Graph, Node, ValueRef
 from .._ir.labels import Label
 from .._ir.masks import checked_labels
+from .._ir.ops import SDPA
 from .._ir.snapshot import Snapshot
 from .._ir.spaces import Layout, SpaceTable
 from ..errors import InvalidInputError
@@ -205,11 +206,6 @@ def _grouped_mm(graph: Graph, node: Node) -> list[Monomial]:
     raise _NotUnderstood(f"ranks {len(a)} and {len(b)}")
 
 
-_SDPA_OPS = ("aten.scaled_dot_product_attention", "aten._scaled_dot_product_flash_attention",
-             "aten._scaled_dot_product_flash_attention_for_cpu", "aten._scaled_dot_product_efficient_attention",
-             "aten._scaled_dot_product_cudnn_attention", "aten._scaled_dot_product_attention_math",
-             "aten._scaled_dot_product_fused_attention_overrideable")
-
 MAC_OPS: dict[str, Callable[[Graph, Node], list[Monomial]]] = {
     "aten.mm": _mm("self", "mat2"),
     "aten._scaled_mm": _mm("self", "mat2"),
@@ -236,7 +232,7 @@ MAC_OPS: dict[str, Callable[[Graph, Node], list[Monomial]]] = {
     "aten.conv_transpose1d": _conv("input", True),
     "aten.conv_transpose2d": _conv("input", True),
     "aten.conv_transpose3d": _conv("input", True),
-    **dict.fromkeys(_SDPA_OPS, _sdpa),
+    **dict.fromkeys(SDPA, _sdpa),
     "aten._flash_attention_forward": _sdpa_bshd(("cum_seq_q", "cum_seq_k")),
     "aten._efficient_attention_forward": _sdpa_bshd(("cu_seqlens_q", "cu_seqlens_k")),
     "aten._conv_depthwise2d": _conv("self", False),

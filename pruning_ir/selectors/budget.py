@@ -105,7 +105,7 @@ def attention_head_ties(snap: Snapshot) -> list[tuple[int, int]]:
     need the two head sizes equal; with different sizes SDPA falls back to its math kernel,
     2-2.6x slower on CPU (measured), so a selection that prunes them to different counts can
     make a "smaller" model slower."""
-    from .._rules.linalg import SDPA
+    from .._ir.ops import SDPA
 
     by_leaf = {g.leaf: g for g in snap.prunable_groups}
     sp = snap.spaces

@@ -5,22 +5,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from .._ir.graph import Graph, Node
+from .._ir.ops import RANDOM, REARRANGING, value_sized
+from .._ir.snapshot import Issue
+from .._ir.spaces import Layout, Misaligned, SpaceTable
 from .._rules import RULES, Ctx, load_all
 from ..errors import TraceError
-from .graph import Graph, Node, ValueRef
-from .spaces import Layout, Misaligned, SpaceTable
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Issue:
-    """Something the engine could not reason about (kept in the IR's report)."""
-
-    kind: str
-    module: str
-    op: str
-    detail: str
 
 
 @dataclass
@@ -57,23 +49,6 @@ def _rigid_node(ctx: Ctx, node: Node, reason: str) -> None:
                 ctx.set_out(i, [ctx.fresh(s, f"out{i}", reason) for s in v.shape])
 
 
-_RANDOM = {"aten.rand", "aten.randn", "aten.rand_like", "aten.randn_like", "aten.randint", "aten.randperm",
-           "aten.bernoulli", "aten.bernoulli_", "aten.normal", "aten.normal_", "aten.uniform_", "aten.exponential_",
-           "aten.multinomial", "aten.native_dropout", "aten.randint_like"}
-
-
-DATA_DEPENDENT = frozenset({"aten._local_scalar_dense", "aten.nonzero", "aten.masked_select", "aten._unique2",
-                            "aten.unique_dim", "aten.unique_consecutive", "aten.nonzero_static"})
-"""Ops whose results (a Python number, or an output size) depend on tensor values."""
-
-
-def value_sized(node: Node) -> bool:
-    """Whether ``node``'s result (a Python number, or its output's size) follows tensor values:
-    :data:`DATA_DEPENDENT` ops, and ``repeat_interleave`` by a tensor of counts."""
-    return node.op in DATA_DEPENDENT or (node.op == "aten.repeat_interleave"
-                                         and isinstance(node.kwargs.get("repeats"), ValueRef))
-
-
 def infer(graph: Graph, *, soft_tracing: bool = True, keep_io: bool = True) -> InferResult:
     """Annotate every value's axes with layouts; return the space table and issues."""
     load_all()
@@ -90,7 +65,7 @@ def infer(graph: Graph, *, soft_tracing: bool = True, keep_io: bool = True) -> I
             res.issues.append(Issue("data_dependent", node.module, node.op, "a tensor's values become a Python "
                                     "number or a size in forward: sizes along batch, sequence or spatial axes "
                                     "may follow the values (checked only where the traced sizes do not hold)"))
-        if node.op in _RANDOM and not any(i.kind == "random" for i in res.issues):
+        if node.op in RANDOM and not any(i.kind == "random" for i in res.issues):
             res.issues.append(Issue("random", node.module, node.op, "random values in forward: outputs differ "
                                     "between runs (use eval() or fixed inputs for equivalence checks)"))
         if node.leaf:
@@ -132,11 +107,6 @@ def infer(graph: Graph, *, soft_tracing: bool = True, keep_io: bool = True) -> I
     return res
 
 
-_RESHAPING_VIEWS = frozenset({"aten.view", "aten._unsafe_view", "aten.reshape", "aten._reshape_alias",
-                              "aten.unsqueeze", "aten.squeeze", "aten.transpose", "aten.t", "aten.permute",
-                              "aten.alias", "aten.detach"})
-
-
 def _reshaped_view(graph: Graph, node: Node, base: int) -> bool:
     """Whether the tensor ``node`` writes in place is ``base`` seen through views that only
     rearrange it (every entry once, none dropped: view, permute, ...; not slices): the write then
@@ -152,7 +122,7 @@ def _reshaped_view(graph: Graph, node: Node, base: int) -> bool:
         if producer < 0:
             return False
         src = graph.nodes[producer]
-        if src.op not in _RESHAPING_VIEWS:
+        if src.op not in REARRANGING:
             return False
         args = src.tensor_args()
         vid = args[0] if args else None
@@ -176,40 +146,6 @@ def _run(ctx: Ctx, node: Node, fn: object, res: InferResult, soft_tracing: bool 
                     node.op, node.module, type(exc).__name__, exc)
         res.issues.append(Issue("rule_error", node.module, node.leaf or node.op, f"{type(exc).__name__}: {exc}"))
         _rigid_node(ctx, node, f"rule error in {node.op}")
-
-
-def param_leaves(graph: Graph, sp: SpaceTable, floating_only: bool = False) -> dict[int, list[tuple[str, int]]]:
-    """Group leaf -> the (parameter name, axis) pairs whose layout mentions it.
-
-    With ``floating_only`` integer buffers (index tables, position ids) are skipped:
-    they hold positions, not channels.
-    """
-    out: dict[int, list[tuple[str, int]]] = {}
-    for name, vid in graph.params.items():
-        if floating_only and not _is_float(graph.values[vid].dtype):
-            continue
-        for d, ax in enumerate(graph.values[vid].axes):
-            for leaf in sp.leaves_of(ax):
-                out.setdefault(leaf, []).append((name, d))
-    return out
-
-
-def _is_float(dtype: str) -> bool:
-    return any(k in dtype for k in ("float", "bfloat", "half", "complex"))
-
-
-def structured_leaves(graph: Graph, sp: SpaceTable) -> set[int]:
-    """Leaves whose labels stand for blocks of channels (attention heads, conv groups):
-    an outer factor of a product, in a parameter axis, over a non-rigid inner factor.
-    (A conv channel flattened over rigid spatial positions is not structured.)"""
-    out: set[int] = set()
-    for vid in graph.params.values():
-        for ax in graph.values[vid].axes:
-            for term in sp.normalize(ax):
-                for i, (leaf, s, e) in enumerate(term[:-1]):
-                    if e - s > 1 and any(f[0] not in sp.rigid for f in term[i + 1 :]):
-                        out.add(leaf)
-    return out
 
 
 _ = Layout  # re-exported type for rule authors

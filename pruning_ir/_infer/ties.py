@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from torch import nn
 
-from .graph import Graph
-from .infer import InferResult, Issue
-from .sizes import size_attributes
-from .spaces import Layout, Misaligned
+from .._ir.graph import Graph
+from .._ir.sizes import size_attributes
+from .._ir.snapshot import Issue
+from .._ir.spaces import Layout, Misaligned
+from .infer import InferResult
 
 
 def tie_shared_sizes(model: nn.Module, graph: Graph, res: InferResult) -> None:

@@ -16,9 +16,10 @@ from collections.abc import Callable
 
 from torch import nn
 
+from .._ir.graph import Graph
+from .._ir.snapshot import Issue
 from ..modules import PrunedMultiheadAttention, traces_explicitly
-from .graph import Graph
-from .infer import InferResult, Issue
+from .infer import InferResult
 
 ModuleConstraint = Callable[[nn.Module, str, Graph, InferResult], None]
 MODULE_CONSTRAINTS: dict[type[nn.Module], ModuleConstraint] = {}

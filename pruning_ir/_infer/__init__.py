@@ -1,0 +1,1 @@
+"""Label inference: the stage between a traced graph and its label groups."""
