@@ -2,38 +2,26 @@
 
 from __future__ import annotations
 
-import inspect
-import itertools
 import logging
-import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from itertools import repeat
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils import _pytree as pytree
 
-from ._infer.infer import infer
-from ._infer.modules import apply_module_constraints
-from ._infer.ties import tie_shared_sizes
-from ._ir.axes import emptied_axis
 from ._ir.graph import Graph, untraced_parameters
-from ._ir.labels import Label, LabelGroup, build_groups
+from ._ir.labels import Label, LabelGroup
 from ._ir.lint import lint_snapshot
-from ._ir.masks import removed_masks
-from ._ir.remap import remap_snapshot
+from ._ir.masks import label_masks, trusted_masks
 from ._ir.snapshot import Snapshot
-from ._rewrite.attributes import update_attributes
-from ._rewrite.patch import ModuleEdits, install, module_edits, patch_literals, patch_of
-from ._rewrite.slim import slim_model
-from ._rewrite.verify import VerifyFailure, verify_forward, verify_graph
+from ._pipeline.build import build_snapshot
+from ._pipeline.options import MAX_REPAIRS, MAX_TRIES, BuildOptions, PruneOptions
+from ._pipeline.prune import prune_snapshot
 from ._trace.conditions import batch_size
-from ._trace.recorder import record
 from .calls import ExampleCall, as_example_call
-from .errors import InvalidInputError, LabelError, RewriteError, SnapshotVersionError
+from .errors import InvalidInputError, SnapshotVersionError
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +29,6 @@ SNAPSHOT_FORMAT = 1
 """Version of the pickled IR layout; bumped whenever it changes incompatibly."""
 
 DEFAULT = "main"
-
-_MAX_REPAIRS = 64
-"""Verification rounds of one prune (each restores a guessed attribute or patches a module);
-every round acts on a module not acted on before, so this bounds a loop that cannot cycle."""
 
 
 def _as_call(example_inputs: Any, example_kwargs: dict[str, Any] | None) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -100,144 +84,6 @@ def _traceable(model: nn.Module) -> nn.Module:
                     f"(torch.nn.utils.prune.remove(module, {attr!r}) / torch.nn.utils.remove_weight_norm(module); "
                     "torch.nn.utils.parametrizations.weight_norm is supported as it is).")
     return model
-
-
-def padded_mask_call(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
-                     ) -> tuple[tuple[Any, ...], dict[str, Any], dict[str, bool]] | None:
-    """The example call with a padded ``attention_mask`` (see ``auto_calls``), or ``None`` when
-    ``forward`` takes no such argument, the call gives one, or there are no token ids."""
-    try:
-        params = list(inspect.signature(model.forward).parameters)
-    except (TypeError, ValueError):
-        return None
-    if "attention_mask" not in params or "attention_mask" in kwargs or params.index("attention_mask") < len(args):
-        return None
-    ids = next((t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor) and t.dim() == 2
-                and not t.is_floating_point() and not t.is_complex() and t.shape[1] > 1), None)
-    if ids is None:
-        return None
-    mask = torch.ones(ids.shape, dtype=torch.long, device=ids.device)
-    mask[0, 0] = 0
-    return args, {**kwargs, "attention_mask": mask}, {p: m.training for p, m in model.named_modules()}
-
-
-_MAX_COMBINATIONS = 16
-_MAX_TRIES = 48
-
-
-@dataclass
-class _Choices:
-    """Attribute values verification may try for one module of a slim model.
-
-    Two kinds of attributes: those that facts of equal old value left *ambiguous* (kept at their
-    old value; options: the old value and every new one those facts took, see
-    :func:`~pruning_ir._rewrite.attributes.update_attributes`) and those *guessed*, set by
-    matching values (options: the new value, then the old one: the guess may be wrong while the
-    module's other guesses are right, ``head_dim`` matched a pruned ``v`` while
-    ``num_key_value_groups`` was right). The combination in place when verification first
-    failed is left out; the others are tried in three rounds: other ambiguous values with every
-    guess kept; guesses put back (fewest first) with the ambiguous values as they were; both.
-    Ambiguous values go fewest distinct values first (attributes of equal old value mostly keep
-    equal values: a one-head attention's ``hidden_size``, ``all_head_size`` and
-    ``attention_head_size``), then fewest changes; at most :data:`_MAX_COMBINATIONS` of them,
-    and ``limit`` (:data:`_MAX_TRIES` for a user's prune) combinations in all.
-    """
-
-    names: list[str]
-    olds: list[int]  # before pruning
-    start: tuple[int, ...]  # in place at the first failure
-    guessed: int  # the last ``guessed`` names are guesses
-    every: list[tuple[int, ...]]
-    todo: list[tuple[int, ...]]
-    narrow: Any = None  # the module's patch edits before a put-back guess widened them
-
-    @classmethod
-    def of(cls, ambiguous: list[tuple[str, int, list[int]]], guessed: list[tuple[str, Any]],
-           module: nn.Module, limit: int = _MAX_TRIES) -> _Choices:
-        names = [n for n, _, _ in ambiguous] + [n for n, _ in guessed]
-        olds = [o for _, o, _ in ambiguous] + [o for _, o in guessed]
-        options = [[o, *cands] for _, o, cands in ambiguous] + [[getattr(module, n), o] for n, o in guessed]
-        start = tuple(opt[0] for opt in options)
-        k = len(ambiguous)
-        amb = list(itertools.islice(itertools.product(*options[:k]), 4096))
-        # attributes of equal old value mostly keep equal values: fewest distinct values first
-        amb.sort(key=lambda c: (len(set(c)), sum(v != o for v, o in zip(c, start[:k], strict=True))))
-        amb = amb[:_MAX_COMBINATIONS]
-        restores = list(itertools.islice(itertools.product(*options[k:]), 4096))
-        restores.sort(key=lambda c: sum(v != s for v, s in zip(c, start[k:], strict=True)))
-        every = [a + r for a in amb for r in restores[:1]]  # no guess put back
-        every += [start[:k] + r for r in restores[1:]]  # guesses put back, ambiguous values as they were
-        every += [a + r for r in restores[1:] for a in amb if a != start[:k]]  # both
-        every = [c for c in every if c != start][:limit]
-        return cls(names, olds, start, len(guessed), every, list(every))
-
-    def rearm(self) -> None:
-        """Try every combination again: the module got a patch since, so combinations that
-        failed before may be right now."""
-        self.todo = list(self.every)
-
-    def try_next(self, module: nn.Module, *, guesses: bool) -> tuple[str, bool] | None:
-        """Set the next combination (``guesses=False``: only those keeping every guess); returns
-        what was set, for the log, and whether a guess was put back; or puts the starting values
-        back and returns ``None`` when none is left."""
-        k = len(self.names) - self.guessed
-        while self.todo:
-            combo = self.todo.pop(0)
-            restored = combo[k:] != self.start[k:]
-            if restored and not guesses:
-                continue
-            for name, value in zip(self.names, combo, strict=True):
-                setattr(module, name, value)
-            return ", ".join(f"{n}={v}" for n, v in zip(self.names, combo, strict=True)), restored
-        for name, value in zip(self.names, self.start, strict=True):
-            setattr(module, name, value)
-        return None
-
-    def fit_patch(self, patch: Any, restored: bool) -> None:
-        """While a guess is put back the module's patch rewrites every changing size (those
-        computed from the guess adapted by themselves while the patch watched, and are stale
-        now); once every guess is in place again, only those it found literal under them (the
-        others would also rewrite sizes that merely equal an old value, at another batch size)."""
-        if restored:
-            if self.narrow is None:
-                self.narrow = patch.edits
-            patch.widen()
-        elif self.narrow is not None:
-            patch.edits, self.narrow = self.narrow, None
-
-    def log(self, path: str, module: nn.Module, changes: list[str]) -> None:
-        """Bring ``changes`` (the rewrite log) in line with the values kept."""
-        k = len(self.names) - self.guessed
-        label = path or "<root>"
-        for i, (name, old) in enumerate(zip(self.names, self.olds, strict=True)):
-            now = getattr(module, name, old)
-            if i >= k:
-                if now != self.start[i]:  # a guess put back: it no longer happened
-                    line = f"{label}.{name}: {_shown(old)} -> {_shown(self.start[i])}"  # as update_generic wrote it
-                    if line in changes:
-                        changes.remove(line)
-                    if now != old:
-                        changes.append(f"{label}.{name}: {old} -> {now} (the value verification accepted)")
-            elif now != old:
-                changes.append(f"{label}.{name}: {old} -> {now} (ambiguous; the value verification accepted)")
-
-
-def _shown(value: Any) -> Any:
-    """An attribute value as the rewrite log shows it (lists for list and tuple sizes)."""
-    return list(value) if isinstance(value, (list, tuple)) else value
-
-
-def _refuse_empty_axes(snap: Snapshot, removed: dict[int, torch.Tensor]) -> None:
-    """Refuse a selection that keeps labels in every group but empties a parameter axis made of
-    parts of groups (a concatenation of slices: ``cat(h[:, 2:6], h[:, 9:12])`` loses all its
-    channels when the labels behind both slices go)."""
-    hit = emptied_axis(snap, removed)
-    if hit is not None:
-        pname, d, _ = hit
-        raise LabelError(
-            f"the labels keep some channels of every group but none of {pname}'s axis {d}, which is made of "
-            "parts of several groups (slices or a concatenation); keep at least one of its channels "
-            "(e.g. remove fewer labels of the groups behind it; the selectors do).")
 
 
 def _label_list(labels: Any, where: str) -> Sequence[Label]:
@@ -306,8 +152,8 @@ class PruningIR:
         (12, 12)
     """
 
-    _repair_tries: int = _MAX_TRIES  # attribute combinations prune's repairs try per module
-    _max_repairs: int = _MAX_REPAIRS  # repairs per prune (both per IR, for a caller that wants fewer)
+    _repair_tries: int = MAX_TRIES  # attribute combinations prune's repairs try per module
+    _max_repairs: int = MAX_REPAIRS  # repairs per prune (both per IR, for a caller that wants fewer)
 
     def __init__(
         self,
@@ -355,60 +201,13 @@ class PruningIR:
                 f"PruningIR({type(self._model).__name__}): the example inputs hold no example (batch size 0), "
                 "so no op sees a channel's values and the trace says nothing about them. Give at least one "
                 "example, e.g. example_inputs=(torch.randn(1, ...),).")
-        t0 = time.perf_counter()
-        extra = [(c.args, dict(c.kwargs), c.modes(self._model)) for c in getattr(self, "extra_calls", [])]
-        auto = getattr(self, "auto_calls", True)
-        padded = padded_mask_call(self._model, args, kwargs) if auto else None
-        graph = None
-        if padded is not None:
-            try:  # one trace with the padded call; without it only if the model refuses such a mask
-                graph = record(self._model, args, kwargs, self.leaf_modules, extra=[*extra, padded])
-                extra = [*extra, padded]
-            except Exception as exc:
-                log.info("%s: no padded-mask call (%s: %s)", type(self._model).__name__, type(exc).__name__, exc)
-        if graph is None:
-            graph = record(self._model, args, kwargs, self.leaf_modules, extra=list(extra))
-        if auto and untraced_parameters(self._model, graph):
-            graph, extra = self._with_train_call(graph, args, kwargs, extra)
-        t1 = time.perf_counter()
-        res = infer(graph, soft_tracing=self.soft_tracing, keep_io=self.keep_io_shapes)
-        apply_module_constraints(self._model, graph, res)
-        tie_shared_sizes(self._model, graph, res)
-        groups = build_groups(graph, res.spaces)
-        t2 = time.perf_counter()
-        out_shapes = [graph.values[v].shape for v in graph.outputs]
-        modes = {path: m.training for path, m in self._model.named_modules()}
-        snap = Snapshot(name, graph, res.spaces, groups, res.issues, (args, kwargs), out_shapes, modes=modes,
-                        extra=extra)
+        snap = build_snapshot(self._model, args, kwargs, self._build_options(), name)
         self._snapshots[name] = snap
-        if self.probe:
-            from ._probe import apply_probe
-
-            apply_probe(self, name)
-        log.info("traced %s: %d nodes in %.3fs, labels inferred in %.3fs", type(self._model).__name__,
-                 len(graph.nodes), t1 - t0, t2 - t1)
         return snap
 
-    def _with_train_call(self, graph: Graph, args: tuple[Any, ...], kwargs: dict[str, Any],
-                         extra: list[tuple[tuple[Any, ...], dict[str, Any], dict[str, bool]]]
-                         ) -> tuple[Graph, list[tuple[tuple[Any, ...], dict[str, Any], dict[str, bool]]]]:
-        """Trace again with the example call in training mode appended; keep it only when it uses
-        parameters that no call used before (a path only training takes)."""
-        modules = list(self._model.named_modules())
-        if all(m.training for _, m in modules):
-            return graph, extra
-        missing = untraced_parameters(self._model, graph)
-        train = (args, kwargs, {p: True for p, _ in modules})
-        try:
-            again = record(self._model, args, kwargs, self.leaf_modules, extra=[*extra, train])
-        except Exception as exc:  # training mode does not run on these inputs: keep what we have
-            log.info("%s: no training-mode trace (%s: %s)", type(self._model).__name__, type(exc).__name__, exc)
-            return graph, extra
-        if len(untraced_parameters(self._model, again)) < len(missing):
-            log.info("%s: parameters used only in training mode (%s) are traced by a training-mode call",
-                     type(self._model).__name__, sorted(set(missing) - set(untraced_parameters(self._model, again))))
-            return again, [*extra, train]
-        return graph, extra
+    def _build_options(self) -> BuildOptions:
+        return BuildOptions(tuple(self.leaf_modules), self.soft_tracing, self.keep_io_shapes, self.probe,
+                            tuple(getattr(self, "extra_calls", ())), getattr(self, "auto_calls", True))
 
     @classmethod
     def _from_snapshot(cls, model: nn.Module, snap: Snapshot | Callable[[], Snapshot], like: PruningIR,
@@ -504,45 +303,7 @@ class PruningIR:
     def check_labels(self, labels: Sequence[Label], name: str = DEFAULT) -> dict[int, torch.Tensor]:
         """Validate ``labels``; return group leaf -> bool mask of removed slots."""
         snap = self.snapshot(name)
-        labels = _label_list(labels, "check_labels")
-        fast = removed_masks(snap, labels)  # valid labels, vectorised; None: find the culprit below
-        if fast is not None:
-            _refuse_empty_axes(snap, fast)
-            return fast
-        chosen: dict[int, list[int]] = {}
-        for lab in labels:
-            if not isinstance(lab, Label):
-                raise LabelError(f"expected pruning_ir Labels, got {type(lab).__name__} ({lab!r}). "
-                                 "Get labels from a selector or ir.labels(group).")
-            if lab.owner != snap.owner:
-                raise LabelError(
-                    f"{lab!r} belongs to another IR or snapshot (labels are tied to the snapshot that "
-                    "made them; after prune() select again from the returned IR)."
-                )
-            if not 0 <= lab.group < len(snap.groups) or not 0 <= lab.index < snap.groups[lab.group].size:
-                raise LabelError(f"{lab!r} is out of range for snapshot {name!r}.")
-            g = snap.groups[lab.group]
-            if not g.prunable:
-                raise LabelError(f"{lab!r}: group g{g.gid} ({g.describe()}) is not prunable: {g.reason}.")
-            chosen.setdefault(g.leaf, []).append(lab.index)
-        by_leaf = {g.leaf: g for g in snap.groups}
-        removed: dict[int, torch.Tensor] = {}
-        for leaf, idx in chosen.items():
-            mask = torch.zeros(by_leaf[leaf].size, dtype=torch.bool)
-            mask[torch.tensor(idx, dtype=torch.long)] = True
-            removed[leaf] = mask
-        for g in snap.groups:
-            m = removed.get(g.leaf)
-            if m is not None and bool(m.all()):
-                raise LabelError(f"the labels remove every channel of group g{g.gid} ({g.describe()}); "
-                                 "keep at least one.")
-            if m is not None and g.step > 1 and (g.size - int(m.sum())) % g.step:
-                raise LabelError(f"the labels leave {g.size - int(m.sum())} channels in group g{g.gid} "
-                                 f"({g.describe()}), whose kernels need a multiple of {g.step} (group.step): "
-                                 "remove a number of its labels that keeps a multiple, or use a selector (they "
-                                 "round to it).")
-        _refuse_empty_axes(snap, removed)
-        return removed
+        return label_masks(snap, _label_list(labels, "check_labels"))
 
     def prune(self, name: str = DEFAULT, *, labels: Sequence[Label], inplace: bool = False,
               skip_label_checking: bool = False, verify: bool = True) -> PruningIR:
@@ -566,18 +327,7 @@ class PruningIR:
         """
         snap = self.snapshot(name)
         labels = _label_list(labels, "prune")
-        fast = removed_masks(snap, labels) if skip_label_checking else None
-        if fast is not None:
-            removed = fast
-        elif skip_label_checking:
-            removed = {}
-            by_gid = snap.groups
-            for lab in labels:
-                g = by_gid[lab.group]
-                removed.setdefault(g.leaf, torch.zeros(g.size, dtype=torch.bool))[lab.index] = True
-        else:
-            removed = self.check_labels(labels, name)
-        kept = {leaf: ~m for leaf, m in removed.items()}
+        removed = trusted_masks(snap, labels) if skip_label_checking else label_masks(snap, labels)
         if removed and not snap.cache.get("warned_untraced"):
             untraced = untraced_parameters(self._model, snap.graph)
             snap.cache["warned_untraced"] = True
@@ -588,114 +338,11 @@ class PruningIR:
                     "were not used by any traced call, so their channels are neither checked nor sliced; a call "
                     "that uses them may fail or differ from the masked original. Give such a call as "
                     "PruningIR(..., extra_calls=[ExampleCall(...)]) (see ir.report()).", stacklevel=2)
-        slim = slim_model(snap, self._model, removed, inplace)
-        guesses: dict[str, list[tuple[str, Any]]] = {}
-        ambiguous: dict[str, list[tuple[str, int, list[int]]]] = {}
-        changes, unresolved = update_attributes(slim, snap, kept, guesses, ambiguous)
-        for c in changes:
-            log.debug("updated %s", c)
-        edits = module_edits(snap, kept) if removed else {}
-        patched: list[str] = []
-        if verify and removed:
-            new_snap = remap_snapshot(snap, kept)
-            ran = False
-            if edits:  # the literal-finding forward (if any) doubles as verification's forward
-                patched, ran = patch_literals(slim, snap, edits, guesses, unresolved,
-                                              lambda: verify_forward(slim, new_snap, unresolved))
-            choices: dict[str, _Choices] = {}
-            patched += self._verify_or_patch(slim, new_snap, edits, patched, unresolved, guesses, ambiguous,
-                                             choices, ran)
-            modules = dict(slim.named_modules()) if choices else {}
-            for path, ch in choices.items():
-                ch.log(path, modules[path], changes)
-            if new_snap.cache.get("loose_verified"):
-                changes.append("verification: sizes along batch, sequence or spatial axes follow the values in this "
-                               "model (see ir.report()) and differ from the traced ones; they were not compared, "
-                               "channel sizes were")
-            out = PruningIR._from_snapshot(slim, new_snap, self, name)
-        else:
-            if edits:
-                patched = patch_literals(slim, snap, edits, guesses, unresolved)[0]
-            out = PruningIR._from_snapshot(slim, lambda: remap_snapshot(snap, kept), self, name)
-        changes += [f"{m or '<root>'}: literal sizes in forward patched by hooks" for m in patched]
-        out.rewrite_log = changes
+        options = PruneOptions(inplace, verify, tuple(self.leaf_modules), self._repair_tries, self._max_repairs)
+        res = prune_snapshot(snap, self._model, removed, options)
+        out = PruningIR._from_snapshot(res.model, res.snapshot, self, name)
+        out.rewrite_log = list(res.log)
         return out
-
-    def _verify_or_patch(self, slim: nn.Module, new_snap: Snapshot, edits: dict[str, ModuleEdits],
-                         patched: list[str], unresolved: list[str], guesses: dict[str, list[tuple[str, Any]]],
-                         ambiguous: dict[str, list[tuple[str, int, list[int]]]], choices: dict[str, _Choices],
-                         ran: bool = False) -> list[str]:
-        """Verify the slim model; where it fails, repair the failing module (or its nearest
-        ancestor that can be repaired) and retry: first other values of its ambiguous attributes,
-        then a patch of its literal sizes, then every combination of ambiguous values and of
-        guesses (attributes set by matching values) kept or put back (:class:`_Choices`, filled
-        in as they are made). Returns the modules patched here (``patched``: those patched
-        before; ``ran``: the forward part of verification already passed on the model as it is)."""
-        modules = dict(slim.named_modules())
-        done = set(patched)
-        added: list[str] = []
-        cap = self._max_repairs
-        last: VerifyFailure | None = None
-        for _ in range(cap):
-            try:
-                verify_graph(slim, new_snap, unresolved, self.leaf_modules, ran)
-                for m in modules.values():  # the skipped calls are learnt: stop aligning on every call
-                    patch = patch_of(m)
-                    if patch is not None:
-                        patch.relearn = False
-                break
-            except VerifyFailure as exc:
-                last = exc
-                where = exc.module
-                chain = [] if where is None else [where[:i] for i in range(len(where), 0, -1)
-                                                  if i == len(where) or where[i] == "."]
-                acted = False
-                for path in [*chain, ""]:
-                    if path not in modules:
-                        continue
-                    ch = choices.get(path)
-                    if ch is None and (path in guesses or path in ambiguous):
-                        ch = choices[path] = _Choices.of(ambiguous.get(path, []), guesses.get(path, []),
-                                                         modules[path], self._repair_tries)
-                    patchable = path in edits and path not in done
-                    if ch is not None:
-                        tried = ch.try_next(modules[path], guesses=not patchable)
-                        patch = patch_of(modules[path])
-                        if patch is not None:
-                            # out of combinations, every guess is back in place (restored=False)
-                            ch.fit_patch(patch, restored=tried is not None and tried[1])
-                        if tried is not None:
-                            log.debug("verification of %s: trying %s", path or "<root>", tried[0])
-                            if patch is not None:
-                                patch.forget_skips()  # which calls the code skips follows the attributes
-                            acted = True
-                            break
-                    if patchable:
-                        install(modules[path], *edits[path], path=path)
-                        patch = patch_of(modules[path])
-                        if patch is not None:
-                            patch.forget_skips()
-                        done.add(path)
-                        added.append(path)
-                        if ch is not None:
-                            ch.rearm()
-                        acted = True
-                        break
-                if not acted:
-                    raise
-                ran = False
-        else:
-            raise RewriteError(
-                f"verifying the slim {type(slim).__name__} still failed after {cap} repairs (attributes "
-                f"restored, modules patched: {added}); the model is not returned unverified. Pass the modules "
-                "that hold channel sizes in Python in leaf_modules=[...] (their channels stay unprunable), "
-                "or report the model.") from last
-        if added:
-            log.warning("slim %s: modules %s hold channel sizes as literals in forward; their ops are patched "
-                        "at run time by forward hooks (eager PyTorch, gradients included; torch.export, ONNX and "
-                        "TorchScript export do not reliably keep them: check exported graphs)",
-                        type(slim).__name__, added)
-        return added
 
     # ------------------------------------------------------------------ inspection
     def lint(self, name: str = DEFAULT) -> None:

@@ -73,7 +73,7 @@ def test_repairs_that_never_converge_raise_instead_of_returning_an_unverified_mo
     from checks import state_hash
     from toy_zoo import TOY_CASES
 
-    import pruning_ir.ir as ir_mod
+    import pruning_ir._pipeline.repair as repair_mod
     from pruning_ir._rewrite.verify import VerifyFailure
     from pruning_ir.errors import RewriteError
 
@@ -87,7 +87,7 @@ def test_repairs_that_never_converge_raise_instead_of_returning_an_unverified_mo
         calls.append(1)
         raise VerifyFailure("the slim model fails (forced)", "")
 
-    monkeypatch.setattr(ir_mod, "verify_graph", never)
+    monkeypatch.setattr(repair_mod, "verify_graph", never)
     monkeypatch.setattr(ir, "_max_repairs", 2)
     with pytest.raises(RewriteError, match="still failed after 2 repairs"):
         ir.prune(labels=ir.labels(heads)[:1])

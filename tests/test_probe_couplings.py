@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from pruning_ir import PruningIR
-from pruning_ir._probe import _joint_counts
+from pruning_ir._pipeline.probe import _joint_counts
 
 
 class SequenceReduction(nn.Module):
@@ -253,7 +253,7 @@ def test_probing_for_real_leaves_the_users_gradients_alone(monkeypatch: pytest.M
     example input keep the ``.grad`` their own backward left."""
     from toy_zoo import TOY_CASES
 
-    import pruning_ir._probe as probe
+    import pruning_ir._pipeline.probe as probe
 
     def no_meta(model: nn.Module) -> nn.Module:
         raise RuntimeError("no meta copy here")

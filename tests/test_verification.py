@@ -95,11 +95,11 @@ def test_repair_choices_order_and_log() -> None:
     loses the guess that was put back."""
     from torch import nn
 
-    from pruning_ir.ir import _Choices
+    from pruning_ir._pipeline.repair import Choices
 
     m = nn.Module()
     m.a, m.g = 4, 4
-    ch = _Choices.of([("a", 4, [2])], [("g", 16)], m)
+    ch = Choices.of([("a", 4, [2])], [("g", 16)], m)
     assert ch.every == [(2, 4), (4, 16), (2, 16)]
     assert ch.try_next(m, guesses=False) == ("a=2, g=4", False) and (m.a, m.g) == (2, 4)
     assert ch.try_next(m, guesses=False) is None and (m.a, m.g) == (4, 4)  # put-back combos skipped

@@ -1,8 +1,8 @@
 """Labels -> removed-slot masks in one vectorised pass (the hot path of ``PruningIR.check_labels``).
 
-:func:`removed_masks` applies every rule of :meth:`~pruning_ir.PruningIR.check_labels` to
+:func:`removed_masks` applies every rule of :func:`label_masks` to
 all labels at once (numpy over one flat ``(owner, group, index)`` array) and answers
-``None`` as soon as any label breaks one; ``check_labels`` then runs its per-label loop,
+``None`` as soon as any label breaks one; ``label_masks`` then runs its per-label loop,
 which finds the first offending label and raises its error. So valid selections take
 the fast path and invalid ones get exactly the errors they always got.
 
@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..errors import LabelError
+from .axes import emptied_axis
 from .labels import Label, LabelGroup
 from .snapshot import Snapshot
 
@@ -59,11 +61,11 @@ def group_table(snap: Snapshot) -> GroupTable | None:
 
 def checked_labels(snap: Snapshot, labels: Sequence[Label], check_step: bool = True
                    ) -> tuple[GroupTable, np.ndarray, np.ndarray] | None:
-    """The rules of :meth:`~pruning_ir.PruningIR.check_labels` on every label at once: the group
+    """The rules of :func:`label_masks` on every label at once: the group
     table and the labels' group ids and indices (one array each) when all hold, ``None`` as
-    soon as one breaks (the caller then asks ``check_labels``, which names the culprit).
+    soon as one breaks (the caller then asks ``label_masks``, which names the culprit).
     ``check_step=False`` accepts kept counts off a group's step (a search's intermediate points,
-    never pruned). The one validator of labels: ``check_labels`` and the cost models use it.
+    never pruned). The one validator of labels: ``label_masks`` and the cost models use it.
 
     O(len(labels)) in numpy plus O(groups touched); no per-label Python objects (they would
     also wake the cyclic GC over the whole IR).
@@ -96,7 +98,7 @@ def checked_labels(snap: Snapshot, labels: Sequence[Label], check_step: bool = T
 
 def removed_masks(snap: Snapshot, labels: Sequence[Label]) -> dict[int, torch.Tensor] | None:
     """Group leaf -> bool mask of removed slots (leaves in order of their first label), the
-    answer of ``check_labels`` for labels it accepts; ``None`` when any label breaks a rule
+    answer of ``label_masks`` for labels it accepts; ``None`` when any label breaks a rule
     (see :func:`checked_labels`)."""
     if not labels:
         return {}
@@ -112,3 +114,74 @@ def removed_masks(snap: Snapshot, labels: Sequence[Label]) -> dict[int, torch.Te
     mask_t = torch.from_numpy(mask)
     return {table.leaf[gid]: mask_t[o:o + n].clone()
             for gid, o, n in zip(touched.tolist(), start.tolist(), size.tolist())}
+
+
+def label_masks(snap: Snapshot, labels: Sequence[Label]) -> dict[int, torch.Tensor]:
+    """Validate ``labels`` against ``snap``; return group leaf -> bool mask of removed slots.
+
+    Valid selections take :func:`removed_masks`'s vectorised path; otherwise the labels are
+    walked one by one to raise :class:`~pruning_ir.errors.LabelError` naming the first culprit.
+    """
+    fast = removed_masks(snap, labels)  # valid labels, vectorised; None: find the culprit below
+    if fast is not None:
+        _refuse_empty_axes(snap, fast)
+        return fast
+    chosen: dict[int, list[int]] = {}
+    for lab in labels:
+        if not isinstance(lab, Label):
+            raise LabelError(f"expected pruning_ir Labels, got {type(lab).__name__} ({lab!r}). "
+                             "Get labels from a selector or ir.labels(group).")
+        if lab.owner != snap.owner:
+            raise LabelError(
+                f"{lab!r} belongs to another IR or snapshot (labels are tied to the snapshot that "
+                "made them; after prune() select again from the returned IR)."
+            )
+        if not 0 <= lab.group < len(snap.groups) or not 0 <= lab.index < snap.groups[lab.group].size:
+            raise LabelError(f"{lab!r} is out of range for snapshot {snap.name!r}.")
+        g = snap.groups[lab.group]
+        if not g.prunable:
+            raise LabelError(f"{lab!r}: group g{g.gid} ({g.describe()}) is not prunable: {g.reason}.")
+        chosen.setdefault(g.leaf, []).append(lab.index)
+    by_leaf = {g.leaf: g for g in snap.groups}
+    removed: dict[int, torch.Tensor] = {}
+    for leaf, idx in chosen.items():
+        mask = torch.zeros(by_leaf[leaf].size, dtype=torch.bool)
+        mask[torch.tensor(idx, dtype=torch.long)] = True
+        removed[leaf] = mask
+    for g in snap.groups:
+        m = removed.get(g.leaf)
+        if m is not None and bool(m.all()):
+            raise LabelError(f"the labels remove every channel of group g{g.gid} ({g.describe()}); "
+                             "keep at least one.")
+        if m is not None and g.step > 1 and (g.size - int(m.sum())) % g.step:
+            raise LabelError(f"the labels leave {g.size - int(m.sum())} channels in group g{g.gid} "
+                             f"({g.describe()}), whose kernels need a multiple of {g.step} (group.step): "
+                             "remove a number of its labels that keeps a multiple, or use a selector (they "
+                             "round to it).")
+    _refuse_empty_axes(snap, removed)
+    return removed
+
+
+def trusted_masks(snap: Snapshot, labels: Sequence[Label]) -> dict[int, torch.Tensor]:
+    """Group leaf -> removed slots of ``labels`` without validating them (trusted callers)."""
+    fast = removed_masks(snap, labels)
+    if fast is not None:
+        return fast
+    removed: dict[int, torch.Tensor] = {}
+    for lab in labels:
+        g = snap.groups[lab.group]
+        removed.setdefault(g.leaf, torch.zeros(g.size, dtype=torch.bool))[lab.index] = True
+    return removed
+
+
+def _refuse_empty_axes(snap: Snapshot, removed: dict[int, torch.Tensor]) -> None:
+    """Refuse a selection that keeps labels in every group but empties a parameter axis made of
+    parts of groups (a concatenation of slices: ``cat(h[:, 2:6], h[:, 9:12])`` loses all its
+    channels when the labels behind both slices go)."""
+    hit = emptied_axis(snap, removed)
+    if hit is not None:
+        pname, d, _ = hit
+        raise LabelError(
+            f"the labels keep some channels of every group but none of {pname}'s axis {d}, which is made of "
+            "parts of several groups (slices or a concatenation); keep at least one of its channels "
+            "(e.g. remove fewer labels of the groups behind it; the selectors do).")

@@ -19,23 +19,24 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
-from ._ir.axes import slot_map
-from ._ir.labels import Label, LabelGroup, build_groups
-from ._ir.ops import BACKWARD_ALIGNED
-from ._ir.snapshot import Issue, Snapshot
-from ._rewrite.verify import VerifyFailure, size_refused
-from ._trace.run import call_modes, flat_tensors
-from .calls import ExampleCall
-from .errors import PruningIRError
-
-if TYPE_CHECKING:
-    from .ir import PruningIR
+from .._ir.axes import slot_map
+from .._ir.labels import Label, LabelGroup, build_groups
+from .._ir.masks import label_masks
+from .._ir.ops import BACKWARD_ALIGNED
+from .._ir.snapshot import Issue, Snapshot
+from .._rewrite.verify import VerifyFailure, size_refused
+from .._trace.run import call_modes, flat_tensors, run_call
+from ..calls import ExampleCall
+from ..errors import PruningIRError
+from .options import BuildOptions, PruneOptions
+from .prune import prune_snapshot
+from .trace import trace_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -56,27 +57,23 @@ def _to_meta(obj: Any) -> Any:
     return pytree.tree_map(lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t, obj)
 
 
-def _probe_ir(ir: PruningIR, name: str) -> PruningIR | None:
-    """An IR to probe with: ``ir`` itself for a meta model, else one traced on a meta copy (a meta
-    trace is compared with meta runs: backends decompose some ops differently), else ``ir``
-    itself when the model cannot run on meta but is small enough to probe for real."""
-    from .ir import PruningIR
-
-    model = ir.model
-    snap = ir.snapshot(name)
+def _probe_pair(model: nn.Module, snap: Snapshot, options: BuildOptions) -> tuple[nn.Module, Snapshot] | None:
+    """A model and its snapshot to probe with: ``model`` itself for a meta model, else a meta copy
+    traced anew (a meta trace is compared with meta runs: backends decompose some ops
+    differently), else ``model`` itself when it cannot run on meta but is small enough to probe
+    for real."""
     if all(p.device.type == "meta" for p in model.parameters()):
-        return PruningIR._from_snapshot(model, replace(snap, cache={}), ir, name)
+        return model, replace(snap, cache={})
     try:
         meta_model = _meta_copy(model)
         args, kwargs = _to_meta(snap.example)
-        extra = [ExampleCall(_to_meta(a), _to_meta(k), train=_uniform_mode(modes)) for a, k, modes in snap.extra]
-        return PruningIR(meta_model, example_inputs=args, example_kwargs=kwargs, leaf_modules=ir.leaf_modules,
-                         soft_tracing=True, keep_io_shapes=ir.keep_io_shapes, probe=False, name=name,
-                         extra_calls=extra, auto_calls=False)
+        extra = tuple(ExampleCall(_to_meta(a), _to_meta(k), train=_uniform_mode(modes)) for a, k, modes in snap.extra)
+        meta_options = replace(options, soft_tracing=True, probe=False, extra_calls=extra, auto_calls=False)
+        return meta_model, trace_snapshot(meta_model, args, kwargs, meta_options, snap.name)
     except Exception as exc:
         log.debug("meta probe unavailable for %s: %s", type(model).__name__, exc)
     if sum(p.numel() for p in model.parameters()) <= _REAL_PROBE_LIMIT:
-        return PruningIR._from_snapshot(model, replace(snap, cache={}), ir, name)
+        return model, replace(snap, cache={})
     return None
 
 
@@ -95,23 +92,20 @@ def _signature(snap: Snapshot, g: LabelGroup) -> tuple[object, ...]:
     return (g.size, tuple(sorted(g.members)), tuple(slot_map(snap.spaces, layout, g.leaf).tolist()))
 
 
-def _varying_output_shapes(probe_ir: PruningIR, name: str) -> str | None:
+def _varying_output_shapes(model: nn.Module, snap: Snapshot) -> str | None:
     """Why no pruned model can be checked, when the unpruned one already changes its output
     shapes between runs (random sampling decides them); ``None`` otherwise. Costs two runs,
     and only when the trace recorded a random op."""
-    from ._rewrite.verify import run_model
-
-    snap = probe_ir.snapshot(name)
     if not snap.graph.outputs or not any(i.kind == "random" for i in snap.issues):
         return None
     expected = [tuple(s) for s in snap.output_shapes]
     for _ in range(2):
         try:
-            shapes = [tuple(t.shape) for t in run_model(probe_ir.model, snap)]
+            shapes = [tuple(t.shape) for t in run_call(model, snap.calls()[0])]
         except Exception:  # not this check's business: the probes will say what fails
             return None
         if shapes[: len(expected)] != expected:
-            return (f"pruning it cannot be checked: the unpruned {type(probe_ir.model).__name__} itself changes "
+            return (f"pruning it cannot be checked: the unpruned {type(model).__name__} itself changes "
                     f"its output shapes from run to run ({shapes} instead of {expected}: random sampling in "
                     "forward)")
     return None
@@ -190,20 +184,21 @@ _TIE_PROBES = 32  # probes spent looking for count-coupled partners per build, a
 _TIE_ROUNDS = 64  # ties made per build, at most
 
 
-def probe_groups(ir: PruningIR, name: str) -> tuple[list[tuple[LabelGroup, str]], dict[int, int]]:
-    """Prunable groups of snapshot ``name`` whose removal breaks the model (or cannot be checked),
+def probe_groups(model: nn.Module, snap: Snapshot, options: BuildOptions
+                 ) -> tuple[list[tuple[LabelGroup, str]], dict[int, int]]:
+    """Prunable groups of ``snap`` whose removal breaks the model (or cannot be checked),
     with the reason; and the groups (by leaf) that prune when their kept size stays a multiple
     of some step. Groups that break the model alone but run when pruned together with another
-    group of their size (by the same count) are tied to it in ``name``'s space table first."""
-    snap = ir.snapshot(name)
-    probe_ir = _probe_ir(ir, name)
-    if probe_ir is None:
+    group of their size (by the same count) are tied to it in ``snap``'s space table first."""
+    pair = _probe_pair(model, snap, options)
+    if pair is None:
         snap.issues.append(Issue("probe", "", "", "model too large to probe for real and cannot run on meta: "
                                  "groups were not probed"))
         return [], {}
-    probe_snap = probe_ir.snapshot(name)
-    probe_snap.cache["warned_untraced"] = True  # the user hears it when they prune, not from the probe
-    varying = _varying_output_shapes(probe_ir, name)
+    probe_model, probe_snap = pair
+    # a user's prune pays as many repairs; the probed model is sliced into copies
+    prune_options = PruneOptions(leaf_modules=options.leaf_modules)
+    varying = _varying_output_shapes(probe_model, probe_snap)
     if varying is not None:
         return [(g, varying) for g in snap.prunable_groups], {}
     by_signature = {_signature(probe_snap, g): g for g in probe_snap.prunable_groups}
@@ -216,7 +211,8 @@ def probe_groups(ir: PruningIR, name: str) -> tuple[list[tuple[LabelGroup, str]]
 
     def backward() -> bool:
         if not baseline:
-            baseline.append(_backward_fails(probe_ir.prune(name, labels=[], verify=False).model, probe_snap) is None)
+            unpruned = prune_snapshot(probe_snap, probe_model, {}, replace(prune_options, verify=False)).model
+            baseline.append(_backward_fails(unpruned, probe_snap) is None)
         return baseline[0]
 
     def fails(groups: list[LabelGroup], counts: dict[int, int] | None = None, count: int = 1) -> _Failure | None:
@@ -228,7 +224,7 @@ def probe_groups(ir: PruningIR, name: str) -> tuple[list[tuple[LabelGroup, str]]
             n = counts.get(g.gid, count) if counts is not None else count
             labels += [Label(probe_snap.owner, twin.gid, twin.size - 1 - k) for k in range(n)]
         try:
-            slim = probe_ir.prune(name, labels=labels, verify=True)
+            slim = prune_snapshot(probe_snap, probe_model, label_masks(probe_snap, labels), prune_options)
         except VerifyFailure as exc:
             return _Failure.of(exc)
         except PruningIRError as exc:
@@ -236,8 +232,7 @@ def probe_groups(ir: PruningIR, name: str) -> tuple[list[tuple[LabelGroup, str]]
             if isinstance(last, VerifyFailure):  # repairs ran out: what the last verification found
                 return _Failure.of(last)
             return _Failure(str(exc), "other")
-        patched = any(line.endswith("patched by hooks") for line in slim.rewrite_log)
-        return _backward_fails(slim.model, probe_snap) if (kernels or patched) and backward() else None
+        return _backward_fails(slim.model, probe_snap) if (kernels or slim.patched) and backward() else None
 
     bad: list[tuple[LabelGroup, str]] = []
     steps: dict[int, int] = {}
@@ -285,7 +280,6 @@ def probe_groups(ir: PruningIR, name: str) -> tuple[list[tuple[LabelGroup, str]]
             sn.spaces.unify((((a.leaf, 0, a.size),),), (((b.leaf, 0, b.size),),))
             sn.groups = build_groups(sn.graph, sn.spaces)
             sn.cache.clear()
-        probe_snap.cache["warned_untraced"] = True
         by_signature.clear()
         by_signature.update({_signature(probe_snap, x): x for x in probe_snap.prunable_groups})
         snap.issues.append(Issue("probe", err.module or "", f"{g.describe()} + {h.describe()}",
@@ -335,13 +329,13 @@ def probe_groups(ir: PruningIR, name: str) -> tuple[list[tuple[LabelGroup, str]]
     return bad, steps
 
 
-def apply_probe(ir: PruningIR, name: str) -> None:
-    """Make the groups that fail their probe unprunable, with the reason, and report them; give
-    the groups that prune only in multiples their ``step``."""
-    bad, steps = probe_groups(ir, name)
+def apply_probe(model: nn.Module, snap: Snapshot, options: BuildOptions) -> None:
+    """Make the groups of ``snap`` that fail their probe unprunable, with the reason, and report
+    them; give the groups that prune only in multiples their ``step``. (The probe is part of
+    building ``snap``: nobody holds it yet.)"""
+    bad, steps = probe_groups(model, snap, options)
     if not bad and not steps:
         return
-    snap = ir.snapshot(name)
     find = snap.spaces.find
     for leaf, step in steps.items():
         snap.spaces.step[find(leaf)] = step
