@@ -81,7 +81,7 @@ from pruning_ir import (
     UniformLabelSelector,
 )
 from pruning_ir.latency import LatencyLUT, MacsLatency, MeasuredLatency
-from pruning_ir.latency.measure import median_rel_half_width
+from pruning_ir.latency.timing import median_rel_half_width
 
 MODELS = ("resnet", "vit", "llama")
 TARGETS = (0.75, 0.5, 0.33)

@@ -8,9 +8,10 @@ Three registries, one decorator each; what they register applies to every IR bui
   without a rule makes every axis it touches unprunable (or raises under ``soft_tracing=False``).
 - :func:`register_leaf_handler` (a module type, not its subclasses): the same, for modules kept
   opaque with ``leaf_modules=[...]``; :func:`leaf_param` finds the module's parameters.
-- :func:`register_macs` (op packets): the op's multiply-accumulates as monomials over axis
-  sizes, for :class:`~pruning_ir.MacsModel`, the knapsack selector and ``MacsLatency``. Ops
-  without a formula count zero.
+- :func:`register_macs` (op packets): the op's multiply-accumulates as monomials over its
+  operands' dims, written once: :class:`~pruning_ir.MacsModel` (and the knapsack selector)
+  evaluate it over axis layouts, ``MacsLatency`` over the shapes of a real run. Ops without a
+  formula count zero.
 
 A rule, on a custom op that scales each channel of its input (the last axis) by a weight:
 
@@ -46,17 +47,19 @@ A rule, on a custom op that scales each channel of its input (the last axis) by 
     True
 
 A MAC formula for the same op (one multiply per element of ``x``): a list of monomials
-``(coefficient, [axis, ...])``, each the coefficient times the kept sizes of its axes (an
-``Axis`` is an axis layout from :func:`axes`, or a constant int):
+``(coefficient, [dim, ...])``, each the coefficient times the product of its dims, read off the
+call's :class:`Operands` by argument name (``op.dims("x")``, ``op.out()``, ``op.arg("groups")``):
 
-    >>> from pruning_ir import MacsModel
-    >>> from pruning_ir.extend import register_macs, axes
+    >>> from pruning_ir import MacsLatency, MacsModel
+    >>> from pruning_ir.extend import Operands, register_macs
     >>> @register_macs("pruning_ir_demo.scale")
-    ... def _scale_macs(graph, node):
-    ...     return [(1, axes(graph, node.kwargs["x"]))]
+    ... def _scale_macs(op: Operands):
+    ...     return [(1, op.dims("x"))]
     >>> ir = PruningIR(Scaled(), example_inputs=(torch.randn(2, 4),))
     >>> MacsModel(ir).baseline()  # 2*4*8 (inp) + 2*8 (scale) + 2*8*3 (out)
     128
+    >>> MacsLatency((torch.randn(2, 4),))(Scaled())  # the same formula, on a real run's shapes
+    128.0
 
 A handler for a module kept opaque (here an ``nn.Linear`` subclass traced as one node: its
 weight's rows are its output channels, its columns its input channels):
@@ -89,13 +92,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ._infer.leaves import _param, register_leaf_handler
-from ._ir.graph import Graph, Node, ValueRef
+from ._ir.graph import ValueRef
 from ._rules import Ctx as RuleContext
 from ._rules import rule
-from .cost.macs import MAC_OPS, Axis, Monomial
-from .cost.macs import _axes as _macs_axes
+from ._rules.base import MacFormula, Monomial, Operands, macs
 
-__all__ = ["Axis", "Monomial", "RuleContext", "axes", "leaf_param", "register_leaf_handler", "register_macs",
+__all__ = ["Monomial", "Operands", "RuleContext", "leaf_param", "register_leaf_handler", "register_macs",
            "register_rule"]
 
 
@@ -107,28 +109,15 @@ def register_rule(*ops: str) -> Callable[[Callable[[RuleContext], None]], Callab
     return rule(*ops)
 
 
-MacsFormula = Callable[[Graph, Node], list[Monomial]]
-
-
-def register_macs(*ops: str) -> Callable[[MacsFormula], MacsFormula]:
-    """Register ``fn(graph, node) -> [(coefficient, [axis, ...]), ...]`` as the MAC count of
-    every op packet in ``ops``: each monomial is its coefficient times the kept sizes of its
-    axes (layouts from :func:`axes`, or constant ints); the op's MACs are the sum. It replaces
-    a formula the engine has for that op."""
+def register_macs(*ops: str) -> Callable[[MacFormula], MacFormula]:
+    """Register ``fn(op: Operands) -> [(coefficient, [dim, ...]), ...]`` as the MAC count of every
+    op packet in ``ops``: the op's MACs are the sum of its monomials, each the coefficient times the
+    product of its dims (the operands' axis layouts for the cost model, their sizes for
+    ``MacsLatency``; a formula only multiplies them). It replaces a formula the engine has for that
+    op."""
     if not ops or not all(isinstance(op, str) and "." in op for op in ops):
         raise TypeError(f"register_macs takes op packet names such as 'aten.mm', got {ops!r}")
-
-    def deco(fn: MacsFormula) -> MacsFormula:
-        for op in ops:
-            MAC_OPS[op] = fn
-        return fn
-
-    return deco
-
-
-def axes(graph: Graph, ref: object) -> list[Axis]:
-    """The axes of a tensor argument of a node (``node.kwargs[name]``), for a MAC formula."""
-    return _macs_axes(graph, ref)
+    return macs(*ops)
 
 
 def leaf_param(ctx: RuleContext, name: str) -> ValueRef | None:

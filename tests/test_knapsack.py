@@ -25,6 +25,8 @@ from pruning_ir import (
 )
 from pruning_ir._ir.labels import LabelGroup
 from pruning_ir.selectors._mckp import solve_mckp
+from pruning_ir.selectors.knapsack.search import Round, between, fresh
+from pruning_ir.selectors.knapsack.solvers import solve_counts, solve_labels
 
 
 class MacsFn:
@@ -288,11 +290,10 @@ def test_count_program_equals_the_label_milp_on_a_larger_instance(seed: int, uni
         step = [1, 1, 2, 4, 8][gid % 5]
         bounds[gid] = (*GroupConstraint(low=0.1, high=0.9 if gid % 3 else None, step=step).bounds(n), step)
     total = sum(float(c.sum()) for c in costs.values())
-    sel = KnapsackLabelSelector(1.0, MacsFn(), verbose=False)
     for frac in (0.2, 0.45, 0.7):
         need = frac * total
-        new, status_new = sel._solve_counts(scores, costs, order, bounds, need)
-        old, status_old = sel._solve_labels(scores, costs, order, bounds, need)
+        new, status_new = solve_counts(scores, costs, order, bounds, need)
+        old, status_old = solve_labels(scores, costs, order, bounds, need)
         assert status_new == status_old == "optimal"
         removed = {}
         for name, sol in (("counts", new), ("labels", old)):
@@ -412,7 +413,8 @@ def test_search_goes_on_side_by_side_until_a_candidate_lands_in_the_window(searc
 def test_outer_budget_steps() -> None:
     """Over points only: the secant through the two lowest (the unpruned model is one), its slope
     kept within 3x of the proportional one; in a bracket, bisection after two rounds on one side."""
-    step = KnapsackLabelSelector._next_budget
+    from pruning_ir.selectors.knapsack.steps import next_budget as step
+
     units = 10.0  # proxy budget per ms, proportional: baseline 100 units = 10 ms
     assert step(50, 6.0, 5.0, [], [(100, 10.0), (50, 6.0)], units, [False]) == pytest.approx(37.5)
     # two nearby rounds 0.01 ms apart: their slope (100 units/ms) is noise, capped at 30
@@ -578,7 +580,7 @@ def test_between_interpolates_kept_counts_within_the_constraints() -> None:
     a = removal({0: 6, 1: 6, 2: 12})  # kept 2, 2, 4
     b = removal({0: 2, 1: 2, 2: 0})  # kept 6, 6, 16
     for t, want in ((0.5, {0: 4, 1: 4, 2: 10}), (0.25, {0: 3, 1: 3, 2: 7})):
-        mid = KnapsackLabelSelector._between(a, b, t, st)  # type: ignore[arg-type]
+        mid = between(a, b, t, st)
         kept = {g: int((~m).sum()) for g, m in mid.items()}
         assert kept[0] == kept[1] == want[0]
         assert kept[2] % 4 == 0 and abs(kept[2] - want[2]) <= 2  # the nearest multiple of the step
@@ -599,10 +601,9 @@ def test_a_repeated_solution_is_replaced_by_an_interpolated_one() -> None:
         m[:k] = True
         return {0: m}
 
-    st.rounds = [(1.0, removal(8), 8.0), (2.0, removal(2), 12.0), (1.5, removal(6), 9.0)]
-    sel = KnapsackLabelSelector(10.0, MacsFn(), verbose=False)
-    fresh, status = sel._fresh(st, removal(3), "optimal")  # type: ignore[arg-type]
-    assert status == "optimal" and int(fresh[0].sum()) == 3  # not measured yet: kept as it is
-    again, status = sel._fresh(st, removal(6), "optimal")  # type: ignore[arg-type]
+    st.rounds = [Round(1.0, removal(8), 8.0), Round(2.0, removal(2), 12.0), Round(1.5, removal(6), 9.0)]
+    fresh_one, status = fresh(st, removal(3), "optimal")
+    assert status == "optimal" and int(fresh_one[0].sum()) == 3  # not measured yet: kept as it is
+    again, status = fresh(st, removal(6), "optimal")
     # between 9.0 (6 removed) and 12.0 (2 removed): t = (9.9 - 9) / 3 = 0.3 -> kept 4 + 0.3 * 4
     assert status == "interpolated" and int(again[0].sum()) == 5

@@ -34,11 +34,12 @@ from toy_zoo import TOY_CASES
 from zoo_types import ZooCase
 
 import pruning_ir.latency.lut as lut_mod
+import pruning_ir.latency.ops as ops_mod
 from pruning_ir import Label, LabelError, PruningIR, UniformLabelSelector
 from pruning_ir.cost import MAC_OPS, MacsModel, NodeCostModel, ParamsModel
 from pruning_ir.errors import InvalidInputError, LatencyMeasurementError, PruningIRError
 from pruning_ir.latency import LatencyLUT, MacsLatency, MeasuredLatency, ParamsLatency
-from pruning_ir.latency.measure import MACS_EXTRA_FLOPS
+from pruning_ir.latency.flops import flop_formulas
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -126,15 +127,17 @@ def test_textbook_counts_of_contractions_flop_counter_lacks() -> None:
 
 
 def test_every_mac_op_has_a_flop_formula() -> None:
-    """Each op MacsModel counts is in FlopCounterMode's table, in MacsLatency's extras, or never
+    """Each op MacsModel counts names a real op of this torch build (a misspelt name would never
+    count), and is in FlopCounterMode's table, in MacsLatency's formulas (the same ones), or never
     reaches the dispatcher (a CompositeImplicitAutograd op decomposes before it)."""
-    known = {str(k) for k in flop_registry} | {str(k) for k in MACS_EXTRA_FLOPS}
+    extras = flop_formulas()
     for op in MAC_OPS:
-        if op in known:
-            continue
-        packet = getattr(torch.ops.aten, op.split(".", 1)[1])
+        ns, _, name = op.partition(".")
+        packet = getattr(getattr(torch.ops, ns), name, None)
+        assert packet is not None and packet.overloads(), op
         default = getattr(packet, packet.overloads()[0])
-        assert default.has_kernel_for_dispatch_key(torch._C.DispatchKey.CompositeImplicitAutograd), op
+        implicit = default.has_kernel_for_dispatch_key(torch._C.DispatchKey.CompositeImplicitAutograd)
+        assert packet in flop_registry or packet in extras or implicit, op
 
 
 def test_macs_latency_leaves_the_model_as_it_was() -> None:
@@ -329,7 +332,7 @@ class Jittery(nn.Module):
 
 
 def test_median_ci_is_the_order_statistic_interval() -> None:
-    from pruning_ir.latency.measure import median_ci
+    from pruning_ir.latency.timing import median_ci
 
     # n = 100: ranks 50 -+ 1.96 * 10 / 2 = 9.8 -> sorted positions 40 and 59
     assert median_ci([float(i) for i in reversed(range(100))]) == (40.0, 59.0)
@@ -400,7 +403,7 @@ def _elements(model: nn.Module, args: tuple[torch.Tensor, ...]) -> int:
 
 
 def _fake_op_seconds(op: Any, kwargs: dict[str, Any], **_: Any) -> float:
-    with FlopCounterMode(display=False, custom_mapping=MACS_EXTRA_FLOPS) as counter:
+    with FlopCounterMode(display=False, custom_mapping=flop_formulas()) as counter:
         op(**kwargs)
     return 1e-3 * US_PER_MAC * counter.get_total_flops() / 2
 
@@ -416,9 +419,9 @@ def _fake_world(monkeypatch: pytest.MonkeyPatch, ir: PruningIR, fixed: float, va
     def measured(model: nn.Module) -> float:
         return US_PER_MAC * macs(model) + fixed + variable * _elements(model, args) / full
 
-    monkeypatch.setattr(lut_mod, "_time_op", _fake_op_seconds)
+    monkeypatch.setattr(ops_mod, "_time_op", _fake_op_seconds)
     monkeypatch.setattr(lut_mod, "MeasuredLatency", lambda *a, **k: measured)
-    monkeypatch.setattr(lut_mod, "_dispatch_seconds", lambda *a, **k: dispatch_ms / 1e3)
+    monkeypatch.setattr(lut_mod, "dispatch_seconds", lambda *a, **k: dispatch_ms / 1e3)
     return measured
 
 
@@ -481,7 +484,7 @@ def test_lut_calibration_reproduces_both_measured_models_when_ops_alone_are_slow
     model, x = TOY_CASES["residual_downsample"]()
     ir = PruningIR(model, example_inputs=x)
     measured = _fake_world(monkeypatch, ir, fixed=0.0, variable=0.01)
-    monkeypatch.setattr(lut_mod, "_time_op", lambda *a, **k: 1.6 * _fake_op_seconds(*a, **k))
+    monkeypatch.setattr(ops_mod, "_time_op", lambda *a, **k: 1.6 * _fake_op_seconds(*a, **k))
     lut = LatencyLUT(ir)
     scale, shift = lut.calibration
     assert lut.overhead_ms == (0.0, 0.0) and scale < 1.0 and (scale, shift) != (1.0, 0.0)
@@ -516,7 +519,7 @@ def test_lut_leaves_what_it_cannot_time_in_the_overhead(monkeypatch: pytest.Monk
     model, x = TOY_CASES["residual_downsample"]()
     ir = PruningIR(model, example_inputs=x)
     _fake_world(monkeypatch, ir, fixed=0.05, variable=0.2)
-    monkeypatch.setattr(lut_mod, "_time_op", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(ops_mod, "_time_op", lambda *a, **k: 1 / 0)
     lut = LatencyLUT(ir, repeats=1, warmup=0)
     assert len(lut.unmeasured) == _n_mac_nodes(ir) > 0
     assert lut.baseline() == pytest.approx(lut.measured_ms)

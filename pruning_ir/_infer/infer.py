@@ -35,20 +35,6 @@ def _init_value_axes(graph: Graph, sp: SpaceTable, keep_inputs: bool) -> None:
                       for d, s in enumerate(v.shape)]
 
 
-def _rigid_node(ctx: Ctx, node: Node, reason: str) -> None:
-    for vid in node.tensor_args():
-        for ax in ctx.graph.values[vid].axes:
-            ctx.rigid(ax, reason)
-    for i, vid in enumerate(node.outputs):
-        if vid >= 0:
-            v = ctx.graph.values[vid]
-            if v.axes:
-                for ax in v.axes:
-                    ctx.rigid(ax, reason)
-            else:
-                ctx.set_out(i, [ctx.fresh(s, f"out{i}", reason) for s in v.shape])
-
-
 def infer(graph: Graph, *, soft_tracing: bool = True, keep_io: bool = True) -> InferResult:
     """Annotate every value's axes with layouts; return the space table and issues."""
     load_all()
@@ -73,7 +59,7 @@ def infer(graph: Graph, *, soft_tracing: bool = True, keep_io: bool = True) -> I
             if handler is None:
                 res.issues.append(Issue("leaf", node.module, node.leaf, "leaf module without a handler: "
                                         "its inputs, outputs and parameters are unprunable"))
-                _rigid_node(ctx, node, f"leaf module {node.leaf} '{node.module}' has no handler")
+                ctx.rigid_all(f"leaf module {node.leaf} '{node.module}' has no handler")
             else:
                 _run(ctx, node, handler, res, soft_tracing)
         else:
@@ -87,13 +73,13 @@ def infer(graph: Graph, *, soft_tracing: bool = True, keep_io: bool = True) -> I
                     )
                 res.issues.append(Issue("unknown_op", node.module, node.op,
                                         "no channel rule: every axis it touches is unprunable"))
-                _rigid_node(ctx, node, f"unknown op {node.op} in '{node.module or '<root>'}'")
+                ctx.rigid_all(f"unknown op {node.op} in '{node.module or '<root>'}'")
             else:
                 _run(ctx, node, rule, res, soft_tracing)
         alias = [ref for ref in node.kwargs.get("__alias_write__") or [] if not _reshaped_view(graph, node, ref.vid)]
         if alias:
             res.issues.append(Issue("alias_write", node.module, node.op, "in-place write into a view"))
-            _rigid_node(ctx, node, "in-place write into a view")
+            ctx.rigid_all("in-place write into a view")
             for ref in alias:
                 for ax in graph.values[ref.vid].axes:
                     ctx.rigid(ax, "base of a view written in place")
@@ -134,7 +120,7 @@ def _run(ctx: Ctx, node: Node, fn: object, res: InferResult, soft_tracing: bool 
         fn(ctx)  # type: ignore[operator]
     except Misaligned as exc:
         res.issues.append(Issue("misaligned", node.module, node.leaf or node.op, str(exc)))
-        _rigid_node(ctx, node, f"cannot align channels: {exc}")
+        ctx.rigid_all(f"cannot align channels: {exc}")
     except Exception as exc:
         if not soft_tracing:
             raise TraceError(
@@ -145,7 +131,7 @@ def _run(ctx: Ctx, node: Node, fn: object, res: InferResult, soft_tracing: bool 
         log.warning("rule for %s in '%s' failed (%s: %s); its channels are made unprunable",
                     node.op, node.module, type(exc).__name__, exc)
         res.issues.append(Issue("rule_error", node.module, node.leaf or node.op, f"{type(exc).__name__}: {exc}"))
-        _rigid_node(ctx, node, f"rule error in {node.op}")
+        ctx.rigid_all(f"rule error in {node.op}")
 
 
 _ = Layout  # re-exported type for rule authors

@@ -1,9 +1,17 @@
-"""What a channel rule is given (:class:`Ctx`) and how rules register (:func:`rule`)."""
+"""What a channel rule is given (:class:`Ctx`) and how rules register (:func:`rule`); what a MAC
+formula is given (:class:`Operands`) and how formulas register (:func:`macs`).
+
+An op family's module registers both side by side: how the op couples channels, and how many
+multiply-accumulates it costs. A MAC formula is written once over an op's operand *dims*; the
+cost model evaluates it over axis layouts (its cost follows the kept labels, no forward), and
+``MacsLatency`` over the shapes that ``FlopCounterMode`` sees (FLOPs of a real run), so the
+two agree by construction on every op that has a formula here.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from .._ir.graph import Fact, Graph, Node, ValueRef
 from .._ir.ops import WEIGHT_VIEWS
@@ -96,6 +104,22 @@ class Ctx:
     def fact(self, path: tuple[Any, ...], layout: Layout, old: int, kind: str = "size") -> None:
         self.node.facts.append(Fact(path, kind, layout, old))
 
+    def rigid_all(self, reason: str) -> None:
+        """Every axis the node touches is unprunable: its inputs', and its outputs' (given rigid
+        fresh layouts where no rule set them)."""
+        for vid in self.node.tensor_args():
+            for ax in self.graph.values[vid].axes:
+                self.rigid(ax, reason)
+        for i, vid in enumerate(self.node.outputs):
+            if vid < 0:
+                continue
+            v = self.graph.values[vid]
+            if v.axes:
+                for ax in v.axes:
+                    self.rigid(ax, reason)
+            else:
+                self.set_out(i, [self.fresh(s, f"out{i}", reason) for s in v.shape])
+
 
 def norm_dim(d: int, ndim: int) -> int:
     return d + ndim if d < 0 else d
@@ -120,4 +144,57 @@ def broadcast(ctx: Ctx, refs: list[Any], out_shape: tuple[int, ...]) -> list[Lay
         for g in group[1:]:
             ctx.unify(group[0], g)
         out.append(group[0])
+    return out
+
+
+# ------------------------------------------------------------------------------------- MAC formulas
+Axis = Layout | int
+"""A size a MAC formula multiplies: an axis layout (its kept size follows the labels) or an int."""
+Monomial = tuple[int, list[Any]]
+"""``(coefficient, [dim, ...])``: the coefficient times the product of the dims."""
+
+
+class NotUnderstood(Exception):
+    """A node carries MACs, but its operands do not have a form its formula models."""
+
+
+class Operands(Protocol):
+    """What a MAC formula reads of one op call: the dims of its tensor operands by schema name,
+    those of its outputs, and its other arguments. A dim is an :data:`Axis` for the cost model and
+    an int for a FLOP count; a formula only multiplies them."""
+
+    def dims(self, name: str) -> list[Any]:
+        """The dims of tensor argument ``name``; raises :class:`NotUnderstood` when it is not a tensor."""
+
+    def out(self, i: int = 0) -> list[Any]:
+        """The dims of output ``i``."""
+
+    def arg(self, name: str, default: Any = None) -> Any:
+        """A non-tensor argument (``transposed``, ``groups``...)."""
+
+    def is_tensor(self, name: str) -> bool:
+        """Whether argument ``name`` is given, as a tensor."""
+
+
+MacFormula = Callable[[Operands], list[Monomial]]
+MAC_FORMULAS: dict[str, MacFormula] = {}
+"""ATen op packet -> its MACs as monomials over operand dims. Every other op counts zero."""
+
+
+def macs(*names: str) -> Callable[[MacFormula], MacFormula]:
+    """Register ``fn`` as the MAC formula of every op packet in ``names``."""
+
+    def deco(fn: MacFormula) -> MacFormula:
+        for n in names:
+            MAC_FORMULAS[n] = fn
+        return fn
+
+    return deco
+
+
+def prod_dims(dims: Sequence[Any]) -> int:
+    """The product of int dims (a formula evaluated on shapes)."""
+    out = 1
+    for d in dims:
+        out *= int(d)
     return out

@@ -7,7 +7,6 @@ import sys
 from .._ir.graph import ValueRef
 from .._ir.spaces import ONE, Layout
 from .base import Ctx, broadcast, norm_dim, rule
-from .shape import _all_rigid
 
 
 def _clamp(v: int | None, n: int, default: int) -> int:
@@ -211,7 +210,7 @@ def index(ctx: Ctx) -> None:
     for k in pos:
         ctx.rigid(axes[k], "advanced indexing with a tensor")
         if ctx.graph.values[indices[k].vid].dtype == "torch.bool":
-            _all_rigid(ctx, "boolean mask indexing")
+            ctx.rigid_all("boolean mask indexing")
             return
     untouched = [axes[k] for k in range(len(axes)) if k not in pos]
     n_idx = len(out_shape) - len(untouched)
@@ -270,7 +269,7 @@ def index_put(ctx: Ctx) -> None:
       "aten.histc", "aten.kthvalue", "aten.mode")
 def data_indexed(ctx: Ctx) -> None:
     """Ops that move entries by data: every axis they touch is rigid."""
-    _all_rigid(ctx, f"{ctx.node.op} moves or indexes entries by position")
+    ctx.rigid_all(f"{ctx.node.op} moves or indexes entries by position")
 
 
 @rule("aten.tril", "aten.triu", "aten.tril_", "aten.triu_", "aten.cumsum", "aten.cumsum_", "aten.cumprod",

@@ -1,11 +1,15 @@
-"""Contractions: matrix products, convolutions, embeddings and attention."""
+"""Contractions: matrix products, convolutions, embeddings and attention: how each couples channels
+(its rule) and what it costs (its MAC formula, in the conventions of ``FlopCounterMode``: one MAC is
+two FLOPs)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from .._ir.graph import ValueRef
 from .._ir.ops import SDPA
 from .._ir.spaces import Layout
-from .base import Ctx, rule
+from .base import Ctx, Monomial, NotUnderstood, Operands, macs, rule
 
 
 def _bcast_batch(ctx: Ctx, pairs: list[tuple[ValueRef, int]], out_batch: tuple[int, ...]) -> list[Layout]:
@@ -36,9 +40,7 @@ def matmul(ctx: Ctx) -> None:
     a, b = ctx.a(na), ctx.a(nb)
     sa, sb = ctx.shape(a), ctx.shape(b)
     if len(sa) < 2 or len(sb) < 2:
-        from .shape import _all_rigid
-
-        _all_rigid(ctx, "matmul of a vector")
+        ctx.rigid_all("matmul of a vector")
         return
     xa, xb = ctx.axes(a), ctx.axes(b)
     ctx.unify(xa[-1], xb[-2])
@@ -63,6 +65,33 @@ def matmul(ctx: Ctx) -> None:
     ctx.set_out(0, out)
 
 
+def _products(a: str, b: str, rank: int) -> Callable[[Operands], list[Monomial]]:
+    """``(M, K) x (K, N)`` (rank 2): ``M·K·N``; ``(B, M, K) x (B, K, N)`` (rank 3): ``B·M·K·N``."""
+
+    def f(op: Operands) -> list[Monomial]:
+        x, y = op.dims(a), op.dims(b)
+        if len(x) != rank or len(y) != rank:
+            raise NotUnderstood(f"ranks {len(x)} and {len(y)}")
+        return [(1, [*x, y[-1]])]
+    return f
+
+
+macs("aten.mm", "aten._scaled_mm", "aten._int_mm")(_products("self", "mat2", 2))
+macs("aten.addmm")(_products("mat1", "mat2", 2))
+macs("aten.bmm")(_products("self", "mat2", 3))
+macs("aten.baddbmm", "aten.addbmm")(_products("batch1", "batch2", 3))
+
+
+@macs("aten.matmul")
+def matmul_macs(op: Operands) -> list[Monomial]:
+    """``torch.matmul`` in all its ranks: output numel times the contracted size."""
+    x, y = op.dims("self"), op.dims("other")
+    if not x or not y:
+        raise NotUnderstood("a 0-d operand")
+    return [(1, [*op.out(), x[-1]])]
+
+
+
 @rule("aten.linear")
 def linear(ctx: Ctx) -> None:
     x, w, b = ctx.a("input"), ctx.a("weight"), ctx.a("bias")
@@ -72,6 +101,18 @@ def linear(ctx: Ctx) -> None:
     if isinstance(b, ValueRef):
         ctx.unify(ctx.axes(b)[0], wa[0])
     ctx.set_out(0, out)
+
+
+@macs("aten.linear", "aten.mkldnn_linear")
+def linear_macs(op: Operands) -> list[Monomial]:
+    """Input numel times ``out_features`` (``mkldnn_linear`` names its input ``self``)."""
+    x, w = op.dims("input" if op.is_tensor("input") else "self"), op.dims("weight")
+    if len(w) == 1:
+        return [(1, x)]
+    if len(w) != 2:
+        raise NotUnderstood(f"weight rank {len(w)}")
+    return [(1, [*x, w[0]])]
+
 
 
 @rule("aten.dot", "aten.vdot", "aten.mv", "aten.addmv", "aten.outer", "aten.ger")
@@ -91,6 +132,16 @@ def vector_products(ctx: Ctx) -> None:
         if op == "aten.addmv" and ctx.shape(ctx.a("self")) == ctx.out_shape(0):
             ctx.unify(ctx.axes(ctx.a("self"))[0], out[0])
         ctx.set_out(0, out)
+
+
+@macs("aten.mv", "aten.addmv", "aten.dot", "aten.vdot")
+def vector_macs(op: Operands) -> list[Monomial]:
+    """``mv(self, vec)``, ``addmv(self, mat, vec)``: ``M·K``; ``dot``/``vdot``: ``K``."""
+    m = op.dims("mat" if op.is_tensor("mat") else "self")
+    if op.is_tensor("vec") and len(m) != 2:
+        raise NotUnderstood(f"rank {len(m)}")
+    return [(1, m if op.is_tensor("vec") else m[:1])]
+
 
 
 @rule("aten.convolution", "aten._convolution", "aten.conv2d", "aten.conv1d", "aten.conv3d",
@@ -131,6 +182,32 @@ def convolution(ctx: Ctx) -> None:
     ctx.set_out(0, out)
 
 
+def _conv_macs(inp: str, transposed: bool | None) -> Callable[[Operands], list[Monomial]]:
+    """``batch · weight numel · spatial`` (groups are in the weight's shape), with the output's
+    spatial size, or the input's for a transposed convolution (as ``FlopCounterMode``)."""
+
+    def f(op: Operands) -> list[Monomial]:
+        x, w = op.dims(inp), op.dims("weight")
+        tr = bool(op.arg("transposed", False)) if transposed is None else transposed
+        batched = len(x) == len(w)
+        if not batched and len(x) != len(w) - 1:
+            raise NotUnderstood(f"input rank {len(x)} with weight rank {len(w)}")
+        lead = 1 if batched else 0
+        spatial = (x if tr else op.out())[lead + 1:]
+        return [(1, [*x[:lead], *w, *spatial])]
+    return f
+
+
+macs("aten.convolution", "aten._convolution", "aten.convolution_overrideable")(_conv_macs("input", None))
+macs("aten.conv1d", "aten.conv2d", "aten.conv3d", "aten._nnpack_spatial_convolution")(_conv_macs("input", False))
+macs("aten.conv_transpose1d", "aten.conv_transpose2d", "aten.conv_transpose3d")(_conv_macs("input", True))
+macs("aten.cudnn_convolution", "aten.mkldnn_convolution", "aten._slow_conv2d_forward", "aten._conv_depthwise2d",
+     "aten.slow_conv3d_forward", "aten.slow_conv_dilated2d", "aten.slow_conv_dilated3d",
+     "aten.miopen_convolution")(_conv_macs("self", False))
+macs("aten.slow_conv_transpose2d", "aten.slow_conv_transpose3d")(_conv_macs("self", True))
+
+
+
 @rule("aten.embedding")
 def embedding(ctx: Ctx) -> None:
     w, idx = ctx.a("weight"), ctx.a("indices")
@@ -162,7 +239,7 @@ def sdpa(ctx: Ctx) -> None:
     qa, ka, va = ctx.axes(q), ctx.axes(k), ctx.axes(v)
     nb = len(qs) - 2
     if not (len(ks) == len(vs) == len(qs)):
-        _rigid_all(ctx, "attention with mismatched ranks")
+        ctx.rigid_all("attention with mismatched ranks")
         return
     batch: list[Layout] = []
     for i in range(nb):
@@ -202,10 +279,34 @@ def sdpa(ctx: Ctx) -> None:
             ctx.set_out(i, [ctx.fresh(s, "aux", "attention aux") for s in shape])
 
 
-def _rigid_all(ctx: Ctx, reason: str) -> None:
-    from .shape import _all_rigid
+@macs(*SDPA)
+def sdpa_macs(op: Operands) -> list[Monomial]:
+    """``(..., S, D)`` q/k/v: ``batch·S_q·S_k·(D_qk + D_v)`` over the query's leading dims
+    (``q·kᵀ`` and ``p·v``; masks and causality ignored; GQA counted per query head)."""
+    q, k, v = op.dims("query"), op.dims("key"), op.dims("value")
+    if len(q) < 2 or len(k) != len(q) or len(v) != len(q):
+        raise NotUnderstood(f"ranks {len(q)}, {len(k)}, {len(v)}")
+    common = [*q[:-1], k[-2]]
+    return [(1, [*common, q[-1]]), (1, [*common, v[-1]])]
 
-    _all_rigid(ctx, reason)
+
+def _sdpa_bshd(varlen: tuple[str, ...]) -> Callable[[Operands], list[Monomial]]:
+    """``(B, S, H, D)`` q/k/v of the private flash / memory-efficient kernels."""
+
+    def f(op: Operands) -> list[Monomial]:
+        if any(op.is_tensor(n) for n in varlen):
+            raise NotUnderstood("variable-length (nested) attention")
+        q, k, v = op.dims("query"), op.dims("key"), op.dims("value")
+        if not len(q) == len(k) == len(v) == 4:
+            raise NotUnderstood(f"ranks {len(q)}, {len(k)}, {len(v)}")
+        common = [q[0], q[2], q[1], k[1]]
+        return [(1, [*common, q[3]]), (1, [*common, v[3]])]
+    return f
+
+
+macs("aten._flash_attention_forward")(_sdpa_bshd(("cum_seq_q", "cum_seq_k")))
+macs("aten._efficient_attention_forward")(_sdpa_bshd(("cu_seqlens_q", "cu_seqlens_k")))
+
 
 
 @rule("aten._grouped_mm")
@@ -231,9 +332,19 @@ def grouped_mm(ctx: Ctx) -> None:
         ctx.unify(xa[-1], xb[0])
         out = [ctx.fresh(out_shape[0], "groups", "grouped matmul group axis"), xa[0], xb[-1]]
     else:
-        _rigid_all(ctx, "grouped matmul layout not understood")
+        ctx.rigid_all("grouped matmul layout not understood")
         return
     bias = ctx.a("bias")
     if isinstance(bias, ValueRef) and ctx.shape(bias)[-1] == out_shape[-1]:
         ctx.unify(ctx.axes(bias)[-1], out[-1])
     ctx.set_out(0, out)
+
+
+@macs("aten._grouped_mm")
+def grouped_mm_macs(op: Operands) -> list[Monomial]:
+    """``M·K·N`` for ``(M, K) x (G, K, N)`` and ``(M, K) x (K, N)`` with offsets, ``G·M·K·N`` for
+    ``(G, M, K) x (G, K, N)``."""
+    a, b = op.dims("self"), op.dims("mat2")
+    if (len(a), len(b)) in ((2, 3), (3, 3), (2, 2)):
+        return [(1, [*a, b[-1]])]
+    raise NotUnderstood(f"ranks {len(a)} and {len(b)}")

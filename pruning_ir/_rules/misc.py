@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from .._ir.spaces import ONE
 from .base import Ctx, norm_dim, rule
-from .shape import _all_rigid
 
 _SPATIAL = ("aten.max_pool1d", "aten.max_pool2d", "aten.max_pool3d", "aten.max_pool2d_with_indices",
             "aten.max_pool3d_with_indices", "aten.avg_pool1d", "aten.avg_pool2d", "aten.avg_pool3d",
@@ -113,12 +112,12 @@ def factory(ctx: Ctx) -> None:
       "aten.randperm", "aten.scalar_tensor", "aten.tensor", "aten._local_scalar_dense", "aten.item")
 def positional_factory(ctx: Ctx) -> None:
     """Values depend on positions: never pruned."""
-    _all_rigid(ctx, f"{ctx.node.op} values depend on positions")
+    ctx.rigid_all(f"{ctx.node.op} values depend on positions")
 
 
 @rule("aten.one_hot")
 def one_hot(ctx: Ctx) -> None:
-    _all_rigid(ctx, "one_hot")
+    ctx.rigid_all("one_hot")
 
 
 @rule("aten.flatten", "aten.unflatten")

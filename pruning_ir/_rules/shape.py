@@ -166,7 +166,7 @@ def repeat_interleave(ctx: Ctx) -> None:
     reps = ctx.a("repeats")
     dim = ctx.a("dim")
     if x is None or not isinstance(reps, int) or dim is None:
-        _all_rigid(ctx, "repeat_interleave with tensor repeats")
+        ctx.rigid_all("repeat_interleave with tensor repeats")
         return
     axes = list(ctx.axes(x))
     d = norm_dim(dim, len(axes))
@@ -175,12 +175,3 @@ def repeat_interleave(ctx: Ctx) -> None:
     ctx.set_out(0, axes)
     if reps != 1:
         ctx.fact(("repeats",), rep, reps)
-
-
-def _all_rigid(ctx: Ctx, reason: str) -> None:
-    for vid in ctx.node.tensor_args():
-        for ax in ctx.graph.values[vid].axes:
-            ctx.rigid(ax, reason)
-    for i, vid in enumerate(ctx.node.outputs):
-        if vid >= 0:
-            ctx.set_out(i, [ctx.fresh(s, f"out{i}", reason) for s in ctx.graph.values[vid].shape])

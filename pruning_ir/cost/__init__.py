@@ -3,6 +3,7 @@ labels, without re-running the model (see :mod:`pruning_ir.cost.macs` for the co
 
 from __future__ import annotations
 
-from .macs import MAC_OPS, CostModel, MacsModel, NodeCostModel, ParamsModel, TagSavings
+from .base import CostModel, TagSavings
+from .macs import MAC_OPS, MacsModel, NodeCostModel, ParamsModel
 
 __all__ = ["MAC_OPS", "CostModel", "MacsModel", "NodeCostModel", "ParamsModel", "TagSavings"]

@@ -58,22 +58,20 @@ import logging
 import math
 import statistics
 import time
-import timeit
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from .._ir.axes import kept_size
-from .._ir.graph import Graph, Node, ValueRef, set_path
 from .._ir.labels import Label
 from .._ir.snapshot import Snapshot
-from .._ir.spaces import SpaceTable
 from ..cost import NodeCostModel, ParamsModel, TagSavings
 from ..errors import InvalidInputError, LatencyMeasurementError
-from .measure import MeasuredLatency, _model_device, _resolve_threads, _sync_clock, time_calls
+from .measure import MeasuredLatency
+from .ops import arg_specs, cache_flusher, dispatch_seconds, freeze, measure_op
+from .timing import model_device, resolve_threads
 
 if TYPE_CHECKING:
     from ..ir import PruningIR
@@ -81,10 +79,6 @@ if TYPE_CHECKING:
 __all__ = ["LatencyLUT"]
 
 log = logging.getLogger(__name__)
-
-_DEFAULT_FLUSH_BYTES = 64 * 2**20
-"""Bytes written between two timed op calls when the device's last cache size is unknown."""
-
 
 # ------------------------------------------------------------------------------------ per-node terms
 class _Fractions:
@@ -101,129 +95,14 @@ class _Fractions:
         return np.where(self.full[tags] > 0, values / self._safe[tags], 1.0)
 
 
-# -------------------------------------------------------------------------------- op measurement
-class _Spec(NamedTuple):
-    """A tensor argument to make: its shape and dtype."""
+@dataclass(frozen=True)
+class _Timing:
+    """How every op and model is timed."""
 
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-
-
-def _dtype(name: str) -> torch.dtype:
-    got = getattr(torch, name.rsplit(".", 1)[-1], None)
-    return got if isinstance(got, torch.dtype) else torch.float32
-
-
-def _arg_specs(graph: Graph, sp: SpaceTable, node: Node, kept: dict[int, torch.Tensor]) -> dict[str, Any]:
-    """The node's arguments with every tensor replaced by a :class:`_Spec` of its kept shape and
-    every channel-size integer (a fact, e.g. ``groups``) by its kept value."""
-    kw: dict[str, Any] = {k: v for k, v in node.kwargs.items() if not k.startswith("__")}
-    for fact in node.facts:
-        kw = set_path(kw, fact.path, kept_size(sp, fact.layout, kept))
-
-    def spec(obj: Any) -> Any:
-        if isinstance(obj, ValueRef):
-            v = graph.values[obj.vid]
-            shape = (tuple(kept_size(sp, ax, kept) for ax in v.axes) if len(v.axes) == len(v.shape)
-                     else tuple(v.shape))
-            return _Spec(shape, _dtype(v.dtype))
-        if isinstance(obj, list):
-            return [spec(o) for o in obj]
-        if isinstance(obj, tuple) and not isinstance(obj, _Spec):
-            return tuple(spec(o) for o in obj)
-        if isinstance(obj, dict):
-            return {k: spec(o) for k, o in obj.items()}
-        return obj
-
-    out: dict[str, Any] = spec(kw)
-    return out
-
-
-def _freeze(obj: Any) -> Any:
-    """A hashable key for an argument structure."""
-    if isinstance(obj, _Spec):
-        return obj
-    if isinstance(obj, dict):
-        return ("d", tuple((k, _freeze(v)) for k, v in obj.items()))
-    if isinstance(obj, (list, tuple)):
-        return ("l" if isinstance(obj, list) else "t", tuple(_freeze(o) for o in obj))
-    try:
-        hash(obj)
-    except TypeError:
-        return ("r", repr(obj))
-    return obj
-
-
-def _materialise(obj: Any, device: torch.device, gen: torch.Generator) -> Any:
-    if isinstance(obj, _Spec):
-        if obj.dtype.is_floating_point or obj.dtype.is_complex:
-            return torch.randn(obj.shape, dtype=obj.dtype, device=device, generator=gen)
-        if obj.dtype == torch.bool:
-            return torch.ones(obj.shape, dtype=obj.dtype, device=device)
-        return torch.zeros(obj.shape, dtype=obj.dtype, device=device)
-    if isinstance(obj, list):
-        return [_materialise(o, device, gen) for o in obj]
-    if isinstance(obj, tuple):
-        return tuple(_materialise(o, device, gen) for o in obj)
-    if isinstance(obj, dict):
-        return {k: _materialise(o, device, gen) for k, o in obj.items()}
-    return obj
-
-
-def _resolve_op(name: str) -> Any:
-    ns, _, op = name.partition(".")
-    return getattr(getattr(torch.ops, ns), op)
-
-
-def _cache_bytes(device: torch.device) -> int:
-    """Size of the device's largest cache (CUDA L2, CPU cache levels from Linux sysfs), 0 if unknown."""
-    if device.type == "cuda":
-        return int(getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0))
-    if device.type != "cpu":
-        return 0
-    sizes = [0]
-    for f in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
-        try:
-            text = f.read_text().strip().upper()
-            unit = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
-            sizes.append(int(text.rstrip("KMG")) * unit)
-        except (OSError, ValueError):
-            continue
-    return max(sizes)
-
-
-def _cache_flusher(device: torch.device) -> tuple[Callable[[int], None], int]:
-    """``flush(nbytes)`` writes ``nbytes`` (at most twice the device's largest cache, 64 MiB when
-    unknown) to push what an op touched out of the caches; returns it and that limit."""
-    limit = min(2 * _cache_bytes(device) or _DEFAULT_FLUSH_BYTES, 2**30)
-    buf = torch.empty(limit // 4, dtype=torch.float32, device=device)
-
-    def flush(nbytes: int) -> None:
-        buf[: max(nbytes, 0) // 4].fill_(1.0)
-    return flush, limit
-
-
-def _op_clock(device: torch.device) -> Callable[[], float]:
-    return _sync_clock if device.type != "cpu" else timeit.default_timer
-
-
-def _time_op(op: Any, kwargs: dict[str, Any], *, warmup: int, repeats: int, num_threads: int,
-             device: torch.device, flush: Callable[[], None]) -> float:
-    """Median seconds of ``op(**kwargs)`` over ``repeats`` calls, each after a cache flush."""
-
-    def call() -> None:
-        with torch.no_grad():
-            op(**kwargs)
-
-    return statistics.median(time_calls(call, warmup=warmup, repeats=repeats, num_threads=num_threads,
-                                        clock=_op_clock(device), before=flush))
-
-
-def _dispatch_seconds(device: torch.device, *, warmup: int, repeats: int, num_threads: int) -> float:
-    """Median seconds of a one-element ``add`` on ``device``: what any op costs at least."""
-    one = torch.ones(1, device=device)
-    return statistics.median(time_calls(lambda: torch.add(one, one), warmup=warmup, repeats=repeats,
-                                        num_threads=num_threads, number=100))
+    warmup: int
+    repeats: int
+    threads: int
+    device: torch.device
 
 
 # ------------------------------------------------------------------------------------------ the LUT
@@ -259,46 +138,67 @@ class LatencyLUT:
     def __init__(self, ir: PruningIR, snapshot_name: str = "main", *,
                  widths: Sequence[float] = (1.0, 0.75, 0.5, 0.25), repeats: int = 10, warmup: int = 2,
                  num_threads: int | None = None) -> None:
-        ws = self._check_widths(widths)
-        for what, v, low in (("repeats", repeats, 1), ("warmup", warmup, 0)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < low:
-                raise InvalidInputError(f"LatencyLUT({what}={v!r}): give an integer >= {low}.")
-        if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
-            raise InvalidInputError(f"LatencyLUT(num_threads={num_threads!r}): give an integer >= 1 or None.")
+        ws = self._check_args(widths, repeats, warmup, num_threads)
         t_start = time.perf_counter()
         self._name = snapshot_name
         snap = ir.snapshot(snapshot_name)
         args, kwargs = snap.example
-        device = _model_device(ir.model, args, kwargs)
+        device = model_device(ir.model, args, kwargs)
         if device.type == "meta":
             raise InvalidInputError("LatencyLUT times the model and its ops: the IR's model is on the meta device. "
                                     "Build the IR from a model on the device to measure (CPU, CUDA).")
-        threads = _resolve_threads(num_threads)
+        timing = _Timing(warmup, repeats, resolve_threads(num_threads), device)
         self.widths = ws
         self.device = device
         terms = NodeCostModel(ir, snapshot_name)
         self._terms = terms
-        self._frac = fractions = _Fractions(terms)
-        n_tags = len(terms.tags)
+        self._frac = _Fractions(terms)
+        self._rows = np.arange(len(terms.tags))
         self.unmeasured: list[str] = list(terms.uncounted)
         """Nodes that may carry MACs but were not timed (their time stays in the overhead)."""
+        tables, removed_at, frac_at = self._time_nodes(ir, snap, timing)
+        self._x, self._y, self._slope = self._compile(tables)
+        w_min = ws[-1]
+        full_runs, small_runs = self._time_models(ir, snap, removed_at[w_min] if w_min < 1.0 else None, timing)
+        self.measured_ms = statistics.fmean(full_runs)
+        """Measured latency of the unpruned model on the snapshot's example inputs (ms)."""
+        ops_ms = self._ops_ms(np.ones(len(terms.tags)))
+        overhead = max(self.measured_ms - ops_ms, 0.0)
+        fixed = self._split_overhead(overhead, frac_at[w_min], w_min, small_runs, timing)
+        tables[0] = [(0.0, fixed), (1.0, overhead)]
+        self._x, self._y, self._slope = self._compile(tables)
+        self._calibrate(frac_at[w_min], small_runs, ops_ms)
+        self.build_seconds = time.perf_counter() - t_start
+        """Wall-clock time of the construction (s)."""
+        if self.unmeasured:
+            log.warning("LatencyLUT: %d MAC-carrying nodes not timed (their time is in the overhead): %s",
+                        len(self.unmeasured), "; ".join(self.unmeasured[:5]))
+        log.info("LatencyLUT: %d MAC nodes, %d measurements, measured %.3f ms = ops %.3f + overhead %.3f "
+                 "(fixed %.3f; %s), calibration %.3g x + %.3g ms, built in %.1fs", len(terms.nodes),
+                 self.n_measurements, self.measured_ms, ops_ms, overhead, fixed, self.overhead_fit,
+                 *self.calibration, self.build_seconds)
 
-        # every MAC node alone at every width
+    def _time_nodes(self, ir: PruningIR, snap: Snapshot, timing: _Timing
+                    ) -> tuple[list[list[tuple[float, float]]], dict[float, dict[int, np.ndarray]],
+                               dict[float, np.ndarray]]:
+        """Every MAC node alone at every width: its table of ``(MACs fraction, ms)`` points (row 0,
+        the overhead, is filled in later), and the uniform selection and tag fractions per width."""
+        terms = self._terms
         graph, sp = snap.graph, snap.spaces
-        gen = torch.Generator(device=device).manual_seed(0)
-        flush_to, flush_limit = _cache_flusher(device)
-        params = ParamsModel(ir, snapshot_name)
+        gen = torch.Generator(device=timing.device).manual_seed(0)
+        flush_to, flush_limit = cache_flusher(timing.device)
+        params = ParamsModel(ir, self._name)
         elem_bytes = next((p.element_size() for p in ir.model.parameters() if p.is_floating_point()), 4)
         cache: dict[Any, float | None] = {}
         points: list[dict[float, list[float]]] = [{} for _ in terms.nodes]
         failed: set[int] = set()
         removed_at: dict[float, dict[int, np.ndarray]] = {}
         frac_at: dict[float, np.ndarray] = {}
-        for w in ws:
+        for w in self.widths:
             kept_leaf, removed = self._uniform(snap, w)
             removed_at[w] = removed
             values = terms.tag_costs_from_removed(removed).astype(np.float64)
-            frac = frac_at[w] = fractions(values)
+            frac = frac_at[w] = self._frac(values)
             # between two calls of an op the model touches its parameters and activations
             touched = elem_bytes * (params.cost_from_removed(removed) + int(values[0]))
             nbytes = min(touched, flush_limit)
@@ -308,10 +208,11 @@ class LatencyLUT:
             for i, node in enumerate(terms.nodes):
                 if i in failed:
                     continue
-                specs = _arg_specs(graph, sp, node, kept_leaf)
-                key = (node.op, _freeze(specs))
+                specs = arg_specs(graph, sp, node, kept_leaf)
+                key = (node.op, freeze(specs))
                 if key not in cache:
-                    cache[key] = self._measure(node, specs, device, gen, warmup, repeats, threads, flush)
+                    cache[key] = measure_op(node, specs, timing.device, gen, timing.warmup, timing.repeats,
+                                            timing.threads, flush)
                 ms = cache[key]
                 if ms is None:
                     failed.add(i)
@@ -330,55 +231,63 @@ class LatencyLUT:
                 if len(table) == 1 and table[0][0] > 0.0:  # one width: proportional to the MACs
                     table.insert(0, (0.0, 0.0))
                 tables.append(table)
-        self._x, self._y, self._slope = self._compile(tables)
-        self._rows = np.arange(n_tags)
+        return tables, removed_at, frac_at
 
-        # the whole model, and the slim model at the smallest width for the overhead's fit
-        fn = MeasuredLatency(args, kwargs, warmup=warmup, repeats=repeats, num_threads=threads)
-        w_min = ws[-1]
-        small = self._slim(ir, snapshot_name, snap, removed_at[w_min]) if w_min < 1.0 else None
+    def _time_models(self, ir: PruningIR, snap: Snapshot, removed: dict[int, np.ndarray] | None, timing: _Timing
+                     ) -> tuple[list[float], list[float]]:
+        """The whole model twice, and the slim model at the smallest width (``removed``) once,
+        paired with the unpruned one (for the overhead's fit)."""
+        args, kwargs = snap.example
+        fn = MeasuredLatency(args, kwargs, warmup=timing.warmup, repeats=timing.repeats, num_threads=timing.threads)
+        small = self._slim(ir, self._name, snap, removed) if removed is not None else None
         full_runs = [fn(ir.model) for _ in range(2)]
         small_runs: list[float] = []
         if small is not None:
             # paired with the unpruned model (drift-cancelling): the ratio of the two is what the
             # fit needs, and a change of the machine's load between two absolute runs would bend it
-            paired = MeasuredLatency(args, kwargs, warmup=warmup, repeats=repeats, num_threads=threads,
-                                     reference=ir.model, reference_ms=statistics.fmean(full_runs))
+            paired = MeasuredLatency(args, kwargs, warmup=timing.warmup, repeats=timing.repeats,
+                                     num_threads=timing.threads, reference=ir.model,
+                                     reference_ms=statistics.fmean(full_runs))
             try:
                 small_runs.append(paired(small))
             except LatencyMeasurementError as exc:
                 log.warning("LatencyLUT: the slim model at width %g failed to run (%s); the overhead is "
-                            "split with the dispatch estimate", w_min, exc)
-        del small
-        self.measured_ms = statistics.fmean(full_runs)
-        """Measured latency of the unpruned model on the snapshot's example inputs (ms)."""
-        ops_ms = self._ops_ms(np.ones(n_tags))
-        overhead = max(self.measured_ms - ops_ms, 0.0)
+                            "split with the dispatch estimate", self.widths[-1], exc)
+        return full_runs, small_runs
+
+    def _split_overhead(self, overhead: float, frac_min: np.ndarray, w_min: float, small_runs: list[float],
+                        timing: _Timing) -> float:
+        """The fixed part of the overhead (the rest varies with the elements the other ops
+        write): a two-point fit when the slim model was measured, else the dispatch estimate."""
         self.dispatch_ms: float | None = None
         """Measured latency of a one-element ``add`` (ms), when the overhead split used it."""
         self.overhead_fit = ""
         """How the overhead was split into its fixed and variable parts."""
         fixed = -1.0
-        e_min = float(frac_at[w_min][0])
+        e_min = float(frac_min[0])
         if small_runs and e_min < 1.0:
-            small_overhead = max(statistics.fmean(small_runs) - self._ops_ms(frac_at[w_min]), 0.0)
+            small_overhead = max(statistics.fmean(small_runs) - self._ops_ms(frac_min), 0.0)
             variable = min(max((overhead - small_overhead) / (1.0 - e_min), 0.0), overhead)
             fixed = overhead - variable
             self.overhead_fit = f"two-point fit at widths 1.0 and {w_min:g} (slim model measured)"
         if fixed < 0.0:
-            self.dispatch_ms = 1e3 * _dispatch_seconds(device, warmup=warmup, repeats=repeats, num_threads=threads)
-            fixed = min(overhead, terms.n_other * self.dispatch_ms)
-            self.overhead_fit = f"dispatch estimate: {terms.n_other} ops x {self.dispatch_ms:.3g} ms fixed"
+            self.dispatch_ms = 1e3 * dispatch_seconds(timing.device, warmup=timing.warmup, repeats=timing.repeats,
+                                                      num_threads=timing.threads)
+            fixed = min(overhead, self._terms.n_other * self.dispatch_ms)
+            self.overhead_fit = f"dispatch estimate: {self._terms.n_other} ops x {self.dispatch_ms:.3g} ms fixed"
         self.overhead_ms = (fixed, overhead - fixed)
         """The overhead at full width: ``(fixed, variable)`` in ms (see the module docstring)."""
-        tables[0] = [(0.0, fixed), (1.0, overhead)]
-        self._x, self._y, self._slope = self._compile(tables)
+        return fixed
+
+    def _calibrate(self, frac_min: np.ndarray, small_runs: list[float], ops_ms: float) -> None:
+        """The affine map from the tables' sum to ms that reproduces both measured models."""
         self.calibration = (1.0, 0.0)
         """``(scale, shift)``: predictions are ``scale x`` the table's sum ``+ shift`` (ms), the
         affine map that reproduces both measured models (see the module docstring)."""
-        raw_full = float(self._latencies(self._rows, np.ones(n_tags)).sum())
+        ones = np.ones(len(self._rows))
+        raw_full = float(self._latencies(self._rows, ones).sum())
         if small_runs:
-            raw_small = float(self._latencies(self._rows, frac_at[w_min]).sum())
+            raw_small = float(self._latencies(self._rows, frac_min).sum())
             m_full, m_small = self.measured_ms, statistics.fmean(small_runs)
             if raw_full > raw_small and m_full > m_small:
                 scale = (m_full - m_small) / (raw_full - raw_small)
@@ -387,15 +296,6 @@ class LatencyLUT:
         elif raw_full > 0 and ops_ms > self.measured_ms:  # the ops alone take longer than the model
             self.calibration = (self.measured_ms / raw_full, 0.0)
         self._baseline = self.calibration[0] * raw_full + self.calibration[1]
-        self.build_seconds = time.perf_counter() - t_start
-        """Wall-clock time of the construction (s)."""
-        if self.unmeasured:
-            log.warning("LatencyLUT: %d MAC-carrying nodes not timed (their time is in the overhead): %s",
-                        len(self.unmeasured), "; ".join(self.unmeasured[:5]))
-        log.info("LatencyLUT: %d MAC nodes, %d measurements, measured %.3f ms = ops %.3f + overhead %.3f "
-                 "(fixed %.3f; %s), calibration %.3g x + %.3g ms, built in %.1fs", len(terms.nodes),
-                 self.n_measurements, self.measured_ms, ops_ms, overhead, fixed, self.overhead_fit,
-                 *self.calibration, self.build_seconds)
 
     def _ops_ms(self, frac: np.ndarray) -> float:
         """Sum of the MAC nodes' latencies (before the overhead's table is set, its row is 0)."""
@@ -427,26 +327,20 @@ class LatencyLUT:
 
     # ------------------------------------------------------------------------------ construction
     @staticmethod
-    def _check_widths(widths: Sequence[float]) -> list[float]:
+    def _check_args(widths: Sequence[float], repeats: int, warmup: int, num_threads: int | None) -> list[float]:
+        """The widths to time, largest first (1.0 always among them); clear errors for bad arguments."""
         try:
             ws = {float(w) for w in widths}
         except (TypeError, ValueError):
             raise InvalidInputError(f"LatencyLUT(widths={widths!r}): give fractions in (0, 1].") from None
         if any(not 0.0 < w <= 1.0 for w in ws):
             raise InvalidInputError(f"LatencyLUT(widths={widths!r}): every width must be in (0, 1].")
+        for what, v, low in (("repeats", repeats, 1), ("warmup", warmup, 0)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < low:
+                raise InvalidInputError(f"LatencyLUT({what}={v!r}): give an integer >= {low}.")
+        if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
+            raise InvalidInputError(f"LatencyLUT(num_threads={num_threads!r}): give an integer >= 1 or None.")
         return sorted(ws | {1.0}, reverse=True)
-
-    @staticmethod
-    def _measure(node: Node, specs: dict[str, Any], device: torch.device, gen: torch.Generator, warmup: int,
-                 repeats: int, threads: int, flush: Callable[[], None]) -> float | None:
-        try:
-            op = _resolve_op(node.op)
-            kwargs = _materialise(specs, device, gen)
-            return 1e3 * _time_op(op, kwargs, warmup=warmup, repeats=repeats, num_threads=threads, device=device,
-                                  flush=flush)
-        except Exception as exc:  # the op refuses random inputs (data-dependent arguments)
-            log.debug("LatencyLUT: %s in '%s' not timed: %s: %s", node.op, node.module, type(exc).__name__, exc)
-            return None
 
     @staticmethod
     def _compile(tables: list[list[tuple[float, float]]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

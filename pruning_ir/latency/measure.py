@@ -22,14 +22,23 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from torch.utils import _pytree as pytree
-from torch.utils.benchmark import Timer
-from torch.utils.benchmark.utils.timer import timer as _sync_clock
-from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
+from torch.utils.flop_counter import FlopCounterMode
 
 from ..cost import CostModel, MacsModel, ParamsModel
 from ..errors import InvalidInputError, LatencyMeasurementError
 from ..ir import _as_call
+from .flops import flop_formulas
+from .timing import (
+    Clock,
+    check_count,
+    median_ci,
+    median_rel_half_width,
+    model_device,
+    resolve_threads,
+    time_calls,
+    time_pairs,
+    to_device,
+)
 
 if TYPE_CHECKING:
     from ..ir import PruningIR
@@ -37,114 +46,6 @@ if TYPE_CHECKING:
 __all__ = ["LatencyMeasurementError", "MacsLatency", "MeasuredLatency", "ParamsLatency"]
 
 log = logging.getLogger(__name__)
-
-Clock = Callable[[], float]
-"""A clock in seconds; the default synchronises the accelerator before reading the time."""
-
-
-# ------------------------------------------------------------------------------------------ timing
-def _check_count(value: Any, what: str, low: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise InvalidInputError(f"{what}={value!r}: give an integer >= {low}.")
-    return value
-
-
-def _resolve_threads(num_threads: int | None) -> int:
-    return torch.get_num_threads() if num_threads is None else num_threads
-
-
-def time_calls(fn: Callable[[], Any], *, warmup: int, repeats: int, num_threads: int, number: int = 1,
-               clock: Clock | None = None, before: Callable[[], Any] | None = None) -> list[float]:
-    """Seconds per call of ``fn`` for ``repeats`` timed blocks of ``number`` calls each.
-
-    The blocks run inside :meth:`torch.utils.benchmark.Timer.timeit`, which sets the torch
-    thread count to ``num_threads`` (and restores it) and disables the garbage collector;
-    every block is bracketed by ``clock`` (default: Timer's clock, which synchronises CUDA).
-    ``before`` (e.g. a cache flush) runs untimed before every block. ``warmup`` untimed blocks
-    come first (``Timer`` itself adds at least two more).
-    """
-    clk = _sync_clock if clock is None else clock
-    samples: list[float] = []
-
-    def block() -> None:
-        if before is not None:
-            before()
-        t0 = clk()
-        for _ in range(number):
-            fn()
-        samples.append((clk() - t0) / number)
-
-    Timer(stmt="block()", globals={"block": block}, num_threads=num_threads, timer=clk).timeit(
-        number=warmup + repeats)
-    return samples[-repeats:]
-
-
-def median_ci(values: Sequence[float], z: float = 1.96) -> tuple[float, float]:
-    """Distribution-free confidence interval of the median of ``values`` (order statistics:
-    the ranks ``n/2 -+ z sqrt(n)/2``, the normal approximation of the binomial; 95% for the
-    default ``z``). Timing samples are skewed with outliers, so no normality is assumed."""
-    xs = sorted(values)
-    n = len(xs)
-    if n == 0:
-        raise ValueError("median_ci of no values")
-    half = z * math.sqrt(n) / 2
-    lo = max(0, math.floor(n / 2 - half))
-    hi = min(n - 1, math.ceil(n / 2 + half) - 1)
-    return xs[lo], xs[max(lo, hi)]
-
-
-def median_rel_half_width(values: Sequence[float], z: float = 1.96) -> float:
-    """The larger side of :func:`median_ci` around the median, as a fraction of the median
-    (``inf`` or ``nan`` when an interval end is not finite)."""
-    med = statistics.median(values)
-    lo, hi = median_ci(values, z)
-    if med == 0:  # a clock that did not move: exact if the whole interval is 0
-        return 0.0 if lo == hi == 0 else math.inf
-    return max(hi - med, med - lo) / med
-
-
-def time_pairs(a: Callable[[], Any], b: Callable[[], Any], *, warmup: int, repeats: int, num_threads: int,
-               clock: Clock | None = None) -> list[tuple[float, float]]:
-    """Seconds per call of ``a`` and of ``b``, timed back to back in ``repeats`` pairs.
-
-    The pairs alternate their order (``a b``, ``b a``, ``a b``, ...), so a load that grows or
-    shrinks steadily over a pair hits both calls alike on average. Runs inside
-    :meth:`torch.utils.benchmark.Timer.timeit` like :func:`time_calls` (thread count, garbage
-    collector off); ``warmup`` untimed pairs come first.
-    """
-    clk = _sync_clock if clock is None else clock
-    pairs: list[tuple[float, float]] = []
-
-    def block() -> None:
-        flip = len(pairs) % 2 == 1
-        first, second = (b, a) if flip else (a, b)
-        t0 = clk()
-        first()
-        t1 = clk()
-        second()
-        t2 = clk()
-        pairs.append((t2 - t1, t1 - t0) if flip else (t1 - t0, t2 - t1))
-
-    Timer(stmt="block()", globals={"block": block}, num_threads=num_threads, timer=clk).timeit(
-        number=warmup + repeats)
-    return pairs[-repeats:]
-
-
-def _model_device(model: nn.Module, args: Sequence[Any], kwargs: dict[str, Any]) -> torch.device:
-    """The device of the model's first parameter or buffer, else of its first input tensor, else CPU."""
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    for leaf in pytree.tree_leaves((tuple(args), kwargs)):
-        if isinstance(leaf, torch.Tensor):
-            return leaf.device
-    return torch.device("cpu")
-
-
-def _to_device(obj: Any, device: torch.device) -> Any:
-    return pytree.tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) and t.device != device else t, obj)
-
 
 class MeasuredLatency:
     """Wall-clock latency of one forward pass in milliseconds: ``latency_fn(model) -> float``.
@@ -210,9 +111,9 @@ class MeasuredLatency:
                  reference: nn.Module | None = None, reference_ms: float | None = None,
                  rel_precision: float | None = None, max_repeats: int | None = None) -> None:
         self.args, self.kwargs = _as_call(example_inputs, example_kwargs)
-        self.warmup = _check_count(warmup, "warmup", 0)
-        self.repeats = _check_count(repeats, "repeats", 1)
-        self.num_threads = None if num_threads is None else _check_count(num_threads, "num_threads", 1)
+        self.warmup = check_count(warmup, "warmup", 0)
+        self.repeats = check_count(repeats, "repeats", 1)
+        self.num_threads = None if num_threads is None else check_count(num_threads, "num_threads", 1)
         if timer is not None and not callable(timer):
             raise InvalidInputError(f"timer={timer!r} is not callable: give a function returning seconds.")
         if reference is not None and not isinstance(reference, nn.Module):
@@ -231,7 +132,7 @@ class MeasuredLatency:
         if max_repeats is None:
             self.max_repeats = self.repeats if rel_precision is None else 10 * self.repeats
         else:
-            self.max_repeats = _check_count(max_repeats, "max_repeats", 1)
+            self.max_repeats = check_count(max_repeats, "max_repeats", 1)
         if self.max_repeats < self.repeats:
             raise InvalidInputError(f"max_repeats={max_repeats!r} is below repeats={repeats!r}: it caps the timed "
                                     "runs (pairs) that rel_precision may add, so give at least repeats.")
@@ -256,11 +157,11 @@ class MeasuredLatency:
         return self.reference is not None
 
     def _runner(self, model: nn.Module) -> Callable[[], None]:
-        device = _model_device(model, self.args, self.kwargs)
+        device = model_device(model, self.args, self.kwargs)
         if device.type == "meta":
             raise LatencyMeasurementError(f"{type(model).__name__} is on the meta device: it cannot be timed. "
                                           "Materialise it on a real device first (model.to_empty(device=...)).")
-        args, kwargs = _to_device((self.args, self.kwargs), device)
+        args, kwargs = to_device((self.args, self.kwargs), device)
 
         def run() -> None:
             with torch.no_grad():
@@ -277,7 +178,7 @@ class MeasuredLatency:
         modes = [(m, m.training) for m in model.modules()]
         if ref is not None:
             modes += [(m, m.training) for m in ref.modules()]
-        threads = _resolve_threads(self.num_threads)
+        threads = resolve_threads(self.num_threads)
         model.eval()
         try:
             try:
@@ -343,95 +244,6 @@ class MeasuredLatency:
                 f"num_threads={self.num_threads}{paired}{precision})")
 
 
-# ----------------------------------------------------------------------------------------- MACs
-def _prod(xs: Sequence[int]) -> int:
-    return math.prod(int(x) for x in xs)
-
-
-def _flops_sdpa(q: Sequence[int], k: Sequence[int], v: Sequence[int], *args: Any, out_shape: Any = None,
-                **kwargs: Any) -> int:
-    """``(..., S, D)`` q/k/v: ``q·kᵀ`` and ``p·v`` over the query's leading dims (GQA counted per query head)."""
-    return 2 * _prod(q[:-1]) * int(k[-2]) * (int(q[-1]) + int(v[-1]))
-
-
-def _flops_addbmm(bias: Any, b1: Sequence[int], b2: Sequence[int], *args: Any, out_shape: Any = None,
-                  **kwargs: Any) -> int:
-    return 2 * _prod(b1) * int(b2[-1])
-
-
-def _flops_mv(mat: Sequence[int], vec: Sequence[int], *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
-    return 2 * _prod(mat)
-
-
-def _flops_addmv(bias: Any, mat: Sequence[int], vec: Sequence[int], *args: Any, out_shape: Any = None,
-                 **kwargs: Any) -> int:
-    return 2 * _prod(mat)
-
-
-def _flops_dot(a: Sequence[int], b: Sequence[int], *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
-    return 2 * int(a[0])
-
-
-def _flops_mm(a: Sequence[int], b: Sequence[int], *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
-    return 2 * _prod(a) * int(b[-1])
-
-
-def _flops_linear(x: Sequence[int], w: Sequence[int], *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
-    return 2 * _prod(x) * int(w[0])
-
-
-def _flops_grouped_mm(a: Sequence[int], b: Sequence[int], *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
-    """``(M, K) x (G, K, N)``, ``(M, K) x (K, N)`` (offsets split M or K) and ``(G, M, K) x (G, K, N)``."""
-    return 2 * _prod(a) * int(b[-1])
-
-
-def _conv_flops(transposed: bool) -> Callable[..., int]:
-    def f(x: Sequence[int], w: Sequence[int], *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
-        return int(conv_flop_count(list(x), list(w), list(out_shape), transposed=transposed))
-    return f
-
-
-_aten = torch.ops.aten
-
-
-def _extra_formulas() -> dict[Any, Callable[..., int]]:
-    """FLOP formulas for the ops that :class:`~pruning_ir.cost.MacsModel` counts and
-    ``FlopCounterMode`` (torch 2.13) does not; ops missing from this torch build are skipped."""
-    wanted: dict[str, Callable[..., int]] = {
-        "_scaled_dot_product_flash_attention_for_cpu": _flops_sdpa,
-        "_scaled_dot_product_fused_attention_overrideable": _flops_sdpa,
-        "_scaled_dot_product_attention_math": _flops_sdpa,
-        "addbmm": _flops_addbmm,
-        "mv": _flops_mv,
-        "addmv": _flops_addmv,
-        "dot": _flops_dot,
-        "vdot": _flops_dot,
-        "_int_mm": _flops_mm,
-        "mkldnn_linear": _flops_linear,
-        "_grouped_mm": _flops_grouped_mm,
-        "mkldnn_convolution": _conv_flops(False),
-        "_conv_depthwise2d": _conv_flops(False),
-        "slow_conv3d_forward": _conv_flops(False),
-        "slow_conv_dilated2d": _conv_flops(False),
-        "slow_conv_dilated3d": _conv_flops(False),
-        "_nnpack_spatial_convolution": _conv_flops(False),
-        "miopen_convolution": _conv_flops(False),
-        "slow_conv_transpose2d": _conv_flops(True),
-        "slow_conv_transpose3d": _conv_flops(True),
-    }
-    out: dict[Any, Callable[..., int]] = {}
-    for name, f in wanted.items():
-        packet = getattr(_aten, name, None)
-        if packet is not None:
-            out[packet] = f
-    return out
-
-
-MACS_EXTRA_FLOPS: dict[Any, Callable[..., int]] = _extra_formulas()
-"""``FlopCounterMode(custom_mapping=...)`` entries (ATen op packet -> FLOPs from shapes) that make
-its count agree with :class:`~pruning_ir.cost.MacsModel` on ops it lacks."""
-
-
 class _RunsInEval:
     """Calls ``model(*args, **kwargs)`` under ``no_grad`` in eval mode, restoring every module's mode."""
 
@@ -442,7 +254,7 @@ class _RunsInEval:
         if not isinstance(model, nn.Module):
             raise InvalidInputError(f"{type(self).__name__} needs an nn.Module, got {type(model).__name__}.")
         modes = [(m, m.training) for m in model.modules()]
-        args, kwargs = _to_device((self.args, self.kwargs), _model_device(model, self.args, self.kwargs))
+        args, kwargs = to_device((self.args, self.kwargs), model_device(model, self.args, self.kwargs))
         model.eval()
         try:
             with torch.no_grad():
@@ -460,7 +272,8 @@ class MacsLatency(_RunsInEval):
 
     Counts with :class:`torch.utils.flop_counter.FlopCounterMode` (its FLOPs / 2) on the
     example inputs, in eval mode under ``no_grad``, plus formulas for the ops it lacks
-    (:data:`MACS_EXTRA_FLOPS`: CPU attention, ``addbmm``, ``mv``, ``dot``, ``_grouped_mm``, ...),
+    (:func:`flop_formulas`: CPU attention, ``addbmm``, ``mv``, ``dot``, ``_grouped_mm``, ...: the
+    cost model's own formulas),
     so that on a slim model it equals :meth:`MacsModel.cost <pruning_ir.cost.CostModel.cost>` of
     the labels that made it (leaf modules aside: the IR does not see inside them).
     :meth:`cost_model` gives that model, which needs no forward at all. Counting works on
@@ -483,7 +296,7 @@ class MacsLatency(_RunsInEval):
 
     def __call__(self, model: nn.Module) -> float:
         """MACs of ``model`` on the example inputs."""
-        with FlopCounterMode(display=False, custom_mapping=MACS_EXTRA_FLOPS) as counter:
+        with FlopCounterMode(display=False, custom_mapping=flop_formulas()) as counter:
             self._run(model)
         return counter.get_total_flops() / 2
 
