@@ -20,7 +20,17 @@ class PruningIRError(Exception):
 
 
 class TraceError(PruningIRError):
-    """The model could not be lowered to the IR (names the module and the op)."""
+    """The model could not be lowered to the IR (names the module and the op).
+
+    ``module`` is the path of the innermost module that was running (``""``: the root, ``None``:
+    not known); ``raised`` is true when the model's own code raised (the exception is the
+    ``__cause__``), false when the engine refused what it saw.
+    """
+
+    def __init__(self, message: str, module: str | None = None, raised: bool = False) -> None:
+        super().__init__(message)
+        self.module = module
+        self.raised = raised
 
 
 class InvalidInputError(PruningIRError, ValueError):

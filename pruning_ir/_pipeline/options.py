@@ -41,6 +41,8 @@ class PruneOptions:
     leaf_modules: tuple[type[nn.Module] | nn.Module, ...] = ()
     repair_tries: int = MAX_TRIES
     max_repairs: int = MAX_REPAIRS
+    repair: bool = True
+    """``False``: the first failed verification raises (no repair is tried)."""
 
 
 @dataclass(frozen=True)

@@ -190,16 +190,49 @@ def probe_groups(model: nn.Module, snap: Snapshot, options: BuildOptions
     with the reason; and the groups (by leaf) that prune when their kept size stays a multiple
     of some step. Groups that break the model alone but run when pruned together with another
     group of their size (by the same count) are tied to it in ``snap``'s space table first."""
+    if _reusable(model, snap):
+        try:  # the meta copy checked against this trace: when every probe passes, no meta trace is needed
+            return _probe(snap, _meta_copy(model), _on_meta(snap), options, optimistic=True)
+        except _Doubt as exc:
+            log.debug("probing %s against its own trace: %s; probing on a meta trace", type(model).__name__, exc)
     pair = _probe_pair(model, snap, options)
     if pair is None:
         snap.issues.append(Issue("probe", "", "", "model too large to probe for real and cannot run on meta: "
                                  "groups were not probed"))
         return [], {}
-    probe_model, probe_snap = pair
+    return _probe(snap, *pair, options, optimistic=False)
+
+
+class _Doubt(Exception):
+    """A probe against the model's own (real-device) trace failed: the failure may be a backend's
+    other decomposition of an op, so the probe starts again on a meta trace."""
+
+
+def _reusable(model: nn.Module, snap: Snapshot) -> bool:
+    """Whether a meta copy of ``model`` may be probed against ``snap`` itself: the model is not on
+    meta already (then ``snap`` is a meta trace), and its code reads no tensor values (meta
+    tensors have none)."""
+    return (any(p.device.type != "meta" for p in model.parameters())
+            and not any(i.kind == "data_dependent" for i in snap.issues))
+
+
+def _on_meta(snap: Snapshot) -> Snapshot:
+    """``snap`` with its calls' tensors on meta (the graph and groups shared: nothing of them
+    changes while every probe passes)."""
+    extra = [(_to_meta(a), _to_meta(k), modes) for a, k, modes in snap.extra]
+    return replace(snap, cache={}, example=_to_meta(snap.example), extra=extra)
+
+
+def _probe(snap: Snapshot, probe_model: nn.Module, probe_snap: Snapshot, options: BuildOptions, optimistic: bool
+           ) -> tuple[list[tuple[LabelGroup, str]], dict[int, int]]:
+    """The probes of :func:`probe_groups`, run on ``probe_model`` described by ``probe_snap``;
+    ``optimistic``: raise :class:`_Doubt` at the first failure (and repair nothing)."""
     # a user's prune pays as many repairs; the probed model is sliced into copies
-    prune_options = PruneOptions(leaf_modules=options.leaf_modules)
+    prune_options = PruneOptions(leaf_modules=options.leaf_modules, repair=not optimistic)
     varying = _varying_output_shapes(probe_model, probe_snap)
     if varying is not None:
+        if optimistic:
+            raise _Doubt(varying)
         return [(g, varying) for g in snap.prunable_groups], {}
     by_signature = {_signature(probe_snap, g): g for g in probe_snap.prunable_groups}
     # backward is probed where it can fail when forward ran: kernels whose backward needs
@@ -215,7 +248,7 @@ def probe_groups(model: nn.Module, snap: Snapshot, options: BuildOptions
             baseline.append(_backward_fails(unpruned, probe_snap) is None)
         return baseline[0]
 
-    def fails(groups: list[LabelGroup], counts: dict[int, int] | None = None, count: int = 1) -> _Failure | None:
+    def attempt(groups: list[LabelGroup], counts: dict[int, int] | None = None, count: int = 1) -> _Failure | None:
         labels = []
         for g in groups:
             twin = by_signature.get(_signature(snap, g))
@@ -233,6 +266,12 @@ def probe_groups(model: nn.Module, snap: Snapshot, options: BuildOptions
                 return _Failure.of(last)
             return _Failure(str(exc), "other")
         return _backward_fails(slim.model, probe_snap) if (kernels or slim.patched) and backward() else None
+
+    def fails(groups: list[LabelGroup], counts: dict[int, int] | None = None, count: int = 1) -> _Failure | None:
+        err = attempt(groups, counts, count)
+        if err is not None and optimistic:
+            raise _Doubt(err.reason)
+        return err
 
     bad: list[tuple[LabelGroup, str]] = []
     steps: dict[int, int] = {}

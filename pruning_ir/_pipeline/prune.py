@@ -10,12 +10,13 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .._ir.graph import Graph
 from .._ir.remap import remap_snapshot
 from .._ir.snapshot import Snapshot
 from .._rewrite.attributes import update_attributes
 from .._rewrite.patch import module_edits, patch_literals
 from .._rewrite.slim import slim_model
-from .._rewrite.verify import verify_forward
+from .._rewrite.verify import retrace
 from .options import PruneOptions, PruneResult
 from .repair import Choices, verify_or_repair
 
@@ -46,13 +47,17 @@ def prune_snapshot(snap: Snapshot, model: nn.Module, removed: dict[int, torch.Te
     patched: list[str] = []
     if options.verify and removed:
         new_snap = remap_snapshot(snap, kept)
-        ran = False
-        if edits:  # the literal-finding forward (if any) doubles as verification's forward
-            patched, ran = patch_literals(slim, snap, edits, guesses, unresolved,
-                                          lambda: verify_forward(slim, new_snap, unresolved))
+        first: list[Graph] = []  # the literal-finding forward (if any) is verification's re-trace
+
+        def retrace_first() -> None:
+            first.append(retrace(slim, new_snap, 0, options.leaf_modules, unresolved))
+
+        complete = False
+        if edits:
+            patched, complete = patch_literals(slim, snap, edits, guesses, unresolved, retrace_first)
         choices: dict[str, Choices] = {}
         patched += verify_or_repair(slim, new_snap, edits, patched, unresolved, guesses, ambiguous, choices, options,
-                                    ran)
+                                    first[0] if complete and first else None)
         modules = dict(slim.named_modules()) if choices else {}
         for path, ch in choices.items():
             ch.log(path, modules[path], changes)

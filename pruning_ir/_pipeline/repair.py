@@ -10,6 +10,7 @@ from typing import Any
 
 from torch import nn
 
+from .._ir.graph import Graph
 from .._ir.snapshot import Snapshot
 from .._rewrite.patch import ModuleEdits, install, patch_of
 from .._rewrite.verify import VerifyFailure, verify_graph
@@ -124,13 +125,13 @@ def _shown(value: Any) -> Any:
 def verify_or_repair(slim: nn.Module, new_snap: Snapshot, edits: dict[str, ModuleEdits], patched: list[str],
                      unresolved: list[str], guesses: dict[str, list[tuple[str, Any]]],
                      ambiguous: dict[str, list[tuple[str, int, list[int]]]], choices: dict[str, Choices],
-                     options: PruneOptions, ran: bool = False) -> list[str]:
+                     options: PruneOptions, first: Graph | None = None) -> list[str]:
     """Verify the slim model; where it fails, repair the failing module (or its nearest
     ancestor that can be repaired) and retry: first other values of its ambiguous attributes,
     then a patch of its literal sizes, then every combination of ambiguous values and of
     guesses (attributes set by matching values) kept or put back (:class:`Choices`, filled
     in as they are made). Returns the modules patched here (``patched``: those patched
-    before; ``ran``: the forward part of verification already passed on the model as it is)."""
+    before; ``first``: the re-trace of the example call of the model as it is, when made already)."""
     modules = dict(slim.named_modules())
     done = set(patched)
     added: list[str] = []
@@ -138,13 +139,15 @@ def verify_or_repair(slim: nn.Module, new_snap: Snapshot, edits: dict[str, Modul
     last: VerifyFailure | None = None
     for _ in range(cap):
         try:
-            verify_graph(slim, new_snap, unresolved, list(options.leaf_modules), ran)
+            verify_graph(slim, new_snap, unresolved, list(options.leaf_modules), first)
             for m in modules.values():  # the skipped calls are learnt: stop aligning on every call
                 patch = patch_of(m)
                 if patch is not None:
                     patch.relearn = False
             break
         except VerifyFailure as exc:
+            if not options.repair:
+                raise
             last = exc
             where = exc.module
             chain = [] if where is None else [where[:i] for i in range(len(where), 0, -1)
@@ -183,7 +186,7 @@ def verify_or_repair(slim: nn.Module, new_snap: Snapshot, edits: dict[str, Modul
                     break
             if not acted:
                 raise
-            ran = False
+            first = None
     else:
         raise RewriteError(
             f"verifying the slim {type(slim).__name__} still failed after {cap} repairs (attributes "

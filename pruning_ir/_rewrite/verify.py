@@ -6,7 +6,6 @@ import functools
 from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
 
-import torch
 from torch import nn
 
 from .._ir.chains import vanishing_nodes, view_chains
@@ -14,13 +13,8 @@ from .._ir.graph import Graph, Node, constant_nodes
 from .._ir.ops import COPIES, SHAPE_ONLY, value_sized
 from .._ir.snapshot import Snapshot
 from .._trace.recorder import record
-from .._trace.run import Call, call_modes, run_call
+from .._trace.run import call_modes
 from ..errors import RewriteError, TraceError
-
-
-def run_model(model: nn.Module, snap: Snapshot) -> list[torch.Tensor]:
-    """Flat tensor outputs of the example call."""
-    return run_call(model, snap.calls()[0])
 
 
 class VerifyFailure(RewriteError):
@@ -29,8 +23,8 @@ class VerifyFailure(RewriteError):
 
     ``kind``: ``"raised"`` (the slim model raised ``cause`` on a traced call), ``"shapes"`` (it
     ran but changed its output shapes), ``"graph"`` (an op's shape differs from the pruned IR's
-    prediction), ``"trace"`` (the re-trace failed). ``summary`` is the message without the
-    advice to the user (what a report lists as a reason).
+    prediction), ``"trace"`` (the engine could not trace what the slim model does). ``summary`` is
+    the message without the advice to the user (what a report lists as a reason).
     """
 
     def __init__(self, message: str, module: str | None, kind: str = "graph", cause: BaseException | None = None,
@@ -48,38 +42,54 @@ def size_refused(exc: BaseException | None) -> bool:
     return isinstance(exc, RuntimeError) and "is invalid for input of size" in str(exc)
 
 
-def _run_tracking(model: nn.Module, call: Call) -> tuple[list[torch.Tensor] | None, BaseException | None,
-                                                         str | None]:
-    """Run one call; on failure also return the innermost module that was running."""
-    stack: list[str] = []
-    handles = []
-    for path, mod in model.named_modules():
-        def pre(m: nn.Module, a: object, _p: str = path) -> None:
-            stack.append(_p)
-
-        def post(m: nn.Module, a: object, o: object, _p: str = path) -> None:
-            if stack and stack[-1] == _p:
-                stack.pop()
-
-        handles.append(mod.register_forward_pre_hook(pre))
-        handles.append(mod.register_forward_hook(post))
+def retrace(model: nn.Module, expected: Snapshot, k: int, leaf_modules: Sequence[object],
+            unresolved: Sequence[str] = ()) -> Graph:
+    """Trace the slim ``model`` on traced call ``k`` of ``expected`` (in that call's modes, without
+    side effects); a :class:`VerifyFailure` when the model raises (``"raised"``, with the module it
+    raised in) or the engine cannot trace what it does (``"trace"``)."""
+    args, kwargs, modes = expected.calls()[k]
     try:
-        return run_call(model, call), None, None
-    except Exception as exc:
-        return None, exc, (stack[-1] if stack else None)
-    finally:
-        for h in handles:
-            h.remove()
+        with call_modes(model, modes):
+            return record(model, args, kwargs, list(leaf_modules))
+    except TraceError as exc:
+        if not exc.raised or exc.__cause__ is None:
+            raise VerifyFailure(str(exc), exc.module, kind="trace", cause=exc) from exc
+        cause = exc.__cause__
+        what = "the example inputs" if k == 0 else f"traced call {k + 1}"
+        hint = ("; ambiguous attributes: " + "; ".join(unresolved)) if unresolved else ""
+        summary = (f"the slim {type(model).__name__} does not run on {what} (in module "
+                   f"'{exc.module or '<root>'}'): {type(cause).__name__}: {cause}{hint}")
+        raise VerifyFailure(
+            f"{summary}. Some Python code holds a shape the engine could not update: pass that module in "
+            "leaf_modules=[...] (its channels stay unprunable) or report the model.",
+            exc.module, kind="raised", cause=cause, summary=summary,
+        ) from cause
+
+
+def _check_outputs(model: nn.Module, expected: Snapshot, k: int, outs_expected: list[int], got: Graph,
+                   unresolved: Sequence[str]) -> None:
+    """Raise a ``"shapes"`` :class:`VerifyFailure` when the slim model changed the output shapes of
+    traced call ``k`` (value-dependent models aside: their op-by-op comparison frees the axes that
+    values may size)."""
+    if not outs_expected or value_dependent(expected):
+        return
+    shapes = [tuple(got.values[v].shape) for v in got.outputs]
+    want = ([tuple(s) for s in expected.output_shapes] if k == 0
+            else [tuple(expected.graph.values[v].shape) for v in outs_expected])
+    if shapes[: len(want)] != want:
+        what = "the example inputs" if k == 0 else f"traced call {k + 1}"
+        hint = ("; ambiguous attributes: " + "; ".join(unresolved)) if unresolved else ""
+        raise VerifyFailure(f"the slim {type(model).__name__} changed its output shapes on {what}: {shapes} instead "
+                            f"of {want}{hint}.", None, kind="shapes")
 
 
 def verify_graph(model: nn.Module, expected: Snapshot, unresolved: list[str], leaf_modules: Sequence[object],
-                 ran: bool = False) -> None:
-    """Re-trace the slim model and check that every op produces the shapes the pruned IR
-    predicts. A plain forward is not enough: Python that computes ``c // 2`` from a pruned
-    ``c`` can reshape the right number of elements into the wrong factorisation.
-    ``ran``: :func:`verify_forward` already passed on this model (skip that forward)."""
-    if not ran:
-        verify_forward(model, expected, unresolved)
+                 first: Graph | None = None) -> None:
+    """Re-trace the slim model on every traced call and check that every op produces the shapes
+    the pruned IR predicts (so the model runs, and keeps its output shapes). A plain forward is
+    not enough: Python that computes ``c // 2`` from a pruned ``c`` can reshape the right number
+    of elements into the wrong factorisation. ``first``: the re-trace of the example call, when
+    the caller already made it on the model as it is (the forward that learns literal sizes)."""
     chains = expected.cache.get("view_chains")
     if chains is None:
         chains = expected.cache["view_chains"] = view_chains(expected.graph)
@@ -91,13 +101,9 @@ def verify_graph(model: nn.Module, expected: Snapshot, unresolved: list[str], le
     vanish |= constant_nodes(expected.graph)
     graph = expected.graph
     stock = _stock_paths(model)
-    for k, (call, (sequence, _)) in enumerate(zip(expected.calls(), graph.call_sequences(), strict=True)):
-        args, kwargs, modes = call
-        try:
-            with call_modes(model, modes):
-                got = record(model, args, kwargs, leaf_modules)  # type: ignore[arg-type]
-        except TraceError as exc:
-            raise VerifyFailure(str(exc), None, kind="trace", cause=exc) from exc
+    for k, (sequence, outs_expected) in enumerate(graph.call_sequences()):
+        got = first if k == 0 and first is not None else retrace(model, expected, k, leaf_modules, unresolved)
+        _check_outputs(model, expected, k, outs_expected, got, unresolved)
         what = "" if k == 0 else f" (traced call {k + 1})"
         nodes = [graph.nodes[i] for i in sequence]
         try:
@@ -250,32 +256,3 @@ def _signature(nodes: list[Node], graph: Graph, stock: AbstractSet[str] = frozen
             continue
         out.append((_VIEW.get(n.op, n.op), shapes, n.module, n.nid))
     return out
-
-
-def verify_forward(model: nn.Module, snap: Snapshot, unresolved: list[str]) -> None:
-    """Raise :class:`VerifyFailure` unless the slim model runs every traced call and keeps its
-    output shapes."""
-    hint = ("; ambiguous attributes: " + "; ".join(unresolved)) if unresolved else ""
-    graph = snap.graph
-    for k, (call, (_, outs_expected)) in enumerate(zip(snap.calls(), graph.call_sequences(), strict=True)):
-        what = "the example inputs" if k == 0 else f"traced call {k + 1}"
-        outs, exc, where = _run_tracking(model, call)
-        if outs is None:
-            summary = (f"the slim {type(model).__name__} does not run on {what} (in module "
-                       f"'{where or '<root>'}'): {type(exc).__name__}: {exc}{hint}")
-            raise VerifyFailure(
-                f"{summary}. Some Python code holds a shape the engine could not update: pass that module in "
-                "leaf_modules=[...] (its channels stay unprunable) or report the model.",
-                where, kind="raised", cause=exc, summary=summary,
-            ) from exc
-        shapes = [tuple(t.shape) for t in outs]
-        expected = ([tuple(s) for s in snap.output_shapes] if k == 0
-                    else [tuple(graph.values[v].shape) for v in outs_expected])
-        if outs_expected and shapes[: len(expected)] != expected and not value_dependent(snap):
-            # (value-dependent models: the re-trace compares every op, output ones included, and
-            # frees value-sized axes only when the values the code read changed)
-            raise VerifyFailure(
-                f"the slim {type(model).__name__} changed its output shapes on {what}: {shapes} instead of "
-                f"{expected}{hint}.",
-                None, kind="shapes",
-            )

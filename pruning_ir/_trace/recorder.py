@@ -339,7 +339,7 @@ def record(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
             f"running {type(model).__name__} on the example inputs failed inside module "
             f"'{where or '<root>'}'{at}: {type(exc).__name__}: {exc}. Check that example_inputs "
             "run the model (model(*example_inputs) must work), or pass that module in "
-            "leaf_modules=[...] to keep it opaque."
+            "leaf_modules=[...] to keep it opaque.", module=where, raised=True,
         ) from exc
     finally:
         for h in handles:
