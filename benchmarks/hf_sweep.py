@@ -233,6 +233,8 @@ def tiny_config(cls: type, template: Any = None) -> Any:
         kw["embed_dim"] = kw["hidden_sizes"][0]
     if "embedding_size" in kw:  # ALBERT-style factorised embeddings: distinct from hidden
         kw["embedding_size"] = 32
+    if isinstance(fields.get("mamba_d_ssm"), int):  # Falcon-H1: an SSM width of its own (1024 = 128 heads x 8)
+        kw.update(mamba_d_ssm=64, mamba_n_heads=8, mamba_d_head=8, mamba_d_state=16, mamba_chunk_size=16)
     vocab = kw.get("vocab_size", _get(default, "vocab_size"))
     if isinstance(vocab, int):
         for key in TOKEN_ID_FIELDS:

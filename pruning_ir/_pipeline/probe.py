@@ -190,9 +190,10 @@ def probe_groups(model: nn.Module, snap: Snapshot, options: BuildOptions
     with the reason; and the groups (by leaf) that prune when their kept size stays a multiple
     of some step. Groups that break the model alone but run when pruned together with another
     group of their size (by the same count) are tied to it in ``snap``'s space table first."""
-    if _reusable(model, snap):
+    meta_model = _meta_copy_or_none(model) if _reusable(model, snap) else None
+    if meta_model is not None:
         try:  # the meta copy checked against this trace: when every probe passes, no meta trace is needed
-            return _probe(snap, _meta_copy(model), _on_meta(snap), options, optimistic=True)
+            return _probe(snap, meta_model, _on_meta(snap), options, optimistic=True)
         except _Doubt as exc:
             log.debug("probing %s against its own trace: %s; probing on a meta trace", type(model).__name__, exc)
     pair = _probe_pair(model, snap, options)
@@ -216,6 +217,14 @@ def _reusable(model: nn.Module, snap: Snapshot) -> bool:
             and not any(i.kind == "data_dependent" for i in snap.issues))
 
 
+def _meta_copy_or_none(model: nn.Module) -> nn.Module | None:
+    try:
+        return _meta_copy(model)
+    except Exception as exc:  # the probe then says what it can do without one
+        log.debug("no meta copy of %s: %s", type(model).__name__, exc)
+        return None
+
+
 def _on_meta(snap: Snapshot) -> Snapshot:
     """``snap`` with its calls' tensors on meta (the graph and groups shared: nothing of them
     changes while every probe passes)."""
@@ -227,37 +236,56 @@ def _probe(snap: Snapshot, probe_model: nn.Module, probe_snap: Snapshot, options
            ) -> tuple[list[tuple[LabelGroup, str]], dict[int, int]]:
     """The probes of :func:`probe_groups`, run on ``probe_model`` described by ``probe_snap``;
     ``optimistic``: raise :class:`_Doubt` at the first failure (and repair nothing)."""
-    # a user's prune pays as many repairs; the probed model is sliced into copies
-    prune_options = PruneOptions(leaf_modules=options.leaf_modules, repair=not optimistic)
     varying = _varying_output_shapes(probe_model, probe_snap)
     if varying is not None:
         if optimistic:
             raise _Doubt(varying)
         return [(g, varying) for g in snap.prunable_groups], {}
-    by_signature = {_signature(probe_snap, g): g for g in probe_snap.prunable_groups}
-    # backward is probed where it can fail when forward ran: kernels whose backward needs
-    # alignments forward does not (grouped matmuls), and modules with run-time patches (their
-    # gradients are replayed); only where the unpruned model's own backward runs (RWKV writes in
-    # place), checked on a copy (probing for real, probe_ir.model is the user's model)
-    kernels = any(n.op in BACKWARD_ALIGNED for n in probe_snap.graph.nodes)
-    baseline: list[bool] = []  # whether the unpruned model's backward runs, once asked
+    return _Prober(snap, probe_model, probe_snap, options, optimistic).run()
 
-    def backward() -> bool:
-        if not baseline:
-            unpruned = prune_snapshot(probe_snap, probe_model, {}, replace(prune_options, verify=False)).model
-            baseline.append(_backward_fails(unpruned, probe_snap) is None)
-        return baseline[0]
 
-    def attempt(groups: list[LabelGroup], counts: dict[int, int] | None = None, count: int = 1) -> _Failure | None:
+class _Prober:
+    """One build's probes: prune labels of groups of ``probe_snap`` from ``probe_model``, find the
+    groups that break it (bisecting joint probes), their alignments and count-coupled partners."""
+
+    def __init__(self, snap: Snapshot, probe_model: nn.Module, probe_snap: Snapshot, options: BuildOptions,
+                 optimistic: bool) -> None:
+        self.snap, self.model, self.probe_snap, self.optimistic = snap, probe_model, probe_snap, optimistic
+        # a user's prune pays as many repairs; the probed model is sliced into copies
+        self.prune_options = PruneOptions(leaf_modules=options.leaf_modules, repair=not optimistic)
+        self.by_signature = {_signature(probe_snap, g): g for g in probe_snap.prunable_groups}
+        # backward is probed where it can fail when forward ran: kernels whose backward needs
+        # alignments forward does not (grouped matmuls), and modules with run-time patches (their
+        # gradients are replayed); only where the unpruned model's own backward runs (RWKV writes
+        # in place), checked on a copy (probing for real, probe_model is the user's model)
+        self.kernels = any(n.op in BACKWARD_ALIGNED for n in probe_snap.graph.nodes)
+        self._baseline: bool | None = None  # whether the unpruned model's backward runs, once asked
+        self.bad: list[tuple[LabelGroup, str]] = []
+        self.steps: dict[int, int] = {}
+        self.step_budget = _STEP_PROBES
+        self.tie_budget = _TIE_PROBES
+
+    def backward(self) -> bool:
+        if self._baseline is None:
+            no_verify = replace(self.prune_options, verify=False)
+            unpruned = prune_snapshot(self.probe_snap, self.model, {}, no_verify).model
+            self._baseline = _backward_fails(unpruned, self.probe_snap) is None
+        return self._baseline
+
+    def attempt(self, groups: list[LabelGroup], counts: dict[int, int] | None = None, count: int = 1
+                ) -> _Failure | None:
+        """Why pruning the last ``count`` labels of each of ``groups`` (``counts``: per group id)
+        breaks the model, or ``None``."""
         labels = []
         for g in groups:
-            twin = by_signature.get(_signature(snap, g))
+            twin = self.by_signature.get(_signature(self.snap, g))
             if twin is None:
                 return _Failure(f"group g{g.gid} has no twin in the meta trace", "other")
             n = counts.get(g.gid, count) if counts is not None else count
-            labels += [Label(probe_snap.owner, twin.gid, twin.size - 1 - k) for k in range(n)]
+            labels += [Label(self.probe_snap.owner, twin.gid, twin.size - 1 - k) for k in range(n)]
         try:
-            slim = prune_snapshot(probe_snap, probe_model, label_masks(probe_snap, labels), prune_options)
+            slim = prune_snapshot(self.probe_snap, self.model, label_masks(self.probe_snap, labels),
+                                  self.prune_options)
         except VerifyFailure as exc:
             return _Failure.of(exc)
         except PruningIRError as exc:
@@ -265,107 +293,107 @@ def _probe(snap: Snapshot, probe_model: nn.Module, probe_snap: Snapshot, options
             if isinstance(last, VerifyFailure):  # repairs ran out: what the last verification found
                 return _Failure.of(last)
             return _Failure(str(exc), "other")
-        return _backward_fails(slim.model, probe_snap) if (kernels or slim.patched) and backward() else None
+        if (self.kernels or slim.patched) and self.backward():
+            return _backward_fails(slim.model, self.probe_snap)
+        return None
 
-    def fails(groups: list[LabelGroup], counts: dict[int, int] | None = None, count: int = 1) -> _Failure | None:
-        err = attempt(groups, counts, count)
-        if err is not None and optimistic:
+    def fails(self, groups: list[LabelGroup], counts: dict[int, int] | None = None, count: int = 1
+              ) -> _Failure | None:
+        err = self.attempt(groups, counts, count)
+        if err is not None and self.optimistic:
             raise _Doubt(err.reason)
         return err
 
-    bad: list[tuple[LabelGroup, str]] = []
-    steps: dict[int, int] = {}
-    budget = [_STEP_PROBES]
-    tie_budget = [_TIE_PROBES]
-
-    def aligned(g: LabelGroup, err: _Failure) -> int | None:
+    def aligned(self, g: LabelGroup, err: _Failure) -> int | None:
         """The smallest step at which ``g`` prunes, when a kernel refused the one-label probe."""
         if not err.kernel:
             return None  # the model ran (a size mismatch found by verification), or a reshape of
             # a Python-held size refused it: not an alignment
         for k in _STEPS:
-            if g.size % k or g.size <= k or budget[0] <= 0:
+            if g.size % k or g.size <= k or self.step_budget <= 0:
                 continue
-            budget[0] -= 1
-            again = fails([g], count=k)
+            self.step_budget -= 1
+            again = self.fails([g], count=k)
             if again is None:
                 return k
             if again.kind in ("raised", "backward") and not again.kernel:
                 return None  # past the kernel, a Python-held size refuses it: no step helps
         return None
 
-    def partner(g: LabelGroup, err: _Failure, candidates: list[LabelGroup]) -> LabelGroup | None:
+    def partner(self, g: LabelGroup, err: _Failure, candidates: list[LabelGroup]) -> LabelGroup | None:
         """A group of ``g``'s size, with parameters in the module the probe failed in, that lets
         the model run when it loses as many labels as ``g``: Python code sizes one by the other."""
         if err.kind != "raised":
             return None
         where = err.module or ""  # not known: any group of its size
         for h in candidates:
-            if tie_budget[0] <= 0:
+            if self.tie_budget <= 0:
                 return None
             if h.gid == g.gid or h.size != g.size or h.step != g.step:
                 continue
             if where and not any(m.startswith(where + ".") for m, _ in h.members):
                 continue
-            tie_budget[0] -= 1
-            if fails([g, h]) is None:
+            self.tie_budget -= 1
+            if self.fails([g, h]) is None:
                 return h
         return None
 
-    def tie(g: LabelGroup, h: LabelGroup, err: _Failure) -> LabelGroup:
+    def tie(self, g: LabelGroup, h: LabelGroup, err: _Failure) -> LabelGroup:
         """Unify ``g`` and ``h`` in both snapshots; the merged group of ``snap``."""
-        tg, th = by_signature[_signature(snap, g)], by_signature[_signature(snap, h)]
+        snap, probe_snap = self.snap, self.probe_snap
+        tg, th = self.by_signature[_signature(snap, g)], self.by_signature[_signature(snap, h)]
         for sn, a, b in ((snap, g, h), (probe_snap, tg, th)):
             sn.spaces.unify((((a.leaf, 0, a.size),),), (((b.leaf, 0, b.size),),))
             sn.groups = build_groups(sn.graph, sn.spaces)
             sn.cache.clear()
-        by_signature.clear()
-        by_signature.update({_signature(probe_snap, x): x for x in probe_snap.prunable_groups})
+        self.by_signature = {_signature(probe_snap, x): x for x in probe_snap.prunable_groups}
         snap.issues.append(Issue("probe", err.module or "", f"{g.describe()} + {h.describe()}",
                                  "these channels are pruned together (the same labels): Python code sizes one by "
                                  f"the other's count, pruning one alone breaks the model ({err.reason})"))
         root = snap.spaces.find(g.leaf)
         return next(x for x in snap.groups if x.leaf == root)
 
-    groups = list(snap.prunable_groups)
-    counts = _joint_counts(groups)
-    # few groups: probe each alone (a joint probe can pass by coincidence, e.g. a Python
-    # ``c // 2`` that happens to match); many: probe jointly, each group of a size losing a
-    # different count (see _joint_counts), and bisect failures
-    stack = [[g] for g in groups] if len(groups) <= _INDIVIDUAL_LIMIT else [groups]
-    ties = 0
-    while stack:
-        groups = stack.pop()
-        if not groups:
-            continue
-        err = fails(groups, counts if len(groups) > 1 else None)
-        if err is None:
-            continue
-        if len(groups) == 1:
+    def run(self) -> tuple[list[tuple[LabelGroup, str]], dict[int, int]]:
+        snap = self.snap
+        groups = list(snap.prunable_groups)
+        counts = _joint_counts(groups)
+        # few groups: probe each alone (a joint probe can pass by coincidence, e.g. a Python
+        # ``c // 2`` that happens to match); many: probe jointly, each group of a size losing a
+        # different count (see _joint_counts), and bisect failures
+        stack = [[g] for g in groups] if len(groups) <= _INDIVIDUAL_LIMIT else [groups]
+        ties = 0
+        while stack:
+            groups = stack.pop()
+            if not groups:
+                continue
+            err = self.fails(groups, counts if len(groups) > 1 else None)
+            if err is None:
+                continue
+            if len(groups) > 1:
+                half = len(groups) // 2
+                stack += [groups[:half], groups[half:]]
+                continue
             g = groups[0]
-            step = aligned(g, err)
+            step = self.aligned(g, err)
             if step is not None:
-                steps[g.leaf] = step
+                self.steps[g.leaf] = step
                 continue
-            broken = {snap.spaces.find(x.leaf) for x, _ in bad}
+            broken = {snap.spaces.find(x.leaf) for x, _ in self.bad}
             candidates = [x for x in snap.prunable_groups if snap.spaces.find(x.leaf) not in broken]
-            h = partner(g, err, candidates) if ties < _TIE_ROUNDS else None
-            if h is not None:
-                ties += 1
-                merged = tie(g, h, err)
-                # group objects on the stack are stale now: re-read them by leaf
-                live = {x.leaf: x for x in snap.prunable_groups}
-                find = snap.spaces.find
-                stack = [[live[find(x.leaf)] for x in part if find(x.leaf) in live and find(x.leaf) != merged.leaf]
-                         for part in stack]
-                stack.append([merged])  # the merged group may break the model elsewhere
-                counts = _joint_counts(list(snap.prunable_groups))
+            h = self.partner(g, err, candidates) if ties < _TIE_ROUNDS else None
+            if h is None:
+                self.bad.append((g, f"pruning it breaks the model's Python code ({err.reason})"))
                 continue
-            bad.append((g, f"pruning it breaks the model's Python code ({err.reason})"))
-            continue
-        half = len(groups) // 2
-        stack += [groups[:half], groups[half:]]
-    return bad, steps
+            ties += 1
+            merged = self.tie(g, h, err)
+            # group objects on the stack are stale now: re-read them by leaf
+            live = {x.leaf: x for x in snap.prunable_groups}
+            find = snap.spaces.find
+            stack = [[live[find(x.leaf)] for x in part if find(x.leaf) in live and find(x.leaf) != merged.leaf]
+                     for part in stack]
+            stack.append([merged])  # the merged group may break the model elsewhere
+            counts = _joint_counts(list(snap.prunable_groups))
+        return self.bad, self.steps
 
 
 def apply_probe(model: nn.Module, snap: Snapshot, options: BuildOptions) -> None:
