@@ -174,7 +174,7 @@ def verify_or_repair(slim: nn.Module, new_snap: Snapshot, edits: dict[str, Modul
                         acted = True
                         break
                 if patchable:
-                    install(modules[path], *edits[path], path=path)
+                    install(modules[path], edits[path].edits, edits[path].templates, edits[path].sigs, path=path)
                     patch = patch_of(modules[path])
                     if patch is not None:
                         patch.forget_skips()

@@ -16,6 +16,7 @@ is active during their forward). Which modules need one is decided in :mod:`.pat
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -39,7 +40,18 @@ size arguments ``(path, old value)``, and whether the pruned model's code may sk
 :func:`~pruning_ir._ir.chains.vanishing_nodes`)."""
 Skips = dict[str, list[int]]
 """Per op name: the recorded occurrences the slim model's code does not make."""
-ModuleEdits = tuple[Edits, Templates, Sigs]
+
+
+@dataclass(frozen=True)
+class ModuleEdits:
+    """What a patch of one module rewrites: per op, the edits of each recorded call of its own
+    code, the non-tensor arguments of slices at the new sizes, and each call's :data:`Sig`."""
+
+    edits: Edits
+    templates: Templates
+    sigs: Sigs
+
+
 FactId = tuple[str, int, tuple[Any, ...]]
 """``(op name, occurrence, argument path)``: one size argument of one module's own code."""
 

@@ -118,10 +118,10 @@ def module_edits(snap: Snapshot, kept: dict[int, torch.Tensor]) -> dict[str, Mod
         keep = {op for op, r in edits.items() if any(r)}
         mine = {n.nid: chains[n.nid] for op in keep for n in nodes[op] if n.nid in chains}
         vanish = vanishing_nodes(mine, new_shape)
-        out[module] = ({op: r for op, r in edits.items() if op in keep},
-                       {op: t for op, t in templates.items() if op in keep},
-                       {op: [(structure(n.kwargs), tuple((f.path, f.old) for f in n.facts), n.nid in vanish)
-                             for n in nodes[op]] for op in keep})
+        out[module] = ModuleEdits({op: r for op, r in edits.items() if op in keep},
+                                  {op: t for op, t in templates.items() if op in keep},
+                                  {op: [(structure(n.kwargs), tuple((f.path, f.old) for f in n.facts),
+                                         n.nid in vanish) for n in nodes[op]] for op in keep})
     return out
 
 
@@ -185,7 +185,7 @@ def patch_literals(model: nn.Module, snap: Snapshot, edits: dict[str, ModuleEdit
     keys = {path: _update_key(path, modules, guesses, unresolved) for path in modules}
     # which recorded calls the slim code skips depends on which of them became trivial
     skip_keys = {path: (keys[path], tuple((op, tuple(i for i, sg in enumerate(sigs) if sg[2]))
-                                           for op, sigs in sorted(edits[path][2].items())))
+                                           for op, sigs in sorted(edits[path].sigs.items())))
                  for path in modules}
     decided: list[str] = []
     unknown: list[str] = []
@@ -193,7 +193,7 @@ def patch_literals(model: nn.Module, snap: Snapshot, edits: dict[str, ModuleEdit
         if _sized_by_attributes(modules[path]):
             continue
         known = cache.get(key, {})
-        ids = fact_ids(edits[path][0])
+        ids = fact_ids(edits[path].edits)
         if all(fid in known for fid in ids) and skip_keys[path] in skip_cache:
             if any(known[fid] for fid in ids):
                 decided.append(path)
@@ -201,7 +201,7 @@ def patch_literals(model: nn.Module, snap: Snapshot, edits: dict[str, ModuleEdit
             unknown.append(path)
     undo: dict[str, Callable[[], None]] = {}
     for path in decided:
-        e, templates, sigs = edits[path]
+        e, templates, sigs = edits[path].edits, edits[path].templates, edits[path].sigs
         before = patch_of(modules[path])
         full = e if before is None else compose_edits(before.edits, e)
         undo[path] = install(modules[path], _only_literal(e, cache[keys[path]]), templates, sigs,
@@ -210,7 +210,8 @@ def patch_literals(model: nn.Module, snap: Snapshot, edits: dict[str, ModuleEdit
         assert p is not None
         p.all_edits = full
     for path in unknown:
-        undo[path] = install(modules[path], *edits[path], skips={}, path=path)
+        undo[path] = install(modules[path], edits[path].edits, edits[path].templates, edits[path].sigs, skips={},
+                               path=path)
     if not unknown:
         return decided, False
     watched: dict[str, dict[FactId, bool]] = {}
@@ -235,7 +236,7 @@ def patch_literals(model: nn.Module, snap: Snapshot, edits: dict[str, ModuleEdit
     found: list[str] = []
     for path in unknown:
         seen = watched[path]
-        ids = fact_ids(edits[path][0])
+        ids = fact_ids(edits[path].edits)
         if complete:  # an occurrence the forward never reached needs no patch (as verification sees it)
             cache.setdefault(keys[path], {}).update({fid: seen.get(fid, False) for fid in ids})
             p = patch_of(modules[path])

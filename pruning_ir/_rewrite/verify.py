@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
+from typing import NamedTuple
 
 from torch import nn
 
@@ -123,11 +124,17 @@ def verify_graph(model: nn.Module, expected: Snapshot, unresolved: list[str], le
             expected.cache["loose_verified"] = True
 
 
-Sig = tuple[str, list[tuple[int | None, ...]], str, int]
+class Sig(NamedTuple):
+    """One entry of a call's shape signature (see :func:`_signature`)."""
+
+    op: str
+    shapes: list[tuple[int | None, ...]]
+    module: str
+    nid: int
 
 
 def _strict_same(e: Sig, g: Sig) -> bool:
-    return e[:2] == g[:2]
+    return e.op == g.op and e.shapes == g.shapes
 
 
 def _dims_match(exp: tuple[int | None, ...], got: tuple[int | None, ...]) -> bool:
@@ -146,8 +153,8 @@ def _dims_match(exp: tuple[int | None, ...], got: tuple[int | None, ...]) -> boo
 
 
 def _loose_same(e: Sig, g: Sig) -> bool:
-    return e[0] == g[0] and len(e[1]) == len(g[1]) and all(
-        _dims_match(a, b) for a, b in zip(e[1], g[1], strict=True))
+    return e.op == g.op and len(e.shapes) == len(g.shapes) and all(
+        _dims_match(a, b) for a, b in zip(e.shapes, g.shapes, strict=True))
 
 
 def value_dependent(snap: Snapshot) -> bool:
@@ -194,18 +201,18 @@ def _compare(model: nn.Module, exp_sig: list[Sig], got_sig: list[Sig], vanish: s
     while i < len(exp_sig) or j < len(got_sig):
         e = exp_sig[i] if i < len(exp_sig) else None
         g = got_sig[j] if j < len(got_sig) else None
-        if e is not None and (g is None or not same(e, g)) and e[3] in vanish:
+        if e is not None and (g is None or not same(e, g)) and e.nid in vanish:
             i += 1
             continue
-        if g is not None and (e is None or not same(e, g)) and g[3] in extra:
+        if g is not None and (e is None or not same(e, g)) and g.nid in extra:
             j += 1
             continue
         if e is None or g is None or not same(e, g):
-            where = (g or e)[2]  # type: ignore[index]
+            where = (g or e).module  # type: ignore[union-attr]
             raise VerifyFailure(
                 f"the slim {type(model).__name__} runs, but in module '{where or '<root>'}'{what} it computes "
-                f"{g and g[:2]} where the pruned IR predicts {e and e[:2]}: Python code computes a size the "
-                "engine could not update", where)
+                f"{g and (g.op, g.shapes)} where the pruned IR predicts {e and (e.op, e.shapes)}: Python code "
+                "computes a size the engine could not update", where)
         i += 1
         j += 1
 
@@ -226,14 +233,14 @@ def _stock_paths(model: nn.Module) -> set[str]:
 
 def _signature(nodes: list[Node], graph: Graph, stock: AbstractSet[str] = frozenset(),
                free: Callable[[int], tuple[bool, ...]] | None = None,
-               keep_ones: bool = False) -> list[tuple[str, list[tuple[int | None, ...]], str, int]]:
+               keep_ones: bool = False) -> list[Sig]:
     """(op, primary output shape without its size-1 axes, module, node id) of every node that can
     change a shape; auxiliary outputs (saved statistics) are left out: they differ between
     backends. The ops of one call of
     a stock layer (``stock``) count as one entry with the shape of its last op. With ``free``
     (value id -> which axes are not checked), shapes keep every axis, ``None`` where free; with
     ``keep_ones``, size-1 axes too (both for :func:`_loose_same`)."""
-    out: list[tuple[str, list[tuple[int | None, ...]], str, int]] = []
+    out: list[Sig] = []
     for n in nodes:
         # where size-1 axes sit is how torch decomposes (einsum permutes them as it likes once a
         # pruned axis has one entry left); it moves no data, so it is not compared
@@ -246,13 +253,13 @@ def _signature(nodes: list[Node], graph: Graph, stock: AbstractSet[str] = frozen
         else:
             shapes = [tuple(d for d in graph.values[o].shape if d != 1) for o in n.outputs[:1] if o >= 0]
         if n.module in stock:
-            entry = (f"module {n.module}", shapes, n.module, n.nid)
-            if out and out[-1][2] == n.module and out[-1][0] == entry[0]:
+            entry = Sig(f"module {n.module}", shapes, n.module, n.nid)
+            if out and out[-1].module == n.module and out[-1].op == entry.op:
                 out[-1] = entry  # the same call goes on: keep its last output
             else:
                 out.append(entry)
             continue
         if n.op in COPIES:
             continue
-        out.append((_VIEW.get(n.op, n.op), shapes, n.module, n.nid))
+        out.append(Sig(_VIEW.get(n.op, n.op), shapes, n.module, n.nid))
     return out
