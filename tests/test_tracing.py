@@ -84,3 +84,45 @@ def test_keyword_inputs() -> None:
     ir = PruningIR(model, example_inputs={"x": torch.randn(3, 5)}, example_kwargs={"scale": 2.0})
     assert [g.size for g in ir.prunable_label_groups()] == [12]
     check_battery(model, (), {"x": torch.randn(3, 5), "scale": 2.0})
+
+
+def test_meta_outputs_from_the_cache_are_what_the_meta_kernels_give() -> None:
+    """The recorder answers functional ops on meta tensors from a cache of output metadata: the
+    second call of an op gives tensors of the shapes, strides and dtypes the meta kernel gave (the
+    oracle: the kernel itself); ops that write or alias, calls on other devices and factory ops
+    (their device is their own) run for real."""
+    from pruning_ir._trace.recorder import _META_OUTPUTS, _meta_call
+
+    aten = torch.ops.aten
+    x = torch.empty(2, 8, 5, 5, device="meta").to(memory_format=torch.channels_last)
+    w, b = torch.empty(8, device="meta"), torch.empty(8, device="meta")
+    calls = [
+        (aten._native_batch_norm_legit_no_training.default, (x, w, b, w, b, 0.1, 1e-5), {}),
+        (aten.native_batch_norm.default, (x, w, b, w, b, False, 0.1, 1e-5), {}),
+        (aten.add.Tensor, (x, x), {}),
+        (aten.convolution.default, (x, torch.empty(4, 8, 3, 3, device="meta"), None, [1, 1], [1, 1], [1, 1],
+                                    False, [0, 0], 1), {}),
+        (aten.split_with_sizes.default, (x, [3, 5], 1), {}),
+        (aten.mean.dim, (x, [2, 3], True), {}),
+        (aten._to_copy.default, (x,), {"dtype": torch.float16}),
+    ]
+    for func, args, kwargs in calls:
+        want = func(*args, **kwargs)
+        for _ in range(2):  # the first call fills the cache (if the op qualifies), the second reads it
+            got = _meta_call(func, args, kwargs)
+            assert type(got) is type(want), func
+            flat_w = [want] if isinstance(want, torch.Tensor) else list(want)
+            flat_g = [got] if isinstance(got, torch.Tensor) else list(got)
+            assert [(t.shape, t.stride(), t.dtype, t.device.type) for t in flat_g] == \
+                [(t.shape, t.stride(), t.dtype, t.device.type) for t in flat_w], func
+    cached = {key[0] for key in _META_OUTPUTS}
+    assert {aten._native_batch_norm_legit_no_training.default, aten.convolution.default, aten.add.Tensor} <= cached
+    assert aten.split_with_sizes.default not in cached  # its outputs are views of its input
+    y = torch.empty(3, 4, device="meta")
+    assert _meta_call(aten.add_.Tensor, (y, y), {}) is y  # in place: the op itself runs
+    v = _meta_call(aten.view.default, (y, [12]), {})
+    assert v._base is y  # a view of its input, not a fresh tensor
+    for _ in range(2):  # a factory op asked for CPU tensors gets CPU tensors
+        assert _meta_call(aten.zeros.default, ([2, 3],), {"device": torch.device("cpu")}).device.type == "cpu"
+    cpu = torch.ones(2, 3)
+    assert torch.equal(_meta_call(aten.add.Tensor, (cpu, cpu), {}), cpu * 2)  # real tensors are computed

@@ -126,7 +126,7 @@ class _Recorder(TorchDispatchMode):
     def _run(self, name: str, func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
         """Run one call; on failure remember where (the first failure names the module)."""
         try:
-            return func(*args, **kwargs)
+            return _meta_call(func, args, kwargs)
         except Exception:
             if self.fail_stack is None:
                 self.fail_stack = (tuple(self.stack), name)
@@ -158,6 +158,72 @@ class _Recorder(TorchDispatchMode):
             self.suppress -= 1
         self._record(name, bound, out, [])
         return out
+
+
+class _NoKey(Exception):
+    pass
+
+
+def _meta_key(obj: Any, tensors: list[int]) -> Any:
+    """A hashable description of a call's argument when every tensor in it is on ``meta`` (shape,
+    strides, dtype: all a meta kernel reads), else :class:`_NoKey`; counts the tensors in
+    ``tensors[0]``."""
+    if isinstance(obj, torch.Tensor):
+        if obj.device.type != "meta" or obj.layout != torch.strided:
+            raise _NoKey
+        tensors[0] += 1
+        return ("T", tuple(obj.shape), obj.stride(), obj.storage_offset(), obj.dtype)
+    if isinstance(obj, (list, tuple)):
+        return (type(obj).__name__, tuple(_meta_key(o, tensors) for o in obj))
+    if obj is None or isinstance(obj, (bool, int, str, torch.dtype, torch.device, torch.layout,
+                                       torch.memory_format)):
+        return (type(obj).__name__, obj)
+    if isinstance(obj, float) and obj == obj:  # not NaN (it equals nothing, itself included)
+        return ("float", obj)
+    raise _NoKey
+
+
+_Meta = tuple[tuple[int, ...], tuple[int, ...], torch.dtype] | None
+_META_OUTPUTS: dict[Any, tuple[str, list[_Meta]]] = {}
+_META_OUTPUTS_LIMIT = 100_000
+
+
+def _functional(func: Any) -> bool:
+    """An ATen overload that writes nothing and returns fresh tensors (no view, no alias)."""
+    schema = getattr(func, "_schema", None)
+    return (schema is not None and not schema.is_mutable
+            and all(r.alias_info is None for r in schema.returns)
+            and all(a.alias_info is None for a in schema.arguments))
+
+
+def _meta_call(func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
+    """``func(*args, **kwargs)``; on ``meta`` tensors, functional ops answer from a cache of the
+    output metadata the meta kernel gave for the same input metadata (meta kernels of some ops,
+    batch norm above all, run long Python decompositions, and a build traces the same calls
+    again and again: the probe's copy, verification's re-traces)."""
+    if not _functional(func):
+        return func(*args, **kwargs)
+    tensors = [0]
+    try:
+        key = (func, _meta_key(args, tensors), _meta_key(tuple(sorted(kwargs.items())), tensors))
+    except _NoKey:
+        return func(*args, **kwargs)
+    if not tensors[0]:  # no tensor argument (a factory op): the device is its own business
+        return func(*args, **kwargs)
+    hit = _META_OUTPUTS.get(key)
+    if hit is None:
+        out = func(*args, **kwargs)
+        kind = "tensor" if isinstance(out, torch.Tensor) else type(out).__name__
+        flat = [out] if kind == "tensor" else out if kind in ("tuple", "list") else None
+        if flat is not None and all(o is None or (isinstance(o, torch.Tensor) and o.layout == torch.strided)
+                                    for o in flat):
+            if len(_META_OUTPUTS) >= _META_OUTPUTS_LIMIT:
+                _META_OUTPUTS.clear()
+            _META_OUTPUTS[key] = (kind, [None if o is None else (tuple(o.shape), o.stride(), o.dtype) for o in flat])
+        return out
+    kind, metas = hit
+    made = [None if m is None else torch.empty_strided(m[0], m[1], dtype=m[2], device="meta") for m in metas]
+    return made[0] if kind == "tensor" else tuple(made) if kind == "tuple" else made
 
 
 # Composite functions recorded as one node, above the dispatcher: the kernel that runs them
