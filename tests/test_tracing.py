@@ -91,7 +91,8 @@ def test_meta_outputs_from_the_cache_are_what_the_meta_kernels_give() -> None:
     second call of an op gives tensors of the shapes, strides and dtypes the meta kernel gave (the
     oracle: the kernel itself); ops that write or alias, calls on other devices and factory ops
     (their device is their own) run for real."""
-    from pruning_ir._trace.recorder import _META_OUTPUTS, _meta_call
+    from pruning_ir._trace.meta import META_OUTPUTS as _META_OUTPUTS
+    from pruning_ir._trace.meta import meta_call as _meta_call
 
     aten = torch.ops.aten
     x = torch.empty(2, 8, 5, 5, device="meta").to(memory_format=torch.channels_last)

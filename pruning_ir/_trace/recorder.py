@@ -18,7 +18,7 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -30,6 +30,7 @@ from .._ir.graph import Graph, Node, Value, ValueRef
 from ..errors import TraceError
 from ..modules import PrunedMultiheadAttention, explicit_forward, traces_explicitly
 from .merge import merge_call
+from .meta import meta_call
 from .run import flat_tensors, in_modes, kept_buffers
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ class _Recorder(TorchDispatchMode):
     def _run(self, name: str, func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
         """Run one call; on failure remember where (the first failure names the module)."""
         try:
-            return _meta_call(func, args, kwargs)
+            return meta_call(func, args, kwargs)
         except Exception:
             if self.fail_stack is None:
                 self.fail_stack = (tuple(self.stack), name)
@@ -158,72 +159,6 @@ class _Recorder(TorchDispatchMode):
             self.suppress -= 1
         self._record(name, bound, out, [])
         return out
-
-
-class _NoKey(Exception):
-    pass
-
-
-def _meta_key(obj: Any, tensors: list[int]) -> Any:
-    """A hashable description of a call's argument when every tensor in it is on ``meta`` (shape,
-    strides, dtype: all a meta kernel reads), else :class:`_NoKey`; counts the tensors in
-    ``tensors[0]``."""
-    if isinstance(obj, torch.Tensor):
-        if obj.device.type != "meta" or obj.layout != torch.strided:
-            raise _NoKey
-        tensors[0] += 1
-        return ("T", tuple(obj.shape), obj.stride(), obj.storage_offset(), obj.dtype)
-    if isinstance(obj, (list, tuple)):
-        return (type(obj).__name__, tuple(_meta_key(o, tensors) for o in obj))
-    if obj is None or isinstance(obj, (bool, int, str, torch.dtype, torch.device, torch.layout,
-                                       torch.memory_format)):
-        return (type(obj).__name__, obj)
-    if isinstance(obj, float) and obj == obj:  # not NaN (it equals nothing, itself included)
-        return ("float", obj)
-    raise _NoKey
-
-
-_Meta = tuple[tuple[int, ...], tuple[int, ...], torch.dtype] | None
-_META_OUTPUTS: dict[Any, tuple[str, list[_Meta]]] = {}
-_META_OUTPUTS_LIMIT = 100_000
-
-
-def _functional(func: Any) -> bool:
-    """An ATen overload that writes nothing and returns fresh tensors (no view, no alias)."""
-    schema = getattr(func, "_schema", None)
-    return (schema is not None and not schema.is_mutable
-            and all(r.alias_info is None for r in schema.returns)
-            and all(a.alias_info is None for a in schema.arguments))
-
-
-def _meta_call(func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
-    """``func(*args, **kwargs)``; on ``meta`` tensors, functional ops answer from a cache of the
-    output metadata the meta kernel gave for the same input metadata (meta kernels of some ops,
-    batch norm above all, run long Python decompositions, and a build traces the same calls
-    again and again: the probe's copy, verification's re-traces)."""
-    if not _functional(func):
-        return func(*args, **kwargs)
-    tensors = [0]
-    try:
-        key = (func, _meta_key(args, tensors), _meta_key(tuple(sorted(kwargs.items())), tensors))
-    except _NoKey:
-        return func(*args, **kwargs)
-    if not tensors[0]:  # no tensor argument (a factory op): the device is its own business
-        return func(*args, **kwargs)
-    hit = _META_OUTPUTS.get(key)
-    if hit is None:
-        out = func(*args, **kwargs)
-        kind = "tensor" if isinstance(out, torch.Tensor) else type(out).__name__
-        flat = [out] if kind == "tensor" else out if kind in ("tuple", "list") else None
-        if flat is not None and all(o is None or (isinstance(o, torch.Tensor) and o.layout == torch.strided)
-                                    for o in flat):
-            if len(_META_OUTPUTS) >= _META_OUTPUTS_LIMIT:
-                _META_OUTPUTS.clear()
-            _META_OUTPUTS[key] = (kind, [None if o is None else (tuple(o.shape), o.stride(), o.dtype) for o in flat])
-        return out
-    kind, metas = hit
-    made = [None if m is None else torch.empty_strided(m[0], m[1], dtype=m[2], device="meta") for m in metas]
-    return made[0] if kind == "tensor" else tuple(made) if kind == "tuple" else made
 
 
 # Composite functions recorded as one node, above the dispatcher: the kernel that runs them
@@ -298,34 +233,22 @@ ExtraCall = tuple[tuple[Any, ...], dict[str, Any], "dict[str, bool] | None"]
 paths to their training flag during the call (``None``: as they are)."""
 
 
-def record(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
-           leaf_modules: list[Any] | None = None, observer: Observer | None = None,
-           extra: list[ExtraCall] | None = None, seeded_training: bool = True) -> Graph:
-    """Run ``model(*args, **kwargs)`` once and return the recorded graph.
-
-    ``observer(node, outputs)`` is called after each recorded ATen op with the op's
-    flattened outputs (real tensors): calibration criteria read activations this way,
-    with node numbers that match the IR's graph whenever the model takes the same path.
-    ``extra`` calls are recorded after it into the same graph (``graph.extra_calls``), each
-    with its modules' training flags set as given, then put back. A call with a module in
-    training mode runs under :func:`~pruning_ir._trace.conditions.deterministic` (dropout keeps
-    everything, random decisions seeded, as verification runs it) unless ``seeded_training`` is
-    off (calibration: the user's own training randomness).
-    """
-    graph = Graph()
+def _tensor_names(model: nn.Module, graph: Graph) -> dict[int, tuple[str, str]]:
+    """``id(tensor) -> (kind, name)`` of every parameter and buffer; tied names go to ``graph.aliases``."""
     names: dict[int, tuple[str, str]] = {}
-    for pname, p in model.named_parameters(remove_duplicate=False):
-        if id(p) in names:
-            graph.aliases[pname] = names[id(p)][1]
-        else:
-            names[id(p)] = ("param", pname)
-    for bname, b in model.named_buffers(remove_duplicate=False):
-        if id(b) in names:
-            graph.aliases[bname] = names[id(b)][1]
-        else:
-            names[id(b)] = ("buffer", bname)
-    rec = _Recorder(graph, names, observer)
-    leaves = list(leaf_modules or [])
+    for kind, named in (("param", model.named_parameters(remove_duplicate=False)),
+                        ("buffer", model.named_buffers(remove_duplicate=False))):
+        for name, t in named:
+            if id(t) in names:
+                graph.aliases[name] = names[id(t)][1]
+            else:
+                names[id(t)] = (kind, name)
+    return names
+
+
+def _module_hooks(model: nn.Module, rec: _Recorder, leaves: list[Any]) -> list[Any]:
+    """Forward hooks that keep ``rec.stack`` (the module path of every op) and record each leaf
+    module's call as one node; returns their handles."""
     handles = []
     for mname, mod in model.named_modules():
         is_leaf = bool(leaves) and mod is not model and _leaf_match(mod, leaves)
@@ -341,21 +264,54 @@ def record(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
             if _leaf:
                 rec.suppress -= 1
                 if not rec.suppress:
-                    enc_a, enc_kw = rec.leaf_inputs  # type: ignore[attr-defined]
-                    params = {f"{_n}.{k}" if _n else k: rec.encode(p) for k, p in
-                              list(m.named_parameters()) + list(m.named_buffers())}
-                    enc_kw = dict(enc_kw, __params__=params)
-                    nid = len(rec.graph.nodes)
-                    flat, _ = pytree.tree_flatten(out)
-                    outputs = [rec.new_value(o, "op", producer=nid) if isinstance(o, torch.Tensor) else -1
-                               for o in flat]
-                    rec.graph.nodes.append(Node(nid, "leaf_module", enc_a, enc_kw, outputs, None,
-                                                tuple(rec.stack), leaf=type_key(type(m))))
+                    _record_leaf(rec, m, _n, out)
             if rec.stack and rec.stack[-1] == _n:
                 rec.stack.pop()
 
         handles.append(mod.register_forward_pre_hook(pre, with_kwargs=True))
         handles.append(mod.register_forward_hook(post, with_kwargs=True, always_call=True))
+    return handles
+
+
+def _record_leaf(rec: _Recorder, module: nn.Module, path: str, out: Any) -> None:
+    """Append the node of a leaf module's finished call (its parameters in ``__params__``)."""
+    enc_a, enc_kw = rec.leaf_inputs  # type: ignore[attr-defined]
+    params = {f"{path}.{k}" if path else k: rec.encode(p) for k, p in
+              list(module.named_parameters()) + list(module.named_buffers())}
+    enc_kw = dict(enc_kw, __params__=params)
+    nid = len(rec.graph.nodes)
+    flat, _ = pytree.tree_flatten(out)
+    outputs = [rec.new_value(o, "op", producer=nid) if isinstance(o, torch.Tensor) else -1 for o in flat]
+    rec.graph.nodes.append(Node(nid, "leaf_module", enc_a, enc_kw, outputs, None, tuple(rec.stack),
+                                leaf=type_key(type(module))))
+
+
+def _call(rec: _Recorder, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
+          modes: dict[str, bool] | None, seed: Literal["training", "never"] = "training") -> list[int]:
+    """Run one call under the recorder; the value ids of its tensor outputs."""
+    with in_modes(model, modes, seed), torch.no_grad(), rec, _CompositeRecorder(rec):
+        out = model(*args, **kwargs)
+    return [rec.current[id(t)] for t in flat_tensors(out) if id(t) in rec.current]
+
+
+def record(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
+           leaf_modules: list[Any] | None = None, observer: Observer | None = None,
+           extra: list[ExtraCall] | None = None, seeded_training: bool = True) -> Graph:
+    """Run ``model(*args, **kwargs)`` once and return the recorded graph.
+
+    ``observer(node, outputs)`` is called after each recorded ATen op with the op's
+    flattened outputs (real tensors): calibration criteria read activations this way,
+    with node numbers that match the IR's graph whenever the model takes the same path.
+    ``extra`` calls are recorded after it into the same graph (``graph.extra_calls``), each
+    with its modules' training flags set as given, then put back. A call with a module in
+    training mode runs under :func:`~pruning_ir._trace.conditions.deterministic` (dropout keeps
+    everything, random decisions seeded, as verification runs it) unless ``seeded_training`` is
+    off (calibration: the user's own training randomness).
+    """
+    graph = Graph()
+    rec = _Recorder(graph, _tensor_names(model, graph), observer)
+    leaves = list(leaf_modules or [])
+    handles = _module_hooks(model, rec, leaves)
     # tracing runs forward once: keep buffers (BN running stats in train mode) and plain
     # attributes (caches filled in forward) as they were
     buffers = contextlib.ExitStack()
@@ -370,31 +326,20 @@ def record(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
                                          if isinstance(m, PrunedMultiheadAttention)}
     _fastpath_off()
     try:
-        flat_in, _ = pytree.tree_flatten((args, kwargs))
-        for i, t in enumerate(flat_in):
+        for i, t in enumerate(pytree.tree_leaves((args, kwargs))):
             if isinstance(t, torch.Tensor):
                 graph.inputs.append(rec.new_value(t, "input", name=f"input[{i}]"))
-        with in_modes(model, None, "training" if seeded_training else "never"), torch.no_grad(), rec, \
-                _CompositeRecorder(rec):
-            out = model(*args, **kwargs)
-        flat_out = flat_tensors(out)
-        for t in flat_out:
-            if isinstance(t, torch.Tensor) and id(t) in rec.current:
-                graph.outputs.append(rec.current[id(t)])
-        del out, flat_out
+        graph.outputs.extend(_call(rec, model, args, kwargs, None, "training" if seeded_training else "never"))
         for e_args, e_kwargs, modes in extra or []:
             start = len(graph.nodes)
             for i, t in enumerate(pytree.tree_leaves((e_args, e_kwargs))):
                 if isinstance(t, torch.Tensor) and id(t) not in rec.current:
                     rec.new_value(t, "input", name=f"call{len(graph.extra_calls) + 1}.input[{i}]")
             # as verification runs it: dropout keeps everything, random decisions seeded
-            with in_modes(model, modes), torch.no_grad(), rec, _CompositeRecorder(rec):
-                out = model(*e_args, **e_kwargs)
-            outs = [rec.current[id(t)] for t in flat_tensors(out) if id(t) in rec.current]
+            outs = _call(rec, model, e_args, e_kwargs, modes)
             primary_end = graph.extra_calls[0][0] if graph.extra_calls else start
             sequence, outs = merge_call(graph, start, primary_end, outs)
             graph.extra_calls.append((start, outs, sequence))
-            del out
     except TraceError:
         raise
     except Exception as exc:
