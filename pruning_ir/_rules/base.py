@@ -11,7 +11,7 @@ two agree by construction on every op that has a formula here.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from .._ir.graph import Fact, Graph, Node, ValueRef
 from .._ir.ops import WEIGHT_VIEWS
@@ -21,15 +21,23 @@ Rule = Callable[["Ctx"], None]
 RULES: dict[str, Rule] = {}
 
 
-def rule(*names: str) -> Callable[[Rule], Rule]:
-    """Register ``fn`` as the rule of every op packet in ``names``."""
+F = TypeVar("F")
 
-    def deco(fn: Rule) -> Rule:
+
+def _register(table: dict[str, F], names: tuple[str, ...]) -> Callable[[F], F]:
+    """A decorator that enters its function in ``table`` under every op packet in ``names``."""
+
+    def deco(fn: F) -> F:
         for n in names:
-            RULES[n] = fn
+            table[n] = fn
         return fn
 
     return deco
+
+
+def rule(*names: str) -> Callable[[Rule], Rule]:
+    """Register ``fn`` as the rule of every op packet in ``names``."""
+    return _register(RULES, names)
 
 
 class Ctx:
@@ -183,13 +191,7 @@ MAC_FORMULAS: dict[str, MacFormula] = {}
 
 def macs(*names: str) -> Callable[[MacFormula], MacFormula]:
     """Register ``fn`` as the MAC formula of every op packet in ``names``."""
-
-    def deco(fn: MacFormula) -> MacFormula:
-        for n in names:
-            MAC_FORMULAS[n] = fn
-        return fn
-
-    return deco
+    return _register(MAC_FORMULAS, names)
 
 
 def prod_dims(dims: Sequence[Any]) -> int:
