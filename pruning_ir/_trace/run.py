@@ -57,6 +57,15 @@ def in_modes(model: nn.Module, modes: dict[str, bool] | None,
 
 
 @contextlib.contextmanager
+def evaluating(*models: nn.Module) -> Iterator[None]:
+    """Every module of ``models`` in eval mode for the block (no seeding), flags put back after."""
+    with contextlib.ExitStack() as stack:
+        for model in models:
+            stack.enter_context(in_modes(model, dict.fromkeys((p for p, _ in model.named_modules()), False), "never"))
+        yield
+
+
+@contextlib.contextmanager
 def call_modes(model: nn.Module, modes: dict[str, bool] | None,
                seed: Literal["training", "always", "never"] = "training") -> Iterator[None]:
     """:func:`in_modes`, with buffers put back when a module trains (it updates them), so checks

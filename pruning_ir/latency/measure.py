@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .._trace.run import evaluating
 from ..cost import CostModel, MacsModel, ParamsModel
 from ..errors import InvalidInputError, LatencyMeasurementError
 from ..ir import _as_call
@@ -175,12 +176,8 @@ class MeasuredLatency:
             raise InvalidInputError(f"MeasuredLatency times nn.Modules, got {type(model).__name__}.")
         run = self._runner(model)
         ref = self.reference
-        modes = [(m, m.training) for m in model.modules()]
-        if ref is not None:
-            modes += [(m, m.training) for m in ref.modules()]
         threads = resolve_threads(self.num_threads)
-        model.eval()
-        try:
+        with evaluating(model, *([ref] if ref is not None else [])):
             try:
                 run()
             except Exception as exc:
@@ -195,7 +192,6 @@ class MeasuredLatency:
                 lo, hi = median_ci(self.samples)
                 self.ci = (1e3 * lo, 1e3 * hi)
                 return 1e3 * statistics.median(self.samples)
-            ref.eval()
             try:
                 ref_run = self._runner(ref)
                 ref_run()
@@ -212,9 +208,6 @@ class MeasuredLatency:
             except Exception as exc:
                 raise LatencyMeasurementError(f"{type(model).__name__} failed while measuring its latency: "
                                               f"{type(exc).__name__}: {exc}") from exc
-        finally:
-            for m, mode in modes:
-                m.training = mode
         self.samples = [a for a, _ in pairs]
         self.reference_samples = [b for _, b in pairs]
         self.ratios = [a / b if b > 0 else math.inf for a, b in pairs]
@@ -253,18 +246,13 @@ class _RunsInEval:
     def _run(self, model: nn.Module) -> None:
         if not isinstance(model, nn.Module):
             raise InvalidInputError(f"{type(self).__name__} needs an nn.Module, got {type(model).__name__}.")
-        modes = [(m, m.training) for m in model.modules()]
         args, kwargs = to_device((self.args, self.kwargs), model_device(model, self.args, self.kwargs))
-        model.eval()
         try:
-            with torch.no_grad():
+            with evaluating(model), torch.no_grad():
                 model(*args, **kwargs)
         except Exception as exc:
             raise LatencyMeasurementError(f"{type(model).__name__} failed to run on the example inputs: "
                                           f"{type(exc).__name__}: {exc}") from exc
-        finally:
-            for m, mode in modes:
-                m.training = mode
 
 
 class MacsLatency(_RunsInEval):
