@@ -110,3 +110,47 @@ def test_repair_choices_order_and_log() -> None:
     log = ["<root>.g: 16 -> 4", "x.out_features: 8 -> 6"]
     ch.log("", m, log)
     assert log == ["x.out_features: 8 -> 6", "<root>.a: 4 -> 2 (ambiguous; the value verification accepted)"]
+
+
+class _Asserting(nn.Module):
+    """Python code (no op) that checks a channel count: pruning ``lin``'s outputs breaks it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.lin(x)
+        assert h.shape[-1] == 8, "eight channels expected"
+        return h
+
+
+class _Holder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = nn.Sequential(_Asserting())
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(x))
+
+
+def test_a_python_exception_names_the_module_it_left() -> None:
+    """An exception raised by Python code (not by an op) is located in the innermost module it
+    left, as verification and the probe report it: the probe's reason names 'block.0'."""
+    import pytest
+
+    from pruning_ir._trace.recorder import record
+    from pruning_ir.errors import TraceError
+
+    model = _Holder()
+    model.block[0].lin = nn.Linear(4, 7)  # what a slice of the 8 channels would leave
+    model.head = nn.Linear(7, 2)
+    with pytest.raises(TraceError) as info:
+        record(model, (torch.randn(2, 4),), {})
+    assert info.value.module == "block.0" and info.value.raised
+    assert isinstance(info.value.__cause__, AssertionError)
+    ir = PruningIR(_Holder(), example_inputs=(torch.randn(2, 4),))
+    assert not ir.prunable_label_groups()
+    reasons = [i.detail for i in ir.snapshot().issues if i.kind == "probe"]
+    assert any("in module 'block.0'" in r and "AssertionError" in r for r in reasons), reasons

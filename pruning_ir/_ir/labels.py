@@ -30,9 +30,9 @@ class Label(NamedTuple):
         return f"Label(g{self.group}[{self.index}])"
 
 
-@dataclass
+@dataclass(frozen=True)
 class LabelGroup:
-    """One coupled channel space.
+    """One coupled channel space (frozen: a snapshot's groups are rebuilt, never edited).
 
     ``members`` lists ``(parameter name, axis)`` pairs the group slices;
     ``reason`` says why a group is not prunable; ``notes`` list the places where

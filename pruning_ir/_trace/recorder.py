@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import sys
 import threading
 import weakref
 from collections.abc import Callable
@@ -60,6 +61,8 @@ class _Recorder(TorchDispatchMode):
         self.stack: list[str] = []
         self.suppress = 0
         self.fail_stack: tuple[tuple[str, ...], str] | None = None
+        self.raised_in: dict[int, tuple[str, ...]] = {}
+        """``id(exception) -> module stack`` where each exception left its innermost module."""
 
     # ------------------------------------------------------------------ values
     def new_value(self, t: torch.Tensor, kind: str, name: str = "", producer: int = -1) -> int:
@@ -261,6 +264,9 @@ def _module_hooks(model: nn.Module, rec: _Recorder, leaves: list[Any]) -> list[A
                 rec.suppress += 1
 
         def post(m: nn.Module, a: Any, kw: Any, out: Any, _n: str = mname, _leaf: bool = is_leaf) -> None:
+            exc = sys.exc_info()[1]  # an always-called hook runs while an exception leaves forward
+            if exc is not None and id(exc) not in rec.raised_in:
+                rec.raised_in[id(exc)] = tuple(rec.stack)
             if _leaf:
                 rec.suppress -= 1
                 if not rec.suppress:
@@ -344,6 +350,8 @@ def record(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
         raise
     except Exception as exc:
         stack, op = rec.fail_stack if rec.fail_stack else ((), "")
+        if id(exc) in rec.raised_in and len(rec.raised_in[id(exc)]) > len(stack):
+            stack, op = rec.raised_in[id(exc)], ""  # raised by Python code, not by an op
         where = stack[-1] if stack else ""
         at = f" at {op}" if op else ""
         raise TraceError(
