@@ -38,12 +38,18 @@ META_OUTPUTS: dict[Any, tuple[str, list[_Meta]]] = {}
 META_OUTPUTS_LIMIT = 100_000
 
 
+_FUNCTIONAL: dict[Any, bool] = {}
+
+
 def _functional(func: Any) -> bool:
     """An ATen overload that writes nothing and returns fresh tensors (no view, no alias)."""
-    schema = getattr(func, "_schema", None)
-    return (schema is not None and not schema.is_mutable
-            and all(r.alias_info is None for r in schema.returns)
-            and all(a.alias_info is None for a in schema.arguments))
+    known = _FUNCTIONAL.get(func)
+    if known is None:
+        schema = getattr(func, "_schema", None)
+        known = _FUNCTIONAL[func] = (schema is not None and not schema.is_mutable
+                                     and all(r.alias_info is None for r in schema.returns)
+                                     and all(a.alias_info is None for a in schema.arguments))
+    return known
 
 
 def meta_call(func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
@@ -51,8 +57,9 @@ def meta_call(func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
     output metadata the meta kernel gave for the same input metadata (meta kernels of some ops,
     batch norm above all, run long Python decompositions, and a build traces the same calls
     again and again: the probe's copy, verification's re-traces)."""
-    if not _functional(func):
-        return func(*args, **kwargs)
+    first = args[0] if args else None
+    if (isinstance(first, torch.Tensor) and not first.is_meta) or not _functional(func):
+        return func(*args, **kwargs)  # the common case on a real model: one attribute read
     tensors = [0]
     try:
         key = (func, _meta_key(args, tensors), _meta_key(tuple(sorted(kwargs.items())), tensors))
