@@ -136,6 +136,7 @@ CNN_IMG = 64  # input size for vision models without an ``image_size`` field
 BATCH = 2
 SEQ = 7
 DEC_SEQ = 5
+TARGET_BUILD_S = 20.0  # no model's IR build may take longer (issue 13)
 MAX_PARAMS = 30_000_000  # models still bigger than this after shrinking are skipped (memory)
 
 # Overridden only where the config has the field (set and not None, unless marked "any").
@@ -969,6 +970,16 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if bad:
         lines.append("FAILED (WRONG, CRASH or refused-at-prune): " + ", ".join(r.model_type for r in bad))
+    built = [r for r in rows if r.build_s is not None]
+    slow = sorted((r for r in built if r.build_s is not None and r.build_s > TARGET_BUILD_S),
+                  key=lambda r: -(r.build_s or 0.0))
+    slowest = max(built, key=lambda r: r.build_s or 0.0, default=None)
+    lines.append(f"Target: IR build <= {TARGET_BUILD_S:.0f} s for every model: "
+                 + (f"missed by {', '.join(f'{r.model_type} ({r.build_s:.1f} s)' for r in slow)}" if slow else
+                    f"met (slowest {slowest.model_type}, {slowest.build_s:.1f} s)" if slowest else "not measured")
+                 + ".")
+    if slow:
+        print(f"TARGET MISSED: IR build over {TARGET_BUILD_S:.0f} s: " + ", ".join(r.model_type for r in slow))
     table = markdown_table(HEADERS, [table_row(r) for r in main_rows])
     print(table)
     print()
@@ -1042,7 +1053,7 @@ def main(argv: list[str] | None = None) -> int:
         doc += [f"- {r.model_type} ({r.cls}): {md_cell(r.detail)}" for r in skipped]
     path = write_result(args.out, "\n".join(doc) + "\n")
     print(f"written {path}")
-    return 1 if bad else 0
+    return 1 if bad or slow else 0
 
 
 if __name__ == "__main__":
