@@ -652,3 +652,21 @@ def test_lut_per_node_savings_add_up_to_the_cost_models_savings() -> None:
             assert np.array_equal(now - after, expect), g.gid
     assert terms.tag_costs()[1:].sum() == macs.baseline()
     assert terms.tags[1:] == macs.tags and terms.tag_costs()[1:].tolist() == macs.tag_costs().tolist()
+
+
+def test_latency_functions_switch_models_to_eval_through_their_own_train() -> None:
+    """A model's ``train(False)`` may do more than set flags (re-parameterised blocks fuse their
+    branches): latency functions call it, and put every module's flag back afterwards."""
+
+    class Fusing(nn.Sequential):
+        def __init__(self) -> None:
+            super().__init__(nn.Linear(4, 4))
+            self.calls: list[bool] = []
+
+        def train(self, mode: bool = True) -> Fusing:
+            self.calls.append(mode)
+            return super().train(mode)
+
+    model = Fusing()  # in training mode, as built
+    MacsLatency((torch.randn(2, 4),))(model)
+    assert model.calls == [False] and all(m.training for m in model.modules())

@@ -127,3 +127,16 @@ def test_meta_outputs_from_the_cache_are_what_the_meta_kernels_give() -> None:
         assert _meta_call(aten.zeros.default, ([2, 3],), {"device": torch.device("cpu")}).device.type == "cpu"
     cpu = torch.ones(2, 3)
     assert torch.equal(_meta_call(aten.add.Tensor, (cpu, cpu), {}), cpu * 2)  # real tensors are computed
+    i = torch.empty(4, dtype=torch.int32, device="meta")
+    before = torch.get_default_dtype()
+    try:  # integer division promotes to the default dtype: it is part of the key
+        for dtype in (torch.float32, torch.float64, torch.float32):
+            torch.set_default_dtype(dtype)
+            assert _meta_call(aten.div.Tensor, (i, i), {}).dtype == dtype
+    finally:
+        torch.set_default_dtype(before)
+    for _ in range(2):  # an output that leaves meta is never made from the cache
+        assert _meta_call(aten.zeros_like.default, (y,), {"device": torch.device("cpu")}).device.type == "cpu"
+        # ops that share their input's storage without an alias annotation are not cached either
+        u = _meta_call(aten._unsafe_view.default, (y, [12]), {})
+        assert u.untyped_storage()._cdata == y.untyped_storage()._cdata

@@ -154,3 +154,44 @@ def test_a_python_exception_names_the_module_it_left() -> None:
     assert not ir.prunable_label_groups()
     reasons = [i.detail for i in ir.snapshot().issues if i.kind == "probe"]
     assert any("in module 'block.0'" in r and "AssertionError" in r for r in reasons), reasons
+
+
+class _FallsBack(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        try:
+            return torch.cat([x, x[:, :, None]], 1)  # an op fails; the code recovers
+        except RuntimeError:
+            return x
+
+
+class _Reshapes(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(x.shape[0], 7, -1)
+
+
+class _Handles(nn.Module):
+    """Runs a module inside an except block (the exception being handled is not the one raised)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = _Reshapes()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        try:
+            raise KeyError("handled")
+        except KeyError:
+            return self.inner(x)
+
+
+def test_the_failure_is_located_where_the_escaping_exception_was_raised() -> None:
+    """An op error that the model caught and recovered from does not take the blame for a later
+    failure, nor does an exception being handled around a module that then fails."""
+    import pytest
+
+    from pruning_ir._trace.recorder import record
+    from pruning_ir.errors import TraceError
+
+    for model, where in ((nn.Sequential(_FallsBack(), _Reshapes()), "1"), (nn.Sequential(_Handles()), "0.inner")):
+        with pytest.raises(TraceError) as info:
+            record(model, (torch.randn(2, 6),), {})
+        assert info.value.module == where and "aten.view" in str(info.value), (where, str(info.value))

@@ -166,7 +166,7 @@ def patch_literals(model: nn.Module, snap: Snapshot, edits: dict[str, ModuleEdit
                    forward: Callable[[], object] | None = None) -> tuple[list[str], bool]:
     """Install a :class:`LiteralShapePatch` on every module of the slim ``model`` whose own code
     holds a changing channel size as a literal. Returns their paths, and whether ``forward``
-    ran (and passed) on the final model.
+    ran (and passed) on the model as it is returned (no patch kept from the watching run).
 
     Literal or not is looked up in ``snap.cache["literal_facts"]``; facts not seen yet are
     found out by one call of ``forward`` (default: the slim model on the example inputs, in
@@ -254,4 +254,6 @@ def patch_literals(model: nn.Module, snap: Snapshot, edits: dict[str, ModuleEdit
                     "at run time by forward hooks (eager PyTorch, gradients included; torch.export, ONNX and "
                     "TorchScript export do not reliably keep them: check exported graphs)",
                     type(model).__name__, sorted(found))
-    return decided + found, complete
+    # a patch found here watched with all its edits and now rewrites only the literal ones: the
+    # model that ``forward`` ran is the final one only when no patch was kept
+    return decided + found, complete and not found

@@ -102,9 +102,13 @@ def verify_graph(model: nn.Module, expected: Snapshot, unresolved: list[str], le
     vanish |= constant_nodes(expected.graph)
     graph = expected.graph
     stock = _stock_paths(model)
-    for k, (sequence, outs_expected) in enumerate(graph.call_sequences()):
-        got = first if k == 0 and first is not None else retrace(model, expected, k, leaf_modules, unresolved)
-        _check_outputs(model, expected, k, outs_expected, got, unresolved)
+    # every call runs (and keeps its output shapes) before any op is compared, so that a model
+    # that raises on some call is reported as raising there
+    traces = []
+    for k, (_, outs_expected) in enumerate(graph.call_sequences()):
+        traces.append(first if k == 0 and first is not None else retrace(model, expected, k, leaf_modules, unresolved))
+        _check_outputs(model, expected, k, outs_expected, traces[-1], unresolved)
+    for k, ((sequence, _), got) in enumerate(zip(graph.call_sequences(), traces, strict=True)):
         what = "" if k == 0 else f" (traced call {k + 1})"
         nodes = [graph.nodes[i] for i in sequence]
         try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch.utils import _pytree as pytree
 
 
 class _NoKey(Exception):
@@ -52,6 +53,15 @@ def _functional(func: Any) -> bool:
     return known
 
 
+def _fresh_meta(outputs: list[Any], inputs: Any) -> bool:
+    """Whether every output is a new strided meta tensor (or ``None``) that shares no storage with
+    an input: what a cache hit makes (ops such as ``_unsafe_view`` or ``to_dense`` return views or
+    their input itself without saying so in their schema; ``zeros_like(x, device="cpu")`` leaves meta)."""
+    shared = {t.untyped_storage()._cdata for t in pytree.tree_leaves(inputs) if isinstance(t, torch.Tensor)}
+    return all(o is None or (isinstance(o, torch.Tensor) and o.is_meta and o.layout == torch.strided
+                             and o.untyped_storage()._cdata not in shared) for o in outputs)
+
+
 def meta_call(func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
     """``func(*args, **kwargs)``; on ``meta`` tensors, functional ops answer from a cache of the
     output metadata the meta kernel gave for the same input metadata (meta kernels of some ops,
@@ -62,7 +72,9 @@ def meta_call(func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
         return func(*args, **kwargs)  # the common case on a real model: one attribute read
     tensors = [0]
     try:
-        key = (func, _meta_key(args, tensors), _meta_key(tuple(sorted(kwargs.items())), tensors))
+        # the default dtype decides what integer division and Python floats promote to
+        key = (func, torch.get_default_dtype(), _meta_key(args, tensors),
+               _meta_key(tuple(sorted(kwargs.items())), tensors))
     except _NoKey:
         return func(*args, **kwargs)
     if not tensors[0]:  # no tensor argument (a factory op): the device is its own business
@@ -72,8 +84,7 @@ def meta_call(func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
         out = func(*args, **kwargs)
         kind = "tensor" if isinstance(out, torch.Tensor) else type(out).__name__
         flat = [out] if kind == "tensor" else out if kind in ("tuple", "list") else None
-        if flat is not None and all(o is None or (isinstance(o, torch.Tensor) and o.layout == torch.strided)
-                                    for o in flat):
+        if flat is not None and _fresh_meta(flat, (args, kwargs)):
             if len(META_OUTPUTS) >= META_OUTPUTS_LIMIT:
                 META_OUTPUTS.clear()
             META_OUTPUTS[key] = (kind, [None if o is None else (tuple(o.shape), o.stride(), o.dtype) for o in flat])

@@ -61,7 +61,10 @@ class _Recorder(TorchDispatchMode):
         self.stack: list[str] = []
         self.suppress = 0
         self.fail_stack: tuple[tuple[str, ...], str] | None = None
-        self.raised_in: dict[int, tuple[str, ...]] = {}
+        self.entered: list[BaseException | None] = []  # beside ``stack``: the exception being handled then
+        self.raised_in: list[tuple[BaseException, tuple[str, ...], str]] = []
+        """``(exception, module stack, op)``: where each exception raised in forward left its
+        innermost module (``op``: the ATen op that raised it, if one did)."""
         """``id(exception) -> module stack`` where each exception left its innermost module."""
 
     # ------------------------------------------------------------------ values
@@ -131,9 +134,10 @@ class _Recorder(TorchDispatchMode):
         """Run one call; on failure remember where (the first failure names the module)."""
         try:
             return meta_call(func, args, kwargs)
-        except Exception:
+        except Exception as exc:
             if self.fail_stack is None:
                 self.fail_stack = (tuple(self.stack), name)
+            self.raised_in.append((exc, tuple(self.stack), name))
             raise
 
     def _record(self, name: str, bound: dict[str, Any], out: Any, alias_write: list[torch.Tensor]) -> None:
@@ -258,25 +262,45 @@ def _module_hooks(model: nn.Module, rec: _Recorder, leaves: list[Any]) -> list[A
 
         def pre(m: nn.Module, a: Any, kw: Any, _n: str = mname, _leaf: bool = is_leaf) -> None:
             rec.stack.append(_n)
+            rec.entered.append(sys.exc_info()[1])
             if _leaf and not rec.suppress:
                 rec.leaf_inputs = (rec.encode(tuple(a)), rec.encode(dict(kw)))  # type: ignore[attr-defined]
             if _leaf:
                 rec.suppress += 1
 
         def post(m: nn.Module, a: Any, kw: Any, out: Any, _n: str = mname, _leaf: bool = is_leaf) -> None:
-            exc = sys.exc_info()[1]  # an always-called hook runs while an exception leaves forward
-            if exc is not None and id(exc) not in rec.raised_in:
-                rec.raised_in[id(exc)] = tuple(rec.stack)
+            ours = bool(rec.stack) and rec.stack[-1] == _n
+            # an always-called hook also runs while an exception leaves forward: one that was not
+            # already being handled when the module was entered (a module may run in an except block)
+            exc = sys.exc_info()[1]
+            leaving = exc is not None and ours and exc is not rec.entered[-1]
+            if leaving and not any(e is exc for e, _, _ in rec.raised_in):
+                rec.raised_in.append((exc, tuple(rec.stack), ""))  # type: ignore[arg-type]
             if _leaf:
                 rec.suppress -= 1
-                if not rec.suppress:
+                if not rec.suppress and not leaving:
                     _record_leaf(rec, m, _n, out)
-            if rec.stack and rec.stack[-1] == _n:
+            if ours:
                 rec.stack.pop()
+                rec.entered.pop()
 
         handles.append(mod.register_forward_pre_hook(pre, with_kwargs=True))
         handles.append(mod.register_forward_hook(post, with_kwargs=True, always_call=True))
     return handles
+
+
+def _raised_where(rec: _Recorder, exc: BaseException) -> tuple[tuple[str, ...], str]:
+    """The module stack (and op) where ``exc`` was raised: where it, or the exception it was raised
+    from, left its innermost module; else the first op that failed."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        for e, stack, op in rec.raised_in:
+            if e is cur:
+                return stack, op
+        cur = cur.__cause__ or cur.__context__
+    return rec.fail_stack if rec.fail_stack else ((), "")
 
 
 def _record_leaf(rec: _Recorder, module: nn.Module, path: str, out: Any) -> None:
@@ -349,9 +373,7 @@ def record(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
     except TraceError:
         raise
     except Exception as exc:
-        stack, op = rec.fail_stack if rec.fail_stack else ((), "")
-        if id(exc) in rec.raised_in and len(rec.raised_in[id(exc)]) > len(stack):
-            stack, op = rec.raised_in[id(exc)], ""  # raised by Python code, not by an op
+        stack, op = _raised_where(rec, exc)
         where = stack[-1] if stack else ""
         at = f" at {op}" if op else ""
         raise TraceError(
@@ -364,6 +386,7 @@ def record(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
         for h in handles:
             h.remove()
         rec.refs.clear()
+        rec.raised_in.clear()  # exceptions hold their frames (and tensors) alive
         buffers.close()
         _restore_attributes(attrs)
         for m in explicit.values():

@@ -58,11 +58,17 @@ def in_modes(model: nn.Module, modes: dict[str, bool] | None,
 
 @contextlib.contextmanager
 def evaluating(*models: nn.Module) -> Iterator[None]:
-    """Every module of ``models`` in eval mode for the block (no seeding), flags put back after."""
-    with contextlib.ExitStack() as stack:
+    """``model.eval()`` for each of ``models`` (through the model's own ``train``, which may do more
+    than set flags: re-parameterised blocks fuse their branches) for the block; every module's
+    flag put back after."""
+    flags = [(m, m.training) for model in models for m in model.modules()]
+    try:
         for model in models:
-            stack.enter_context(in_modes(model, dict.fromkeys((p for p, _ in model.named_modules()), False), "never"))
+            model.eval()
         yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
 
 
 @contextlib.contextmanager
