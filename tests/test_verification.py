@@ -195,3 +195,38 @@ def test_the_failure_is_located_where_the_escaping_exception_was_raised() -> Non
         with pytest.raises(TraceError) as info:
             record(model, (torch.randn(2, 6),), {})
         assert info.value.module == where and "aten.view" in str(info.value), (where, str(info.value))
+
+
+class _TwiceSized(nn.Module):
+    """Reshapes by the channel count: as a literal on one call, computed on the other."""
+
+    def forward(self, h: torch.Tensor, literal: bool) -> torch.Tensor:
+        c = 8 if literal else h.shape[1]
+        return h.reshape(h.shape[0], c, -1).sum(-1)
+
+
+class _CalledTwice(nn.Module):
+    def __init__(self, literal_first: bool) -> None:
+        super().__init__()
+        self.a, self.t, self.b = nn.Linear(4, 8), _TwiceSized(), nn.Linear(8, 3)
+        self.order = (True, False) if literal_first else (False, True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        return self.b(self.t(h, self.order[0]) + self.t(h, self.order[1]))
+
+
+def test_a_size_seen_both_literal_and_computed_is_verified_on_the_final_model() -> None:
+    """A module called twice holds the channel count as a literal on one call and computes it on
+    the other: the run that learns literal sizes rewrote the literal, so it does not stand for the
+    final model's re-trace; verification re-traces, and the slim model runs and is exact in both
+    call orders."""
+    x = torch.randn(2, 4)
+    for literal_first in (True, False):
+        ir = PruningIR(_CalledTwice(literal_first), example_inputs=(x,))
+        labels = UniformLabelSelector(0.25).select(ir)
+        assert labels, literal_first
+        slim = ir.prune(labels=labels)
+        assert slim.model(x).shape == (2, 3)
+        assert any(line.startswith("t: literal sizes") for line in slim.rewrite_log), slim.rewrite_log
+        assert verify_pruning(ir, labels).exact, literal_first

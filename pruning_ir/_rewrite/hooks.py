@@ -159,7 +159,7 @@ class _Mode(TorchDispatchMode):
                 bound = set_path(bound, path, new)
                 changed = True
             if p.watch is not None and value in (old, new):
-                p.watch[(name, i, path)] = value == old
+                p.note((name, i, path), value == old)
         if not changed:
             return func, args, kwargs, False
         return func, (), bound, True
@@ -270,6 +270,9 @@ class LiteralShapePatch:
         self.depth = 0
         self._modes: list[tuple[_Mode, _Reroute]] = []
         self.watch: dict[FactId, bool] | None = None
+        self.mixed = False
+        """A size argument was seen both at its old and at its new value while watching: the
+        patch narrowed to the literal ones does not do what the watched run did."""
         self.all_edits: Edits | None = None
         self.tape: Tape | None = None
         self.relearn = False  # align with skipped calls on every call, not only while watching
@@ -317,7 +320,15 @@ class LiteralShapePatch:
     def saw(self, name: str, i: int, row: list[Edit], literal: bool) -> None:
         if self.watch is not None:
             for path, _, _ in row:
-                self.watch[(name, i, path)] = literal
+                self.note((name, i, path), literal)
+
+    def note(self, fid: FactId, literal: bool) -> None:
+        """While watching: size argument ``fid`` was seen at its old value (``literal``) or its
+        new one; ``mixed`` once one argument was seen both ways (a module called twice)."""
+        assert self.watch is not None
+        if self.watch.get(fid, literal) != literal:
+            self.mixed = True
+        self.watch[fid] = literal
 
     def pre(self, module: nn.Module, args: Any) -> None:
         self.count = {}

@@ -166,7 +166,7 @@ def patch_literals(model: nn.Module, snap: Snapshot, edits: dict[str, ModuleEdit
                    forward: Callable[[], object] | None = None) -> tuple[list[str], bool]:
     """Install a :class:`LiteralShapePatch` on every module of the slim ``model`` whose own code
     holds a changing channel size as a literal. Returns their paths, and whether ``forward``
-    ran (and passed) on the model as it is returned (no patch kept from the watching run).
+    ran (and passed) on a model that computes what the returned one computes.
 
     Literal or not is looked up in ``snap.cache["literal_facts"]``; facts not seen yet are
     found out by one call of ``forward`` (default: the slim model on the example inputs, in
@@ -219,6 +219,7 @@ def patch_literals(model: nn.Module, snap: Snapshot, edits: dict[str, ModuleEdit
         p = patch_of(modules[path])
         assert p is not None
         p.watch = watched[path] = {}
+        p.mixed = False
     try:
         if forward is None:
             run_call(model, snap.calls()[0])
@@ -229,10 +230,12 @@ def patch_literals(model: nn.Module, snap: Snapshot, edits: dict[str, ModuleEdit
         log.debug("watching forward of the slim %s failed: %s", type(model).__name__, exc)
         complete = False
     finally:
+        mixed = False
         for path in unknown:
             p = patch_of(modules[path])
             if p is not None:
                 p.watch = None
+                mixed = mixed or p.mixed
     found: list[str] = []
     for path in unknown:
         seen = watched[path]
@@ -254,6 +257,7 @@ def patch_literals(model: nn.Module, snap: Snapshot, edits: dict[str, ModuleEdit
                     "at run time by forward hooks (eager PyTorch, gradients included; torch.export, ONNX and "
                     "TorchScript export do not reliably keep them: check exported graphs)",
                     type(model).__name__, sorted(found))
-    # a patch found here watched with all its edits and now rewrites only the literal ones: the
-    # model that ``forward`` ran is the final one only when no patch was kept
-    return decided + found, complete and not found
+    # a watching patch rewrote every size it saw at its old value; kept, it rewrites those found
+    # literal, and removed, none (it found none): either does what the watched run did unless a
+    # size argument was seen both at its old and at its new value (a module called twice)
+    return decided + found, complete and not mixed
