@@ -161,6 +161,55 @@ def _sized_by_attributes(module: nn.Module) -> bool:
     return isinstance(module, _STOCK_SIZED) and type(module).__module__.startswith("torch.nn.modules.")
 
 
+def _known(modules: dict[str, nn.Module], edits: dict[str, ModuleEdits], keys: dict[str, tuple[Any, ...]],
+           skip_keys: dict[str, tuple[Any, ...]], cache: dict[tuple[Any, ...], dict[FactId, bool]],
+           skip_cache: dict[tuple[Any, ...], Skips]) -> tuple[list[str], list[str]]:
+    """The modules known (from earlier prunes of the snapshot) to hold a literal, and those not
+    known yet; stock layers sized by their attributes are neither."""
+    decided: list[str] = []
+    unknown: list[str] = []
+    for path, key in keys.items():
+        if _sized_by_attributes(modules[path]):
+            continue
+        known = cache.get(key, {})
+        ids = fact_ids(edits[path].edits)
+        if all(fid in known for fid in ids) and skip_keys[path] in skip_cache:
+            if any(known[fid] for fid in ids):
+                decided.append(path)
+        else:
+            unknown.append(path)
+    return decided, unknown
+
+
+def _watch(model: nn.Module, snap: Snapshot, modules: dict[str, nn.Module], unknown: list[str],
+           forward: Callable[[], object] | None) -> tuple[bool, bool, dict[str, dict[FactId, bool]]]:
+    """Run ``forward`` with the patches of ``unknown`` watching; whether it passed, whether a
+    size argument was seen both at its old and its new value, and what each patch saw."""
+    watched: dict[str, dict[FactId, bool]] = {}
+    for path in unknown:
+        p = patch_of(modules[path])
+        assert p is not None
+        p.watch = watched[path] = {}
+        p.mixed = False
+    mixed = False
+    try:
+        if forward is None:
+            run_call(model, snap.calls()[0])
+        else:
+            forward()
+        complete = True
+    except Exception as exc:  # the slim model is broken elsewhere; verification will say where
+        log.debug("watching forward of the slim %s failed: %s", type(model).__name__, exc)
+        complete = False
+    finally:
+        for path in unknown:
+            p = patch_of(modules[path])
+            if p is not None:
+                p.watch = None
+                mixed = mixed or p.mixed
+    return complete, mixed, watched
+
+
 def patch_literals(model: nn.Module, snap: Snapshot, edits: dict[str, ModuleEdits],
                    guesses: dict[str, list[tuple[str, Any]]], unresolved: list[str],
                    forward: Callable[[], object] | None = None) -> tuple[list[str], bool]:
@@ -187,18 +236,7 @@ def patch_literals(model: nn.Module, snap: Snapshot, edits: dict[str, ModuleEdit
     skip_keys = {path: (keys[path], tuple((op, tuple(i for i, sg in enumerate(sigs) if sg[2]))
                                            for op, sigs in sorted(edits[path].sigs.items())))
                  for path in modules}
-    decided: list[str] = []
-    unknown: list[str] = []
-    for path, key in keys.items():
-        if _sized_by_attributes(modules[path]):
-            continue
-        known = cache.get(key, {})
-        ids = fact_ids(edits[path].edits)
-        if all(fid in known for fid in ids) and skip_keys[path] in skip_cache:
-            if any(known[fid] for fid in ids):
-                decided.append(path)
-        else:
-            unknown.append(path)
+    decided, unknown = _known(modules, edits, keys, skip_keys, cache, skip_cache)
     undo: dict[str, Callable[[], None]] = {}
     for path in decided:
         e, templates, sigs = edits[path].edits, edits[path].templates, edits[path].sigs
@@ -214,28 +252,7 @@ def patch_literals(model: nn.Module, snap: Snapshot, edits: dict[str, ModuleEdit
                                path=path)
     if not unknown:
         return decided, False
-    watched: dict[str, dict[FactId, bool]] = {}
-    for path in unknown:
-        p = patch_of(modules[path])
-        assert p is not None
-        p.watch = watched[path] = {}
-        p.mixed = False
-    try:
-        if forward is None:
-            run_call(model, snap.calls()[0])
-        else:
-            forward()
-        complete = True
-    except Exception as exc:  # the slim model is broken elsewhere; verification will say where
-        log.debug("watching forward of the slim %s failed: %s", type(model).__name__, exc)
-        complete = False
-    finally:
-        mixed = False
-        for path in unknown:
-            p = patch_of(modules[path])
-            if p is not None:
-                p.watch = None
-                mixed = mixed or p.mixed
+    complete, mixed, watched = _watch(model, snap, modules, unknown, forward)
     found: list[str] = []
     for path in unknown:
         seen = watched[path]
