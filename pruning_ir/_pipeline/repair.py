@@ -122,6 +122,61 @@ def _shown(value: Any) -> Any:
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
+@dataclass
+class _Repairs:
+    """The repairs one prune may make to its slim model, and those made so far."""
+
+    modules: dict[str, nn.Module]
+    edits: dict[str, ModuleEdits]
+    guesses: dict[str, list[tuple[str, Any]]]
+    ambiguous: dict[str, list[tuple[str, int, list[int]]]]
+    choices: dict[str, Choices]
+    options: PruneOptions
+    done: set[str]
+    added: list[str]
+
+    def act(self, exc: VerifyFailure) -> bool:
+        """Repair the module verification failed in, or its nearest ancestor that can be
+        repaired; whether a repair was made."""
+        where = exc.module
+        chain = [] if where is None else [where[:i] for i in range(len(where), 0, -1)
+                                          if i == len(where) or where[i] == "."]
+        return any(self._repair(path) for path in [*chain, ""] if path in self.modules)
+
+    def _repair(self, path: str) -> bool:
+        """Try the next combination of attribute values of module ``path`` (guesses put back only
+        once it cannot be patched), else patch its literal sizes; whether either was done."""
+        module = self.modules[path]
+        ch = self.choices.get(path)
+        if ch is None and (path in self.guesses or path in self.ambiguous):
+            ch = self.choices[path] = Choices.of(self.ambiguous.get(path, []), self.guesses.get(path, []), module,
+                                                 self.options.repair_tries)
+        patchable = path in self.edits and path not in self.done
+        if ch is not None:
+            tried = ch.try_next(module, guesses=not patchable)
+            patch = patch_of(module)
+            if patch is not None:
+                # out of combinations, every guess is back in place (restored=False)
+                ch.fit_patch(patch, restored=tried is not None and tried[1])
+            if tried is not None:
+                log.debug("verification of %s: trying %s", path or "<root>", tried[0])
+                if patch is not None:
+                    patch.forget_skips()  # which calls the code skips follows the attributes
+                return True
+        if not patchable:
+            return False
+        e = self.edits[path]
+        install(module, e.edits, e.templates, e.sigs, path=path)
+        patch = patch_of(module)
+        if patch is not None:
+            patch.forget_skips()
+        self.done.add(path)
+        self.added.append(path)
+        if ch is not None:
+            ch.rearm()
+        return True
+
+
 def verify_or_repair(slim: nn.Module, new_snap: Snapshot, edits: dict[str, ModuleEdits], patched: list[str],
                      unresolved: list[str], guesses: dict[str, list[tuple[str, Any]]],
                      ambiguous: dict[str, list[tuple[str, int, list[int]]]], choices: dict[str, Choices],
@@ -133,8 +188,7 @@ def verify_or_repair(slim: nn.Module, new_snap: Snapshot, edits: dict[str, Modul
     in as they are made). Returns the modules patched here (``patched``: those patched
     before; ``first``: the re-trace of the example call of the model as it is, when made already)."""
     modules = dict(slim.named_modules())
-    done = set(patched)
-    added: list[str] = []
+    repairs = _Repairs(modules, edits, guesses, ambiguous, choices, options, set(patched), [])
     cap = options.max_repairs
     last: VerifyFailure | None = None
     for _ in range(cap):
@@ -146,56 +200,19 @@ def verify_or_repair(slim: nn.Module, new_snap: Snapshot, edits: dict[str, Modul
                     patch.relearn = False
             break
         except VerifyFailure as exc:
-            if not options.repair:
+            if not options.repair or not repairs.act(exc):
                 raise
             last = exc
-            where = exc.module
-            chain = [] if where is None else [where[:i] for i in range(len(where), 0, -1)
-                                              if i == len(where) or where[i] == "."]
-            acted = False
-            for path in [*chain, ""]:
-                if path not in modules:
-                    continue
-                ch = choices.get(path)
-                if ch is None and (path in guesses or path in ambiguous):
-                    ch = choices[path] = Choices.of(ambiguous.get(path, []), guesses.get(path, []),
-                                                     modules[path], options.repair_tries)
-                patchable = path in edits and path not in done
-                if ch is not None:
-                    tried = ch.try_next(modules[path], guesses=not patchable)
-                    patch = patch_of(modules[path])
-                    if patch is not None:
-                        # out of combinations, every guess is back in place (restored=False)
-                        ch.fit_patch(patch, restored=tried is not None and tried[1])
-                    if tried is not None:
-                        log.debug("verification of %s: trying %s", path or "<root>", tried[0])
-                        if patch is not None:
-                            patch.forget_skips()  # which calls the code skips follows the attributes
-                        acted = True
-                        break
-                if patchable:
-                    install(modules[path], edits[path].edits, edits[path].templates, edits[path].sigs, path=path)
-                    patch = patch_of(modules[path])
-                    if patch is not None:
-                        patch.forget_skips()
-                    done.add(path)
-                    added.append(path)
-                    if ch is not None:
-                        ch.rearm()
-                    acted = True
-                    break
-            if not acted:
-                raise
             first = None
     else:
         raise RewriteError(
             f"verifying the slim {type(slim).__name__} still failed after {cap} repairs (attributes "
-            f"restored, modules patched: {added}); the model is not returned unverified. Pass the modules "
+            f"restored, modules patched: {repairs.added}); the model is not returned unverified. Pass the modules "
             "that hold channel sizes in Python in leaf_modules=[...] (their channels stay unprunable), "
             "or report the model.") from last
-    if added:
+    if repairs.added:
         log.warning("slim %s: modules %s hold channel sizes as literals in forward; their ops are patched "
                     "at run time by forward hooks (eager PyTorch, gradients included; torch.export, ONNX and "
                     "TorchScript export do not reliably keep them: check exported graphs)",
-                    type(slim).__name__, added)
-    return added
+                    type(slim).__name__, repairs.added)
+    return repairs.added
