@@ -57,21 +57,23 @@ def _to_meta(obj: Any) -> Any:
     return pytree.tree_map(lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t, obj)
 
 
-def _probe_pair(model: nn.Module, snap: Snapshot, options: BuildOptions) -> tuple[nn.Module, Snapshot] | None:
-    """A model and its snapshot to probe with: ``model`` itself for a meta model, else a meta copy
-    traced anew (a meta trace is compared with meta runs: backends decompose some ops
-    differently), else ``model`` itself when it cannot run on meta but is small enough to probe
-    for real."""
-    if all(p.device.type == "meta" for p in model.parameters()):
+def _probe_pair(model: nn.Module, meta_model: nn.Module | None, snap: Snapshot, options: BuildOptions
+                ) -> tuple[nn.Module, Snapshot] | None:
+    """A model and its snapshot to probe with: ``model`` itself for a meta model, else its meta
+    copy ``meta_model`` traced anew (a meta trace is compared with meta runs: backends decompose
+    some ops differently), else ``model`` itself when it cannot run on meta (or has no meta copy)
+    but is small enough to probe for real."""
+    if _on_meta_device(model):
         return model, replace(snap, cache={})
-    try:
-        meta_model = _meta_copy(model)
-        args, kwargs = _to_meta(snap.example)
-        extra = tuple(ExampleCall(_to_meta(a), _to_meta(k), train=_uniform_mode(modes)) for a, k, modes in snap.extra)
-        meta_options = replace(options, soft_tracing=True, probe=False, extra_calls=extra, auto_calls=False)
-        return meta_model, trace_snapshot(meta_model, args, kwargs, meta_options, snap.name)
-    except Exception as exc:
-        log.debug("meta probe unavailable for %s: %s", type(model).__name__, exc)
+    if meta_model is not None:
+        try:
+            args, kwargs = _to_meta(snap.example)
+            extra = tuple(ExampleCall(_to_meta(a), _to_meta(k), train=_uniform_mode(modes))
+                          for a, k, modes in snap.extra)
+            meta_options = replace(options, soft_tracing=True, probe=False, extra_calls=extra, auto_calls=False)
+            return meta_model, trace_snapshot(meta_model, args, kwargs, meta_options, snap.name)
+        except Exception as exc:
+            log.debug("meta probe unavailable for %s: %s", type(model).__name__, exc)
     if sum(p.numel() for p in model.parameters()) <= _REAL_PROBE_LIMIT:
         return model, replace(snap, cache={})
     return None
@@ -190,13 +192,13 @@ def probe_groups(model: nn.Module, snap: Snapshot, options: BuildOptions
     with the reason; and the groups (by leaf) that prune when their kept size stays a multiple
     of some step. Groups that break the model alone but run when pruned together with another
     group of their size (by the same count) are tied to it in ``snap``'s space table first."""
-    meta_model = _meta_copy_or_none(model) if _reusable(model, snap) else None
-    if meta_model is not None:
+    meta_model = None if _on_meta_device(model) else _meta_copy_or_none(model)
+    if meta_model is not None and _reusable(snap):
         try:  # the meta copy checked against this trace: when every probe passes, no meta trace is needed
             return _probe(snap, meta_model, _on_meta(snap), options, optimistic=True)
         except _Doubt as exc:
             log.debug("probing %s against its own trace: %s; probing on a meta trace", type(model).__name__, exc)
-    pair = _probe_pair(model, snap, options)
+    pair = _probe_pair(model, meta_model, snap, options)
     if pair is None:
         snap.issues.append(Issue("probe", "", "", "model too large to probe for real and cannot run on meta: "
                                  "groups were not probed"))
@@ -209,12 +211,16 @@ class _Doubt(Exception):
     other decomposition of an op, so the probe starts again on a meta trace."""
 
 
-def _reusable(model: nn.Module, snap: Snapshot) -> bool:
-    """Whether a meta copy of ``model`` may be probed against ``snap`` itself: the model is not on
-    meta already (then ``snap`` is a meta trace), and its code reads no tensor values (meta
-    tensors have none)."""
-    return (any(p.device.type != "meta" for p in model.parameters())
-            and not any(i.kind == "data_dependent" for i in snap.issues))
+def _on_meta_device(model: nn.Module) -> bool:
+    """Whether ``model`` is itself on meta (then its snapshot is a meta trace)."""
+    return all(p.device.type == "meta" for p in model.parameters())
+
+
+def _reusable(snap: Snapshot) -> bool:
+    """Whether a meta copy of the model may be probed against ``snap`` itself: its code reads no
+    tensor values (meta tensors have none) and draws nothing at random (checking whether its
+    output shapes vary runs the copy, which then goes on to be traced if a probe fails)."""
+    return not any(i.kind in ("data_dependent", "random") for i in snap.issues)
 
 
 def _meta_copy_or_none(model: nn.Module) -> nn.Module | None:

@@ -43,6 +43,15 @@ def size_refused(exc: BaseException | None) -> bool:
     return isinstance(exc, RuntimeError) and "is invalid for input of size" in str(exc)
 
 
+def _call_name(k: int) -> str:
+    return "the example inputs" if k == 0 else f"traced call {k + 1}"
+
+
+def _hint(unresolved: Sequence[str]) -> str:
+    """What verification failures add about attributes the rewrite left ambiguous."""
+    return ("; ambiguous attributes: " + "; ".join(unresolved)) if unresolved else ""
+
+
 def retrace(model: nn.Module, expected: Snapshot, k: int, leaf_modules: Sequence[object],
             unresolved: Sequence[str] = ()) -> Graph:
     """Trace the slim ``model`` on traced call ``k`` of ``expected`` (in that call's modes, without
@@ -56,10 +65,8 @@ def retrace(model: nn.Module, expected: Snapshot, k: int, leaf_modules: Sequence
         if not exc.raised or exc.__cause__ is None:
             raise VerifyFailure(str(exc), exc.module, kind="trace", cause=exc) from exc
         cause = exc.__cause__
-        what = "the example inputs" if k == 0 else f"traced call {k + 1}"
-        hint = ("; ambiguous attributes: " + "; ".join(unresolved)) if unresolved else ""
-        summary = (f"the slim {type(model).__name__} does not run on {what} (in module "
-                   f"'{exc.module or '<root>'}'): {type(cause).__name__}: {cause}{hint}")
+        summary = (f"the slim {type(model).__name__} does not run on {_call_name(k)} (in module "
+                   f"'{exc.module or '<root>'}'): {type(cause).__name__}: {cause}{_hint(unresolved)}")
         raise VerifyFailure(
             f"{summary}. Some Python code holds a shape the engine could not update: pass that module in "
             "leaf_modules=[...] (its channels stay unprunable) or report the model.",
@@ -78,10 +85,8 @@ def _check_outputs(model: nn.Module, expected: Snapshot, k: int, outs_expected: 
     want = ([tuple(s) for s in expected.output_shapes] if k == 0
             else [tuple(expected.graph.values[v].shape) for v in outs_expected])
     if shapes[: len(want)] != want:
-        what = "the example inputs" if k == 0 else f"traced call {k + 1}"
-        hint = ("; ambiguous attributes: " + "; ".join(unresolved)) if unresolved else ""
-        raise VerifyFailure(f"the slim {type(model).__name__} changed its output shapes on {what}: {shapes} instead "
-                            f"of {want}{hint}.", None, kind="shapes")
+        raise VerifyFailure(f"the slim {type(model).__name__} changed its output shapes on {_call_name(k)}: {shapes} "
+                            f"instead of {want}{_hint(unresolved)}.", None, kind="shapes")
 
 
 def verify_graph(model: nn.Module, expected: Snapshot, unresolved: list[str], leaf_modules: Sequence[object],

@@ -60,7 +60,6 @@ class _Recorder(TorchDispatchMode):
         self.refs: dict[int, weakref.ref[torch.Tensor]] = {}  # id(tensor) -> its weak reference
         self.stack: list[str] = []
         self.suppress = 0
-        self.fail_stack: tuple[tuple[str, ...], str] | None = None
         self.entered: list[BaseException | None] = []  # beside ``stack``: the exception being handled then
         self.raised_in: list[tuple[BaseException, tuple[str, ...], str]] = []
         """``(exception, module stack, op)``: where each exception raised in forward left its
@@ -131,12 +130,10 @@ class _Recorder(TorchDispatchMode):
         return out
 
     def _run(self, name: str, func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
-        """Run one call; on failure remember where (the first failure names the module)."""
+        """Run one call; on failure remember where (see :func:`_raised_where`)."""
         try:
             return meta_call(func, args, kwargs)
         except Exception as exc:
-            if self.fail_stack is None:
-                self.fail_stack = (tuple(self.stack), name)
             self.raised_in.append((exc, tuple(self.stack), name))
             raise
 
@@ -300,7 +297,7 @@ def _raised_where(rec: _Recorder, exc: BaseException) -> tuple[tuple[str, ...], 
             if e is cur:
                 return stack, op
         cur = cur.__cause__ or cur.__context__
-    return rec.fail_stack if rec.fail_stack else ((), "")
+    return next(((stack, op) for _, stack, op in rec.raised_in if op), ((), ""))
 
 
 def _record_leaf(rec: _Recorder, module: nn.Module, path: str, out: Any) -> None:

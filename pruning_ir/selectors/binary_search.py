@@ -12,7 +12,7 @@ from torch import nn
 
 from ..errors import InvalidInputError, LatencyMeasurementError
 from .base import LabelSelector, align_selection
-from .budget import Evaluator, as_float, ranked_units
+from .budget import Evaluator, as_count, as_float, ranked_units
 
 if TYPE_CHECKING:
     from .._ir.labels import Label
@@ -62,8 +62,7 @@ class BinarySearchLatencyLabelSelector(LabelSelector):
             raise InvalidInputError(f"latency_calculation_function={latency_calculation_function!r} is not callable.")
         if not isinstance(min_kept, int) or min_kept < 1:
             raise InvalidInputError(f"min_kept={min_kept!r}: give an int >= 1.")
-        if not isinstance(confirmation_passes, int) or isinstance(confirmation_passes, bool) or confirmation_passes < 0:
-            raise InvalidInputError(f"confirmation_passes={confirmation_passes!r}: give an int >= 0.")
+        as_count(confirmation_passes, "confirmation_passes", 0)
         self.latency_calculation_function = latency_calculation_function
         self.min_kept = min_kept
         self.verbose = verbose

@@ -367,3 +367,10 @@ def as_float(x: Any, what: str) -> float:
     if not isinstance(x, (int, float)) or isinstance(x, bool) or not math.isfinite(x):
         raise InvalidInputError(f"{what}={x!r}: give a finite number in the latency function's units.")
     return float(x)
+
+
+def as_count(x: Any, what: str, low: int) -> int:
+    """``x`` when it is an int (not a bool) of at least ``low``, else a clear error."""
+    if not isinstance(x, int) or isinstance(x, bool) or x < low:
+        raise InvalidInputError(f"{what}={x!r}: give an int >= {low}.")
+    return x

@@ -38,7 +38,7 @@ from torch import nn
 
 from ...errors import InvalidInputError, LatencyMeasurementError
 from ..base import LabelSelector, align_selection
-from ..budget import ConstraintArg, Evaluator, as_float, attention_head_ties, resolve_constraints, tie_bounds
+from ..budget import ConstraintArg, Evaluator, as_count, as_float, attention_head_ties, resolve_constraints, tie_bounds
 from .confirm import confirm, search_on
 from .search import Removal, Round, Search, fresh
 from .solvers import Program
@@ -141,8 +141,7 @@ class KnapsackLabelSelector(LabelSelector):
             raise InvalidInputError("solver_execution_time_limit must be > 0 seconds.")
         if not 0 <= tolerance < 1:
             raise InvalidInputError(f"tolerance={tolerance!r}: give a fraction in [0, 1).")
-        if not isinstance(confirmation_passes, int) or isinstance(confirmation_passes, bool) or confirmation_passes < 0:
-            raise InvalidInputError(f"confirmation_passes={confirmation_passes!r}: give an int >= 0.")
+        as_count(confirmation_passes, "confirmation_passes", 0)
         self.latency_calculation_function = latency_calculation_function
         self.strict_label_order = strict_label_order
         self.constraint = constraint
