@@ -42,6 +42,7 @@ from .criteria import (
     RandomCriterion,
     TaylorFOWeightCriterion,
 )
+from .deploy import load_pruned, save_pruned
 from .errors import (
     CalibrationError,
     InvalidInputError,
@@ -67,6 +68,8 @@ from .selectors import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "load_pruned",
+    "save_pruned",
     "SNAPSHOT_FORMAT",
     "APoZCriterion",
     "BNScaleCriterion",

@@ -19,6 +19,7 @@ from ._ir.snapshot import Snapshot
 from ._pipeline.build import build_snapshot
 from ._pipeline.options import MAX_REPAIRS, MAX_TRIES, BuildOptions, PruneOptions
 from ._pipeline.prune import prune_snapshot
+from ._rewrite.recipe import origin_of, set_origin
 from ._trace.conditions import batch_size
 from .calls import ExampleCall, as_example_call
 from .errors import InvalidInputError, SnapshotVersionError
@@ -339,10 +340,20 @@ class PruningIR:
                     "that uses them may fail or differ from the masked original. Give such a call as "
                     "PruningIR(..., extra_calls=[ExampleCall(...)]) (see ir.report()).", stacklevel=2)
         options = PruneOptions(inplace, verify, tuple(self.leaf_modules), self._repair_tries, self._max_repairs)
+        origin = self._origin()  # before the prune: inplace changes the model's config
         res = prune_snapshot(snap, self._model, removed, options)
+        set_origin(res.model, origin)
         out = PruningIR._from_snapshot(res.model, res.snapshot, self, name)
         out.rewrite_log = list(res.log)
         return out
+
+    def _origin(self) -> dict[str, Any]:
+        """What the model was built as before any prune (its class, a Hugging Face config): what
+        :func:`~pruning_ir.save_pruned` records so that the slim model can be rebuilt."""
+        origin = self.__dict__.get("_origin_cache")
+        if origin is None:
+            origin = self.__dict__["_origin_cache"] = origin_of(self._model)
+        return origin
 
     # ------------------------------------------------------------------ inspection
     def lint(self, name: str = DEFAULT) -> None:
