@@ -68,8 +68,6 @@ from .selectors import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "load_pruned",
-    "save_pruned",
     "SNAPSHOT_FORMAT",
     "APoZCriterion",
     "BNScaleCriterion",
@@ -106,6 +104,8 @@ __all__ = [
     "TraceError",
     "UniformLabelSelector",
     "VerificationReport",
+    "load_pruned",
     "masked_model",
+    "save_pruned",
     "verify_pruning",
 ]

@@ -253,9 +253,9 @@ def _check_structure(recipe: dict[str, Any], base: nn.Module) -> dict[str, nn.Mo
             "(same class and constructor arguments; it may be on the meta device).")
     for path, rec in recipe["modules"].items():
         mod = mods[path]
+        if rec["class"].partition(":")[2] == type(mod).__qualname__:
+            continue  # the same class (perhaps imported under another module name)
         cls = import_object(rec["class"])
-        if type(mod) is cls:
-            continue
         if isinstance(cls, type) and issubclass(cls, type(mod)):
             mod.__class__ = cls  # a class pruning gives (PrunedMultiheadAttention)
             continue
