@@ -12,16 +12,17 @@ Needs the ``examples`` extra (scikit-learn, tqdm); the data is scikit-learn's bu
 4. prune: a physically smaller model of the same classes; check slim == original with the
    removed labels masked to zero;
 5. recover accuracy: BN recalibration, then a short fine-tune;
-6. compare accuracy, parameters, MACs and CPU latency; save and reload the IR with dill.
+6. compare accuracy, parameters, MACs and CPU latency; save the slim model (safetensors + JSON)
+   and load it back into its own classes.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
+import tempfile
 import time
+from pathlib import Path
 
-import dill
 import torch
 import torch.nn.functional as F
 from digits_cnn import (
@@ -37,7 +38,15 @@ from digits_cnn import (
     train,
 )
 
-from pruning_ir import GlobalScoreLabelSelector, LossAwareCriterion, PruningIR, UniformLabelSelector, verify_pruning
+from pruning_ir import (
+    GlobalScoreLabelSelector,
+    LossAwareCriterion,
+    PruningIR,
+    UniformLabelSelector,
+    load_pruned,
+    save_pruned,
+    verify_pruning,
+)
 
 # The selector, as a function of its ratio: the lowest-scored labels of the whole model (scores in
 # units of loss, comparable across layers). UniformLabelSelector removes the same fraction of every
@@ -125,14 +134,17 @@ def main() -> None:
     for name, a, b, fmt in rows:
         print(f"{name:26s} {a:12{fmt}} {b:12{fmt}} {b / a:7.3f}")
 
-    # 7. save and reload the pruned IR (its .model is the fine-tuned slim model)
-    buf = io.BytesIO()
-    torch.save(pruned, buf, pickle_module=dill)
-    buf.seek(0)
-    loaded = torch.load(buf, pickle_module=dill, weights_only=False)  # trusted files only
+    # 7. save the slim model (its fine-tuned weights) without pickle, and load it back: the original
+    #    architecture is built on `meta` (no memory) and turned into the slim one by the saved recipe
+    with tempfile.TemporaryDirectory() as d:
+        save_pruned(pruned, d)  # checks itself by loading the directory back
+        size = sum(f.stat().st_size for f in Path(d).iterdir())
+        with torch.device("meta"):
+            base = make_model(seed=args.seed)
+        loaded = load_pruned(d, base_model=base).eval()
     with torch.no_grad():
-        same = torch.equal(loaded.model.eval()(data.x_test), slim(data.x_test))
-    print(f"saved IR: {buf.getbuffer().nbytes / 1e6:.2f} MB, reloaded model identical: {same}")
+        same = torch.equal(loaded(data.x_test), slim(data.x_test))
+    print(f"saved slim model: {size / 1e6:.2f} MB (safetensors + JSON), reloaded model identical: {same}")
     print(f"total time {time.perf_counter() - t_start:.1f} s ({args.threads} torch threads)")
 
 

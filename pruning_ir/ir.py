@@ -343,6 +343,9 @@ class PruningIR:
         origin = self._origin()  # before the prune: inplace changes the model's config
         res = prune_snapshot(snap, self._model, removed, options)
         set_origin(res.model, origin)
+        if res.undescribed and not snap.cache.get("warned_config"):
+            snap.cache["warned_config"] = True
+            warnings.warn(f"pruning {type(self._model).__name__}: {res.undescribed}.", stacklevel=2)
         out = PruningIR._from_snapshot(res.model, res.snapshot, self, name)
         out.rewrite_log = list(res.log)
         return out

@@ -19,8 +19,8 @@ pytest.importorskip("transformers")
 from hf_zoo import HF_CASES
 
 
-def _llama() -> tuple[PruningIR, object]:
-    case = HF_CASES["llama"]()
+def _llama(name: str = "llama") -> tuple[PruningIR, object]:
+    case = HF_CASES[name]()
     ir = PruningIR(case.model, example_inputs=case.example_inputs, example_kwargs=case.example_kwargs)
     return ir, case
 
@@ -55,12 +55,53 @@ def test_kv_head_pruning_updates_head_counts() -> None:
     assert _round_trip(pruned.model, case) < 1e-5
 
 
+def test_kv_head_pruning_under_sdpa_round_trips() -> None:
+    """The default attention (sdpa) records other ops than eager; the config is updated alike."""
+    ir, case = _llama("llama_sdpa")
+    assert ir.model.config._attn_implementation == "sdpa"
+    kv = [g for g in ir.prunable_label_groups() if g.structured and g.size == 2]
+    pruned = ir.prune(labels=[ir.labels(g)[1] for g in kv])
+    cfg = pruned.model.config
+    assert (cfg.num_attention_heads, cfg.num_key_value_heads) == (3, 1)
+    assert _round_trip(pruned.model, case) < 1e-5
+
+
+def test_several_fields_change_together() -> None:
+    """FFN neurons and kv heads pruned uniformly: intermediate_size, num_attention_heads and
+    num_key_value_heads change at once (the heads only together: q's width is their product)."""
+    ir, case = _llama()
+    ffn = [g for g in ir.prunable_label_groups() if g.size == 80]
+    kv = [g for g in ir.prunable_label_groups() if g.structured and g.size == 2]
+    pruned = ir.prune(labels=[lab for g in ffn for lab in ir.labels(g)[:24]] + [ir.labels(g)[0] for g in kv])
+    cfg = pruned.model.config
+    assert (cfg.intermediate_size, cfg.num_attention_heads, cfg.num_key_value_heads) == (56, 3, 1)
+    assert _round_trip(pruned.model, case) < 1e-5
+
+
 def test_config_left_unchanged_when_layers_differ() -> None:
     ir, _ = _llama()
     ffn = [g for g in ir.prunable_label_groups() if g.size == 80]
-    pruned = ir.prune(labels=ir.labels(ffn[0])[:10] + ir.labels(ffn[1])[:20])  # 70 and 60 neurons
+    with pytest.warns(UserWarning, match="save_pruned") as caught:
+        pruned = ir.prune(labels=ir.labels(ffn[0])[:10] + ir.labels(ffn[1])[:20])  # 70 and 60 neurons
+        ir.prune(labels=ir.labels(ffn[0])[:12])  # warned once per IR, not per prune
+    assert sum("save_pruned" in str(w.message) for w in caught) == 1
     assert pruned.model.config.intermediate_size == 80
-    assert "config: intermediate_size=80 became [60, 70] in different layers" in " ".join(pruned.rewrite_log)
+    line = next(x for x in pruned.rewrite_log if x.startswith("config:"))
+    assert "layers were pruned to different widths (model.layers.#.mlp." in line and "60x48 / 70x48" in line, line
+
+
+def test_sliced_rotary_frequencies_are_not_described() -> None:
+    """Pruning within heads slices the rotary frequencies, a buffer save_pretrained does not save:
+    a config with the slim sizes would load a model with other frequencies (silently different),
+    so the config is left as it was and from_pretrained fails loudly on the shapes instead."""
+    ir, case = _llama()
+    with pytest.warns(UserWarning, match="save_pruned"):
+        pruned = ir.prune(labels=UniformLabelSelector(0.5).select(ir))
+    assert tuple(pruned.model.model.rotary_emb.inv_freq.shape) == (2,)
+    assert pruned.model.config.to_dict() == ir.model.config.to_dict()
+    assert any("rotary_emb.inv_freq" in line for line in pruned.rewrite_log)
+    with pytest.raises(RuntimeError, match="mismatch"):
+        _round_trip(pruned.model, case)
 
 
 def test_within_head_pruning_cannot_be_described() -> None:

@@ -48,10 +48,12 @@ class PruneOptions:
 @dataclass(frozen=True)
 class PruneResult:
     """The slim model, its snapshot (or how to derive it, when verification did not need it),
-    the rewrite log and the modules whose literal sizes are patched at run time."""
+    the rewrite log, the modules whose literal sizes are patched at run time, and why the Hugging
+    Face config could not be updated (``None``: it was, or there is none)."""
 
     model: nn.Module
     snapshot: Snapshot | Callable[[], Snapshot]
     log: list[str] = field(default_factory=list)
     patched: list[str] = field(default_factory=list)
+    undescribed: str | None = None
 

@@ -40,7 +40,7 @@ def prune_snapshot(snap: Snapshot, model: nn.Module, removed: dict[int, torch.Te
     slim = slim_model(snap, model, removed, options.inplace)
     guesses: dict[str, list[tuple[str, object]]] = {}
     ambiguous: dict[str, list[tuple[str, int, list[int]]]] = {}
-    changes, unresolved = update_attributes(slim, snap, kept, guesses, ambiguous)
+    changes, unresolved, undescribed = update_attributes(slim, snap, kept, guesses, ambiguous)
     for c in changes:
         log.debug("updated %s", c)
     edits = module_edits(snap, kept) if removed else {}
@@ -70,4 +70,4 @@ def prune_snapshot(snap: Snapshot, model: nn.Module, removed: dict[int, torch.Te
         snapshot = functools.partial(remap_snapshot, snap, kept)
 
     changes += [f"{m or '<root>'}: literal sizes in forward patched by hooks" for m in patched]
-    return PruneResult(slim, snapshot, changes, patched)
+    return PruneResult(slim, snapshot, changes, patched, undescribed)

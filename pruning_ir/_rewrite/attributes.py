@@ -208,8 +208,9 @@ def update_generic(mod: nn.Module, changes: list[tuple[str, int, int]], lists: l
 def update_attributes(model: nn.Module, snap: Snapshot, kept: dict[int, torch.Tensor],
                       undo: dict[str, list[tuple[str, Any]]] | None = None,
                       ambiguous: dict[str, list[tuple[str, int, list[int]]]] | None = None
-                      ) -> tuple[list[str], list[str]]:
-    """Update every module of ``model``; returns (changes made, ambiguities left).
+                      ) -> tuple[list[str], list[str], str | None]:
+    """Update every module of ``model``; returns (changes made, ambiguities left, why a Hugging
+    Face config could not be updated or ``None``).
 
     ``undo`` collects, per module path, the (attribute, old value) pairs set by matching
     values, so that a module whose guess fails verification can be restored and patched.
@@ -236,5 +237,5 @@ def update_attributes(model: nn.Module, snap: Snapshot, kept: dict[int, torch.Te
             log.append(f"{path or '<root>'}.use_nested_tensor: True -> False (pruned attention layers)")
     from .hf_config import update_hf_config
 
-    update_hf_config(model, snap, kept, log)
-    return log, unresolved
+    undescribed = update_hf_config(model, snap, kept, log)
+    return log, unresolved, undescribed
