@@ -342,6 +342,9 @@ class Row:
     prunable: int | None = None
     sels: list[dict[str, Any]] = field(default_factory=list)  # asdict(Sel) per selection reached
     seconds: float | None = None
+    saved: str = "-"  # save_pruned -> load_pruned of the "random 0" slim model (see deploy)
+    exported: str = "-"  # export_onnx + ONNX Runtime of the same slim model
+    deploy_detail: str = ""
 
     @property
     def kind(self) -> str:
@@ -626,7 +629,64 @@ def judge(ir: Any, labels: list[Any], sel: Sel, stage: Any) -> None:
         sel.detail = "groups without notes, not exact: " + "; ".join(_check_text(c) for c in rc.checks if not c.exact)
 
 
-def run_one(model_type: str, class_names: list[str], conn: Connection, verbose: bool) -> None:
+DEPLOY_BAD = ("DIFFERS", "CRASH")
+"""Save/load outcomes that fail the sweep (save_pruned checks its own round trip, so a model it
+cannot save comes back as ``refused``, reported only)."""
+
+
+def deploy(ir: Any, row: Row, stage: Any, progress: Any) -> None:
+    """Deployment of the ``random 0`` slim model (non-uniform widths): ``save_pruned`` to a
+    temporary directory and ``load_pruned`` back (``ok`` when the outputs on the example call are
+    identical; ``refused`` when save_pruned's own check refuses it; ``DIFFERS``/``CRASH`` otherwise),
+    then ``export_onnx`` with its ONNX Runtime check (``ok``, ``ok (baked)`` for literal-patched
+    models; when it fails, whether the *original* model exports: ``original does not export``
+    when it does not either, else ``BLOCKED`` with the error and the innermost frame)."""
+    import tempfile
+
+    from pruning_ir import load_pruned, save_pruned
+    from pruning_ir.errors import PruningIRError
+    from pruning_ir.export import export_onnx, patched_modules
+
+    stage("deploy prune")
+    pruned = ir.prune(labels=random_selection(ir, 0))
+    args, kwargs = ir.snapshot().example
+    if "use_cache" in inspect.signature(ir.model.forward).parameters:
+        kwargs = {**kwargs, "use_cache": False}  # as deployed: a KV cache object is no output a program returns
+    notes = []
+    with tempfile.TemporaryDirectory() as d:
+        stage("deploy save")
+        try:
+            save_pruned(pruned, d)
+            loaded = load_pruned(d)
+            with torch.no_grad():
+                same = _same(pruned.model(*args, **kwargs), loaded(*args, **kwargs))
+            row.saved = "ok" if same else "DIFFERS"
+        except PruningIRError as exc:
+            row.saved = "refused"
+            notes.append(f"save: {_first_line(exc, 200)}")
+        except Exception as exc:
+            row.saved = "CRASH"
+            notes.append(f"save: {_first_line(exc, 200)} at {_where(exc)}")
+        row.deploy_detail = "; ".join(notes)
+        progress()
+        stage("deploy export")
+        baked = " (baked)" if patched_modules(pruned.model) else ""
+        try:
+            export_onnx(pruned.model, Path(d) / "slim.onnx", args, kwargs)
+            row.exported = "ok" + baked
+        except Exception as exc:
+            stage("deploy export original")
+            try:
+                export_onnx(ir.model, Path(d) / "original.onnx", args, kwargs)
+                row.exported = "BLOCKED" + baked
+            except Exception:
+                row.exported = "original does not export"
+            notes.append(f"export: {_first_line(exc, 200)} at {_where(exc)}")
+    row.deploy_detail = "; ".join(notes)
+
+
+def run_one(model_type: str, class_names: list[str], conn: Connection, verbose: bool, with_deploy: bool = True
+            ) -> None:
     """Child process: build, then prune and verify each selection; send stage updates, the row
     so far after each step (kept when the model times out) and the final :class:`Row`."""
     torch.set_num_threads(1)
@@ -701,6 +761,12 @@ def run_one(model_type: str, class_names: list[str], conn: Connection, verbose: 
             row.sels.append(asdict(sel))
             progress()
         row.status, row.detail, row.where = model_status(row.selections())
+        if with_deploy and row.prunable and row.kind in ("ok-exact", "ok-inexact-listed"):
+            try:
+                deploy(ir, row, stage, progress)
+                progress()
+            except Exception as exc:  # pruning the deployed selection itself
+                row.saved, row.deploy_detail = "CRASH", f"{_first_line(exc)} at {_where(exc)}"
     except Exception as exc:  # in the benchmark itself
         row.status, row.detail, row.where = "CRASH", _first_line(exc), _where(exc)
     finally:
@@ -722,11 +788,12 @@ def model_status(sels: list[Sel], floor: str = "nothing-prunable") -> tuple[str,
     return status, detail, where
 
 
-def run_isolated(model_type: str, class_names: list[str], timeout: float, verbose: bool) -> Row:
+def run_isolated(model_type: str, class_names: list[str], timeout: float, verbose: bool, with_deploy: bool = True
+                 ) -> Row:
     """:func:`run_one` in a forked subprocess, killed after ``timeout`` seconds."""
     ctx = mp.get_context("fork")
     recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=run_one, args=(model_type, class_names, send, verbose), daemon=True)
+    proc = ctx.Process(target=run_one, args=(model_type, class_names, send, verbose, with_deploy), daemon=True)
     t0 = time.perf_counter()
     proc.start()
     send.close()
@@ -758,6 +825,15 @@ def run_isolated(model_type: str, class_names: list[str], timeout: float, verbos
             status, detail = "CRASH", f"subprocess died with exit code {proc.exitcode} in {stage}"
         row = Row(**partial) if partial is not None else Row(model_type)
         row.stage = stage
+        if stage.startswith("deploy"):  # the selections are judged; deployment ran out of time
+            row.status, row.detail, row.where = model_status(row.selections())
+            if stage in ("deploy prune", "deploy save"):
+                row.saved = "timeout"
+            row.exported = "timeout"
+            row.deploy_detail = f"> {timeout:.0f} s in {stage}"
+            row.seconds = time.perf_counter() - t0
+            recv.close()
+            return row
         # selections finished before: a WRONG / CRASH / refused among them wins over a timeout
         worst, sdetail, swhere = model_status(row.selections(), floor=status)
         if worst == status:
@@ -801,7 +877,7 @@ def warm_up() -> None:
 # ----------------------------------------------------------------------------- report
 HEADERS = ("model_type", "class", "status", "params", "params after", "#groups", "#prunable groups",
            "#labels u/r0/r1", "IR build s", *SELECTIONS, "conditions", "max_abs_diff out/grad",
-           "note-free diff out/grad", "total s", "detail")
+           "note-free diff out/grad", "save/load", "export+ORT", "total s", "detail")
 VERIFIED = ("exact", "listed", "WRONG")  # outcomes with a verify_pruning report
 
 
@@ -869,7 +945,7 @@ def table_row(r: Row) -> list[str]:
     return [r.model_type, r.cls, r.status, fmt_params(r.params_before), after,
             "-" if r.groups is None else str(r.groups), "-" if r.prunable is None else str(r.prunable),
             labels if ss else "-", fmt_s(r.build_s), *[sel_cell(sels.get(n)) for n in SELECTIONS],
-            conditions_cell(r), diff if ss else "-", clean if ss else "-", fmt_s(r.seconds),
+            conditions_cell(r), diff if ss else "-", clean if ss else "-", r.saved, r.exported, fmt_s(r.seconds),
             detail if len(detail) <= 110 else detail[:109] + "…"]
 
 
@@ -892,6 +968,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--verbose", action="store_true", help="keep the subprocesses' stdout / stderr")
     ap.add_argument("--list", action="store_true", help="list the candidate model types and exit")
     ap.add_argument("--out", default="hf_sweep.md", help="file name under benchmarks/results/")
+    ap.add_argument("--no-deploy", action="store_true",
+                    help="skip the deployment stage (save/load round trip, ONNX export + ONNX Runtime)")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(max(args.threads, 1))
@@ -929,11 +1007,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def one(name: str) -> Row:
         nonlocal done
-        r = run_isolated(name, cands[name], args.timeout, args.verbose)
+        r = run_isolated(name, cands[name], args.timeout, args.verbose, not args.no_deploy)
         done += 1
         per_sel = " ".join(sel_cell(s) for s in r.selections())
         print(f"[hf_sweep {done}/{len(names)}] {name}: {r.status} [{per_sel}] {conditions_cell(r)} "
-              f"{r.seconds or 0:.1f}s {r.detail[:100]}", file=sys.stderr, flush=True)
+              f"save {r.saved} export {r.exported} {r.seconds or 0:.1f}s {r.detail[:100]} {r.deploy_detail[:100]}",
+              file=sys.stderr, flush=True)
         return r
 
     with ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:  # threads only wait on subprocesses
@@ -968,8 +1047,16 @@ def main(argv: list[str] | None = None) -> int:
         "model raised in one, - = no verified selection): " + "; ".join(per_cond) + ".",
         "Skipped models by reason: " + (", ".join(f"{k}: {v}" for k, v in skip_kinds.most_common()) or "none") + ".",
     ]
+    deployed = [r for r in main_rows if r.saved != "-"]
+    if deployed:
+        cs, ce = Counter(r.saved for r in deployed), Counter(r.exported for r in deployed)
+        lines.append(f"Deployment of the random 0 slim model ({len(deployed)} models): save_pruned -> load_pruned "
+                     + ", ".join(f"{k} {v}" for k, v in cs.most_common()) + "; export_onnx + ONNX Runtime "
+                     + ", ".join(f"{k} {v}" for k, v in ce.most_common()) + ".")
+    bad += [r for r in deployed if r.saved in DEPLOY_BAD and r not in bad]
     if bad:
-        lines.append("FAILED (WRONG, CRASH or refused-at-prune): " + ", ".join(r.model_type for r in bad))
+        lines.append("FAILED (WRONG, CRASH, refused-at-prune, or a save/load that differs or crashes): "
+                     + ", ".join(r.model_type for r in bad))
     built = [r for r in rows if r.build_s is not None]
     slow = sorted((r for r in built if r.build_s is not None and r.build_s > TARGET_BUILD_S),
                   key=lambda r: -(r.build_s or 0.0))
@@ -1035,6 +1122,11 @@ def main(argv: list[str] | None = None) -> int:
                 if s.outcome in ("WRONG", "refused", "CRASH"):
                     doc.append(f"  - {s.name}: {s.outcome}: {md_cell(s.detail)}"
                                + (f" -- at `{s.where}`" if s.where else ""))
+    undeployed = [r for r in main_rows if r.deploy_detail]
+    if undeployed:
+        doc += ["", "## Deployment problems (save/load refused or failed, export blocked)", ""]
+        doc += [f"- **{r.model_type}** (save/load {r.saved}, export {r.exported}): {md_cell(r.deploy_detail)}"
+                for r in undeployed]
     cond_skips: dict[tuple[str, str], list[str]] = {}
     for r in main_rows:
         seen: set[tuple[str, str]] = set()

@@ -207,6 +207,12 @@ ops they decompose into (a contiguous copy where needed, then ``view``; ``slice`
 :class:`_Mode` then rewrites."""
 
 
+def _tracing() -> bool:
+    """Whether torch.export / torch.compile is tracing the model (no eager backward to replay for:
+    the tracer differentiates the rewritten ops it records)."""
+    return bool(torch.compiler.is_compiling() or torch.compiler.is_exporting())
+
+
 class _Reroute(TorchFunctionMode):
     def __init__(self, patch: LiteralShapePatch) -> None:
         super().__init__()
@@ -215,7 +221,7 @@ class _Reroute(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         p = self.patch
-        if p.depth or p.tape is not None or not torch.is_grad_enabled() or not any(
+        if p.depth or p.tape is not None or not torch.is_grad_enabled() or _tracing() or not any(
                 t.requires_grad for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)):
             return self._call(func, args, kwargs)
         # gradients wanted: write the ATen calls down, and if the patch rewrote one of them,
