@@ -113,7 +113,12 @@ class PruningIR:
         model: the module to prune. It is never modified unless ``prune(..., inplace=True)``.
         example_inputs: what ``model`` is called with while tracing: a tensor, a tuple of
             positional inputs, or a dict of keyword inputs. Tensors on the ``meta`` device
-            (with a ``meta`` model) trace without allocating memory.
+            (with a ``meta`` model) trace without allocating memory. Without example inputs
+            (``PruningIR(model)``, as in ENOT) the IR is traced later, on the first batch a
+            criterion's collector is called with (``with LossAwareCriterion(ir) as collect:
+            collect(x)``) or by :meth:`create_snapshot`; until then, anything that reads the
+            graph or labels (a selector, ``prune``) raises
+            :class:`~pruning_ir.errors.InvalidInputError` saying so.
         example_kwargs: extra keyword inputs (e.g. ``{"use_cache": False}``).
         leaf_modules: module types or instances recorded as one opaque node each; their
             channels are unprunable unless a leaf handler is registered for the class.
@@ -175,11 +180,6 @@ class PruningIR:
                 f"PruningIR needs a torch.nn.Module, got {type(model).__name__}. "
                 "Wrap a function in an nn.Module whose forward calls it."
             )
-        if example_inputs is None and not example_kwargs:
-            raise InvalidInputError(
-                f"PruningIR({type(model).__name__}) needs example_inputs to trace the model: "
-                "PruningIR(model, example_inputs=(x,)) where model(x) runs."
-            )
         model = _traceable(model)
         self._model = model
         self.leaf_modules = list(leaf_modules or [])
@@ -190,12 +190,17 @@ class PruningIR:
         self.auto_calls = auto_calls
         self._snapshots: dict[str, Snapshot | Callable[[], Snapshot]] = {}
         self.rewrite_log: list[str] = []
-        self.create_snapshot(name, example_inputs=example_inputs, example_kwargs=example_kwargs)
+        if example_inputs is not None or example_kwargs:
+            self.create_snapshot(name, example_inputs=example_inputs, example_kwargs=example_kwargs)
 
     # ------------------------------------------------------------------ building
     def create_snapshot(self, name: str = DEFAULT, *, example_inputs: Any = None,
                         example_kwargs: dict[str, Any] | None = None) -> Snapshot:
         """Trace the model on the example inputs and infer its labels as snapshot ``name``."""
+        if example_inputs is None and not example_kwargs:
+            raise InvalidInputError(
+                f"create_snapshot({name!r}) of {type(self._model).__name__} needs example_inputs to trace the "
+                "model: ir.create_snapshot(example_inputs=(x,)) where model(x) runs.")
         args, kwargs = _as_call(example_inputs, example_kwargs)
         if batch_size(args, kwargs) == 0:
             raise InvalidInputError(
@@ -235,6 +240,13 @@ class PruningIR:
         try:
             snap = self._snapshots[name]
         except KeyError:
+            if not self._snapshots:
+                raise InvalidInputError(
+                    f"PruningIR({type(self._model).__name__}) has not traced the model yet (it was built without "
+                    "example_inputs): run a criterion's collector on a batch first (`with "
+                    "LossAwareCriterion(ir) as collect: collect(x)`), or call ir.create_snapshot(example_inputs=(x,)), "
+                    "or build it with PruningIR(model, example_inputs=(x,))."
+                ) from None
             raise InvalidInputError(
                 f"no snapshot named {name!r}; this IR has {sorted(self._snapshots)}. "
                 "Create one with ir.create_snapshot(name, example_inputs=...)."
@@ -242,6 +254,11 @@ class PruningIR:
         if not isinstance(snap, Snapshot):  # derived lazily after prune()
             snap = self._snapshots[name] = snap()
         return snap
+
+    def is_traced(self, name: str = DEFAULT) -> bool:
+        """Whether snapshot ``name`` exists (an IR built without example inputs has none until its
+        first criterion batch or :meth:`create_snapshot`)."""
+        return name in self._snapshots
 
     @property
     def graph(self) -> Graph:
@@ -375,7 +392,9 @@ class PruningIR:
         return format_ir(self.snapshot(), self._model)
 
     def __repr__(self) -> str:
-        snap = self.snapshot()
+        if not self._snapshots:
+            return f"PruningIR({type(self._model).__name__}: not traced yet)"
+        snap = self.snapshot(next(iter(self._snapshots)))
         return (f"PruningIR({type(self._model).__name__}: {len(snap.graph.nodes)} nodes, "
                 f"{len(snap.groups)} label groups, {len(snap.prunable_groups)} prunable)")
 

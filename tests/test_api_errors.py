@@ -37,9 +37,17 @@ def test_non_module() -> None:
 
 
 def test_missing_example_inputs() -> None:
+    """Without example inputs the IR is lazy (ENOT's ``PruningIR(model)``): what needs the graph
+    says it is not traced yet and how to trace it; create_snapshot without inputs is refused."""
     model, _ = small()
+    ir = PruningIR(model)
+    assert not ir.is_traced() and "not traced yet" in repr(ir)
+    with pytest.raises(InvalidInputError, match="not traced the model yet.*collect"):
+        UniformLabelSelector(0.5).select(ir)
+    with pytest.raises(InvalidInputError, match="not traced the model yet"):
+        ir.prune(labels=[])
     with pytest.raises(InvalidInputError, match="needs example_inputs"):
-        PruningIR(model)
+        ir.create_snapshot()
 
 
 def test_example_inputs_that_do_not_run_the_model() -> None:

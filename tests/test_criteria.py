@@ -452,3 +452,34 @@ def test_a_vanished_gradient_warns_that_scores_carry_no_information() -> None:
     with pytest.warns(RuntimeWarning, match="every label scored 0"), LossAwareCriterion(ir) as collect:
         for xb in x.split(8):
             F.mse_loss(collect(xb), teacher(xb).detach()).backward()  # student == teacher: zero gradient
+
+
+def test_lazy_ir_traces_on_the_first_calibration_batch() -> None:
+    """ENOT's flow: ``PruningIR(model)`` without inputs, the first ``score_collector(sample)``
+    traces; the scores equal those of an IR built with that batch as its example inputs."""
+    torch.manual_seed(0)
+    model = ConvBNNet().eval()
+    batches = [(torch.randn(4, 3, 8, 8), torch.randint(0, 2, (4,))) for _ in range(3)]
+
+    def calibrate(ir: PruningIR) -> dict[int, torch.Tensor]:
+        with LossAwareCriterion(ir) as score_collector:
+            for x, y in batches:
+                F.cross_entropy(score_collector(x), y).backward()
+        return ir.label_scores()
+
+    lazy = PruningIR(model)
+    lazy_scores = calibrate(lazy)
+    eager_scores = calibrate(PruningIR(model, example_inputs=(batches[0][0],)))
+    assert lazy.is_traced() and lazy_scores.keys() == eager_scores.keys() and lazy_scores
+    for gid, s in eager_scores.items():
+        assert torch.allclose(lazy_scores[gid], s, rtol=1e-6, atol=0)
+    slim = lazy.prune(labels=UniformLabelSelector(0.5).select(lazy)).model
+    assert slim(batches[0][0]).shape == (4, 2)
+
+
+def test_lazy_ir_with_no_batch_collected_says_so() -> None:
+    ir = PruningIR(ConvBNNet())
+    with pytest.raises(CalibrationError, match="collected no batch"), LossAwareCriterion(ir):
+        pass
+    with pytest.raises(InvalidInputError, match="not traced"):
+        L1NormCriterion(ir).score()

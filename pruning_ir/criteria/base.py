@@ -97,19 +97,29 @@ class Criterion(ABC):
             )
         self.ir = ir
         self.snapshot_name = snapshot_name
-        self.snap: Snapshot = ir.snapshot(snapshot_name)
+        if ir._snapshots:
+            ir.snapshot(snapshot_name)  # a missing name fails here, not in the with-block
         self.progress = progress
         self.calls = 0
         self._active = False
+        self._deferred = False
         self._bar: Any = None
+
+    @property
+    def snap(self) -> Snapshot:
+        """The snapshot scored."""
+        return self.ir.snapshot(self.snapshot_name)
 
     # ------------------------------------------------------------------ context manager
     def __enter__(self) -> Criterion:
         if self._active:
             raise CalibrationError(f"{type(self).__name__} is already collecting; do not nest it in itself.")
-        check_fresh(self.ir, self.snapshot_name)
         self.calls = 0
-        self._attach()
+        # an IR built without example inputs is traced on the first batch (see __call__)
+        self._deferred = not self.ir.is_traced(self.snapshot_name)
+        if not self._deferred:
+            check_fresh(self.ir, self.snapshot_name)
+            self._attach()
         self._active = True
         self._bar = progress_bar(self.progress, desc=f"calibrating ({self.name})")
         return self
@@ -121,6 +131,10 @@ class Criterion(ABC):
                 f"{type(self).__name__} collects only inside its with-block: "
                 f"`with {type(self).__name__}(ir) as collect: out = collect(x)`."
             )
+        if self._deferred:
+            self.ir.create_snapshot(self.snapshot_name, example_inputs=args, example_kwargs=kwargs)
+            self._deferred = False
+            self._attach()
         out = self._run(args, kwargs)
         self.calls += 1
         if self._bar is not None:
@@ -130,13 +144,19 @@ class Criterion(ABC):
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self._active = False
+        deferred, self._deferred = self._deferred, False
         try:
-            self._detach()
+            if not deferred:
+                self._detach()
         finally:
             if self._bar is not None:
                 self._bar.close()
                 self._bar = None
         if exc_type is None:
+            if deferred:
+                raise CalibrationError(
+                    f"{type(self).__name__} collected no batch, and the PruningIR was built without example inputs, "
+                    "so the model is still untraced: call collect(x) on at least one batch inside the with-block.")
             self._store(self._finish())
 
     def score(self) -> dict[int, torch.Tensor]:
