@@ -380,6 +380,13 @@ class PruningIR:
         """Check the IR's invariants; raises ``AssertionError`` naming what is broken."""
         lint_snapshot(self.snapshot(name), self._model)
 
+    def to_networkx(self, name: str = DEFAULT) -> Any:
+        """The coupling graph as a ``networkx.Graph``: modules, the parameters they hold and the
+        label groups each parameter axis lies in (see :mod:`pruning_ir._ir.coupling`)."""
+        from ._ir.coupling import coupling_graph
+
+        return coupling_graph(self.snapshot(name), self._model)
+
     def report(self, name: str = DEFAULT) -> str:
         """What is prunable, what is not and why, and what the engine could not reason about."""
         from ._ir.printing import format_report

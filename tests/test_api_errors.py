@@ -42,7 +42,7 @@ def test_missing_example_inputs() -> None:
     model, _ = small()
     ir = PruningIR(model)
     assert not ir.is_traced() and "not traced yet" in repr(ir)
-    with pytest.raises(InvalidInputError, match="not traced the model yet.*collect"):
+    with pytest.raises(InvalidInputError, match=r"not traced the model yet.*collect"):
         UniformLabelSelector(0.5).select(ir)
     with pytest.raises(InvalidInputError, match="not traced the model yet"):
         ir.prune(labels=[])
