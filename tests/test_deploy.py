@@ -256,3 +256,21 @@ def test_encode_decode_round_trip(value: object) -> None:
     data = json.loads(json.dumps(encode(value), allow_nan=False))
     back = decode(data)
     assert back == value and type(back) is type(value)
+
+
+def test_fx_graph_module_as_the_model(tmp_path: Path) -> None:
+    """A ``torch.fx.GraphModule`` (each instance has its own generated class) prunes like any
+    module, equivalently to the masked original, and saves and loads back."""
+    from checks import check_equivalence
+
+    model, args, _ = _cnn_case()
+    gm = torch.fx.symbolic_trace(model)
+    ir = PruningIR(gm, example_inputs=args)
+    labels = random_selection(ir, 0)
+    check_equivalence(ir, labels)
+    pruned = ir.prune(labels=labels)
+    assert isinstance(pruned.model, torch.fx.GraphModule) and getattr(pruned.model, "0").out_channels < 12
+    save_pruned(pruned, tmp_path, base_model=torch.fx.symbolic_trace(make_cnn()))
+    slim = load_pruned(tmp_path, base_model=torch.fx.symbolic_trace(make_cnn()))
+    for a, b in zip(outputs(pruned.model, args, {}), outputs(slim, args, {}), strict=True):
+        assert torch.equal(a, b)

@@ -167,7 +167,9 @@ def copy_module_tree(model: nn.Module, tensors: dict[int, torch.Tensor]) -> nn.M
     memo: dict[int, object] = dict(tensors)
     mods = list(model.modules())
     for m in mods:
-        memo[id(m)] = m.__class__.__new__(m.__class__)
+        # object.__new__, not the class's own __new__: torch.fx.GraphModule's makes a fresh subclass
+        # per instance (whose forward is generated later, by __init__); the copy keeps the class
+        memo[id(m)] = object.__new__(m.__class__)
     atomic = _ATOMIC
     for m in mods:
         d = memo[id(m)].__dict__  # type: ignore[attr-defined]  # a module made by __new__: empty
