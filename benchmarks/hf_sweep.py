@@ -342,6 +342,7 @@ class Row:
     prunable: int | None = None
     sels: list[dict[str, Any]] = field(default_factory=list)  # asdict(Sel) per selection reached
     seconds: float | None = None
+    fx: str = "-"  # ir.to_fx() replayed on the example call: exact / DIFF / FAIL (see fx_replay)
     saved: str = "-"  # save_pruned -> load_pruned of the "random 0" slim model (see deploy)
     exported: str = "-"  # export_onnx + ONNX Runtime of the same slim model
     deploy_detail: str = ""
@@ -629,6 +630,38 @@ def judge(ir: Any, labels: list[Any], sel: Sel, stage: Any) -> None:
         sel.detail = "groups without notes, not exact: " + "; ".join(_check_text(c) for c in rc.checks if not c.exact)
 
 
+def fx_replay(ir: Any, row: Row) -> None:
+    """``ir.to_fx()`` run on the example call's tensors against the model itself (stock
+    ``nn.MultiheadAttention`` run through the explicit forward the trace used): ``exact``, or
+    ``DIFF`` / ``FAIL`` with the reason in ``deploy_detail``."""
+    from torch.utils import _pytree as pytree
+
+    from pruning_ir._trace.run import call_modes, flat_tensors
+    from pruning_ir.modules import explicit_forward, traces_explicitly
+
+    args, kwargs = ir.snapshot().example
+    try:
+        gm = ir.to_fx()
+        tensors = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        explicit = [m for m in ir.model.modules() if traces_explicitly(m)]
+        for m in explicit:
+            m.forward = explicit_forward(m)
+        try:
+            with torch.no_grad(), call_modes(ir.model, ir.snapshot().modes, seed="always"):
+                want = flat_tensors(ir.model(*args, **kwargs))
+            with torch.no_grad(), call_modes(ir.model, ir.snapshot().modes, seed="always"):
+                got = list(gm(*tensors))
+        finally:
+            for m in explicit:
+                m.__dict__.pop("forward", None)
+        row.fx = "exact" if _same(want, got) else "DIFF"
+        if row.fx == "DIFF":
+            row.deploy_detail = "to_fx: outputs differ; "
+    except Exception as exc:
+        row.fx = "FAIL"
+        row.deploy_detail = f"to_fx: {_first_line(exc, 200)} at {_where(exc)}; "
+
+
 DEPLOY_BAD = ("DIFFERS", "CRASH")
 """Save/load outcomes that fail the sweep (save_pruned checks its own round trip, so a model it
 cannot save comes back as ``refused``, reported only)."""
@@ -667,7 +700,6 @@ def deploy(ir: Any, row: Row, stage: Any, progress: Any) -> None:
         except Exception as exc:
             row.saved = "CRASH"
             notes.append(f"save: {_first_line(exc, 200)} at {_where(exc)}")
-        row.deploy_detail = "; ".join(notes)
         progress()
         stage("deploy export")
         baked = " (baked)" if patched_modules(pruned.model) else ""
@@ -682,7 +714,7 @@ def deploy(ir: Any, row: Row, stage: Any, progress: Any) -> None:
             except Exception:
                 row.exported = "original does not export"
             notes.append(f"export: {_first_line(exc, 200)} at {_where(exc)}")
-    row.deploy_detail = "; ".join(notes)
+    row.deploy_detail += "; ".join(notes)
 
 
 def run_one(model_type: str, class_names: list[str], conn: Connection, verbose: bool, with_deploy: bool = True
@@ -763,6 +795,8 @@ def run_one(model_type: str, class_names: list[str], conn: Connection, verbose: 
         row.status, row.detail, row.where = model_status(row.selections())
         if with_deploy and row.prunable and row.kind in ("ok-exact", "ok-inexact-listed"):
             try:
+                stage("deploy to_fx")
+                fx_replay(ir, row)
                 deploy(ir, row, stage, progress)
                 progress()
             except Exception as exc:  # pruning the deployed selection itself
@@ -877,7 +911,7 @@ def warm_up() -> None:
 # ----------------------------------------------------------------------------- report
 HEADERS = ("model_type", "class", "status", "params", "params after", "#groups", "#prunable groups",
            "#labels u/r0/r1", "IR build s", *SELECTIONS, "conditions", "max_abs_diff out/grad",
-           "note-free diff out/grad", "save/load", "export+ORT", "total s", "detail")
+           "note-free diff out/grad", "to_fx", "save/load", "export+ORT", "total s", "detail")
 VERIFIED = ("exact", "listed", "WRONG")  # outcomes with a verify_pruning report
 
 
@@ -945,7 +979,7 @@ def table_row(r: Row) -> list[str]:
     return [r.model_type, r.cls, r.status, fmt_params(r.params_before), after,
             "-" if r.groups is None else str(r.groups), "-" if r.prunable is None else str(r.prunable),
             labels if ss else "-", fmt_s(r.build_s), *[sel_cell(sels.get(n)) for n in SELECTIONS],
-            conditions_cell(r), diff if ss else "-", clean if ss else "-", r.saved, r.exported, fmt_s(r.seconds),
+            conditions_cell(r), diff if ss else "-", clean if ss else "-", r.fx, r.saved, r.exported, fmt_s(r.seconds),
             detail if len(detail) <= 110 else detail[:109] + "…"]
 
 
@@ -1011,7 +1045,7 @@ def main(argv: list[str] | None = None) -> int:
         done += 1
         per_sel = " ".join(sel_cell(s) for s in r.selections())
         print(f"[hf_sweep {done}/{len(names)}] {name}: {r.status} [{per_sel}] {conditions_cell(r)} "
-              f"save {r.saved} export {r.exported} {r.seconds or 0:.1f}s {r.detail[:100]} {r.deploy_detail[:100]}",
+              f"fx {r.fx} save {r.saved} export {r.exported} {r.seconds or 0:.1f}s {r.detail[:100]} {r.deploy_detail[:100]}",
               file=sys.stderr, flush=True)
         return r
 
@@ -1050,6 +1084,9 @@ def main(argv: list[str] | None = None) -> int:
     deployed = [r for r in main_rows if r.saved != "-"]
     if deployed:
         cs, ce = Counter(r.saved for r in deployed), Counter(r.exported for r in deployed)
+        cf = Counter(r.fx for r in deployed)
+        lines.append("Trace replay (ir.to_fx() on the example call vs the model): "
+                     + ", ".join(f"{k} {v}" for k, v in cf.most_common()) + ".")
         lines.append(f"Deployment of the random 0 slim model ({len(deployed)} models): save_pruned -> load_pruned "
                      + ", ".join(f"{k} {v}" for k, v in cs.most_common()) + "; export_onnx + ONNX Runtime "
                      + ", ".join(f"{k} {v}" for k, v in ce.most_common()) + ".")

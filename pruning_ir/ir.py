@@ -380,6 +380,16 @@ class PruningIR:
         """Check the IR's invariants; raises ``AssertionError`` naming what is broken."""
         lint_snapshot(self.snapshot(name), self._model)
 
+    def to_fx(self, name: str = DEFAULT) -> Any:
+        """The traced example call as a ``torch.fx.GraphModule`` of ATen calls (see
+        :mod:`pruning_ir._trace.fx`): called with the example call's tensors (flattened, in
+        order), it returns the call's flattened tensor outputs: what the model returns on them
+        (a check of the trace). It shares the model's parameters."""
+        from ._trace.fx import to_graph_module
+
+        snap = self.snapshot(name)
+        return to_graph_module(snap.graph, self._model, snap.graph.primary_nodes())
+
     def to_networkx(self, name: str = DEFAULT) -> Any:
         """The coupling graph as a ``networkx.Graph``: modules, the parameters they hold and the
         label groups each parameter axis lies in (see :mod:`pruning_ir._ir.coupling`)."""

@@ -17,6 +17,10 @@ code computed in two traced calls (see :mod:`pruning_ir._trace.merge`), so their
 channel space each (the rule is in ``_rules/calls.py``)."""
 
 
+CONST_LIMIT = 1 << 20
+"""Elements of the largest constant tensor a graph keeps (see :attr:`Graph.consts`)."""
+
+
 @dataclass(frozen=True)
 class ValueRef:
     """Placeholder for a tensor argument inside a node's ``args``/``kwargs``."""
@@ -82,6 +86,8 @@ class Node:
     module_stack: tuple[str, ...]
     leaf: str = ""
     facts: list[Fact] = field(default_factory=list)
+    overload: str = ""
+    """The ATen overload called (``"Tensor"`` of ``aten.add.Tensor``): what a replay calls."""
 
     @property
     def module(self) -> str:
@@ -117,6 +123,9 @@ class Graph:
     """Canonical parameter/buffer name -> value id (only those the trace touched)."""
     aliases: dict[str, str] = field(default_factory=dict)
     """Every other name of a shared (tied) parameter -> its canonical name."""
+    consts: dict[int, Any] = field(default_factory=dict)
+    """Value id -> the tensor, for ``"const"`` values of up to ``CONST_LIMIT`` elements on a real
+    device (what a replay of the graph needs besides parameters and inputs)."""
     explicit_modules: set[str] = field(default_factory=set)
     """Module paths traced through an explicit forward of ours (stock ``nn.MultiheadAttention``
     through ``pruning_ir.modules.mha_forward``): their attention scale is a constant held by the

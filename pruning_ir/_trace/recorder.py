@@ -27,7 +27,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .._ir.graph import Graph, Node, Value, ValueRef
+from .._ir.graph import CONST_LIMIT, Graph, Node, Value, ValueRef
 from ..errors import TraceError
 from ..modules import PrunedMultiheadAttention, explicit_forward, traces_explicitly
 from .merge import merge_call
@@ -96,7 +96,10 @@ class _Recorder(TorchDispatchMode):
             vid = self.new_value(t, kind, name)
             self.graph.params[name] = vid
             return vid
-        return self.new_value(t, "const")
+        vid = self.new_value(t, "const")
+        if t.device.type != "meta" and t.numel() <= CONST_LIMIT:
+            self.graph.consts[vid] = t.detach()
+        return vid
 
     def encode(self, obj: Any) -> Any:
         if isinstance(obj, torch.Tensor):
@@ -126,7 +129,7 @@ class _Recorder(TorchDispatchMode):
         bound = self.encode(bind(func, args, kwargs))
         alias_write = _writes_to_view(func, args, kwargs)
         out = self._run(name, func, args, kwargs)
-        self._record(name, bound, out, alias_write)
+        self._record(name, bound, out, alias_write, getattr(func, "_overloadname", ""))
         return out
 
     def _run(self, name: str, func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
@@ -137,12 +140,13 @@ class _Recorder(TorchDispatchMode):
             self.raised_in.append((exc, tuple(self.stack), name))
             raise
 
-    def _record(self, name: str, bound: dict[str, Any], out: Any, alias_write: list[torch.Tensor]) -> None:
+    def _record(self, name: str, bound: dict[str, Any], out: Any, alias_write: list[torch.Tensor],
+                overload: str = "") -> None:
         """Append the node of a finished call and give its tensor outputs new values."""
         nid = len(self.graph.nodes)
         flat, _ = pytree.tree_flatten(out)
         outputs = [self.new_value(o, "op", producer=nid) if isinstance(o, torch.Tensor) else -1 for o in flat]
-        node = Node(nid, name, (), bound, outputs, None, tuple(self.stack))
+        node = Node(nid, name, (), bound, outputs, None, tuple(self.stack), overload=overload)
         if name == "aten._local_scalar_dense" and isinstance(out, (bool, int, float)):
             node.kwargs["__value__"] = out  # a tensor's value became a Python number (item(), int(t))
         if alias_write:
@@ -161,7 +165,7 @@ class _Recorder(TorchDispatchMode):
             out = self._run(name, func, args, kwargs)
         finally:
             self.suppress -= 1
-        self._record(name, bound, out, [])
+        self._record(name, bound, out, [], getattr(overload, "_overloadname", ""))
         return out
 
 
