@@ -1045,7 +1045,8 @@ def main(argv: list[str] | None = None) -> int:
         done += 1
         per_sel = " ".join(sel_cell(s) for s in r.selections())
         print(f"[hf_sweep {done}/{len(names)}] {name}: {r.status} [{per_sel}] {conditions_cell(r)} "
-              f"fx {r.fx} save {r.saved} export {r.exported} {r.seconds or 0:.1f}s {r.detail[:100]} {r.deploy_detail[:100]}",
+              f"fx {r.fx} save {r.saved} export {r.exported} {r.seconds or 0:.1f}s {r.detail[:100]} "
+              f"{r.deploy_detail[:100]}",
               file=sys.stderr, flush=True)
         return r
 
