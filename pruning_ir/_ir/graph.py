@@ -123,9 +123,6 @@ class Graph:
     """Canonical parameter/buffer name -> value id (only those the trace touched)."""
     aliases: dict[str, str] = field(default_factory=dict)
     """Every other name of a shared (tied) parameter -> its canonical name."""
-    consts: dict[int, Any] = field(default_factory=dict)
-    """Value id -> the tensor, for ``"const"`` values of up to ``CONST_LIMIT`` elements on a real
-    device (what a replay of the graph needs besides parameters and inputs)."""
     explicit_modules: set[str] = field(default_factory=set)
     """Module paths traced through an explicit forward of ours (stock ``nn.MultiheadAttention``
     through ``pruning_ir.modules.mha_forward``): their attention scale is a constant held by the
@@ -137,6 +134,11 @@ class Graph:
     the nodes it added follow the example call's. Label inference reads every node (the union
     of the calls' couplings); costs and activations read the example call's
     (:meth:`primary_nodes`); verification re-traces each call against its sequence."""
+
+    consts: dict[int, Any] = field(default_factory=dict)
+    """Value id -> the tensor, for ``"const"`` values of up to ``CONST_LIMIT`` elements on a real
+    device (what a replay of the graph needs besides parameters and inputs). Not carried to the
+    graph a prune derives (a constant's channels are not sliced): replay the traced model's."""
 
     @property
     def primary_end(self) -> int:

@@ -48,8 +48,9 @@ def _refs(obj: Any, env: dict[int, fx.Node], node: Node) -> Any:
         got = env.get(obj.vid)
         if got is None:
             raise TraceError(f"to_fx: node #{node.nid} {node.op} in '{node.module or '<root>'}' reads value "
-                             f"v{obj.vid}, which the graph cannot replay (a constant over the kept size, or made "
-                             "outside the traced call).", module=node.module)
+                             f"v{obj.vid}, a constant the graph did not keep (over the kept size, or this IR was "
+                             "derived by prune: build a PruningIR of the slim model to replay it).",
+                             module=node.module)
         return got
     if isinstance(obj, list):
         return [_refs(o, env, node) for o in obj]

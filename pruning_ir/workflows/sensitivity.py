@@ -1,0 +1,256 @@
+"""Sensitivity analysis: the score of ``eval_fn`` with each label group pruned at each ratio.
+
+One *task* is a (group, number of labels removed) pair. The labels removed are the group's
+lowest-ranked ones (by the IR's scores; L1 norm of the weights when no criterion has run), so the
+same ranking serves the analysis and the pruning that reads it. A task is evaluated on a working
+copy of the model with the removed labels' parameter entries set to zero (what the slim model
+computes, up to the groups whose notes say masking and pruning differ: for those, the slim model
+itself, built without verification); the copy is restored after each task.
+
+Results are kept in a JSON file (:class:`SensitivityStore`), written atomically after every task,
+so an analysis stopped at any point (an exception, Ctrl-C, a killed process) continues where it
+stopped; a finished file is read back, never recomputed. Under ``torch.distributed`` each rank
+evaluates every ``world``-th task into a file of its own; at the end the ranks' results are
+gathered and rank 0 writes the final file, which then equals a one-process run's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._ir.axes import keep_mask
+from .._ir.labels import Label, LabelGroup
+from .._progress import progress_bar
+from ..errors import CalibrationError, InvalidInputError
+from ..ir import PruningIR
+
+log = logging.getLogger(__name__)
+
+SENS_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Task:
+    gid: int
+    removed: int
+
+
+def ranking(ir: PruningIR) -> dict[int, list[int]]:
+    """Per prunable group: its label indices, first to remove first (lowest score; the IR's
+    scores, or L1 norms when no criterion has scored it)."""
+    scores = ir.label_scores()
+    if not scores:
+        from ..criteria import L1NormCriterion
+
+        L1NormCriterion(ir).score()
+        scores = ir.label_scores()
+    return {g.gid: [int(i) for i in torch.argsort(scores[g.gid], stable=True)] for g in ir.prunable_label_groups()}
+
+
+def counts(g: LabelGroup, ratios: Sequence[float]) -> list[int]:
+    """Distinct numbers of labels removed for ``ratios`` of group ``g`` (multiples of its step,
+    at least one label kept; a ratio too small to remove a whole step is dropped)."""
+    out: list[int] = []
+    for r in ratios:
+        n = int(r * g.size) // g.step * g.step
+        n = min(n, g.size - g.step)
+        if n > 0 and n not in out:
+            out.append(n)
+    return sorted(out)
+
+
+def fingerprint(ir: PruningIR, ratios: Sequence[float], order: dict[int, list[int]]) -> str:
+    """A hash of what the analysis depends on: the model's parameters (names, shapes, values),
+    the IR's prunable groups, the ratios and the ranking."""
+    h = hashlib.sha256()
+    for name, p in sorted(ir.model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(p.shape)).encode())
+        if p.device.type != "meta":
+            h.update(p.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    groups = [(g.gid, g.size, sorted(g.members)) for g in ir.prunable_label_groups()]
+    h.update(json.dumps([groups, list(ratios), order], default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def _atomic_write(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+class SensitivityStore:
+    """The analysis file ``<dir>/<name>.sens`` and, while it runs, one part file per rank."""
+
+    def __init__(self, directory: Path, name: str, key: str) -> None:
+        self.path = directory / f"{name}.sens"
+        self.directory, self.name, self.key = directory, name, key
+
+    def part(self, rank: int) -> Path:
+        return self.directory / f"{self.name}.sens.part{rank}"
+
+    def finished(self) -> dict[str, Any] | None:
+        """The finished analysis with this key, if the file holds one."""
+        if not self.path.is_file():
+            return None
+        data = json.loads(self.path.read_text())
+        if data.get("key") != self.key or not data.get("complete"):
+            return None
+        return data
+
+    def done(self) -> dict[str, float]:
+        """Every task result found (``"gid:removed"`` -> score), from all ranks' part files."""
+        out: dict[str, float] = {}
+        for f in sorted(self.directory.glob(f"{self.name}.sens.part*")):
+            with contextlib.suppress(ValueError, OSError):  # a part being replaced right now
+                data = json.loads(f.read_text())
+                if data.get("key") == self.key:
+                    out.update(data["results"])
+        return out
+
+
+class MaskedEvaluator:
+    """Evaluates tasks on a working copy of ``ir.model`` (see the module docstring)."""
+
+    def __init__(self, ir: PruningIR, order: dict[int, list[int]]) -> None:
+        self.ir, self.order = ir, order
+        self.model = copy.deepcopy(ir.model)
+        self.snap = ir.snapshot()
+        self.tensors = dict(self.model.named_parameters(remove_duplicate=False)) | dict(
+            self.model.named_buffers(remove_duplicate=False))
+        self.groups = {g.gid: g for g in ir.prunable_label_groups()}
+
+    def labels(self, task: Task) -> list[Label]:
+        g = self.groups[task.gid]
+        return [Label(self.snap.owner, g.gid, i) for i in self.order[g.gid][: task.removed]]
+
+    @contextlib.contextmanager
+    def pruned(self, task: Task) -> Iterator[nn.Module]:
+        """The model with the task's labels removed: masked in place (restored after), or the
+        slim model where the group's notes say masking differs from pruning."""
+        labels = self.labels(task)
+        if self.groups[task.gid].notes:
+            yield self.ir.prune(labels=labels, verify=False).model
+            return
+        removed = self.ir.check_labels(labels)
+        saved: list[tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]] = []
+        with torch.no_grad():
+            for pname, vid in self.snap.graph.params.items():
+                t = self.tensors.get(pname)
+                if t is None:
+                    continue
+                for d, ax in enumerate(self.snap.graph.values[vid].axes):
+                    m = keep_mask(self.snap.spaces, ax, removed)
+                    if m is not None:
+                        idx = (~m).nonzero().squeeze(1).to(t.device)
+                        saved.append((t, d, idx, t.index_select(d, idx).clone()))
+                        t.index_fill_(d, idx, 0)
+        try:
+            yield self.model
+        finally:
+            with torch.no_grad():
+                for t, d, idx, old in reversed(saved):
+                    t.index_copy_(d, idx, old)
+
+
+def _dist() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def analyse(ir: PruningIR, eval_fn: Callable[..., Any], args: Sequence[Any], ratios: Sequence[float],
+            gids: Sequence[int], store: SensitivityStore, order: dict[int, list[int]], progress: bool
+            ) -> dict[str, Any]:
+    """Run (or resume, or read back) the analysis; returns the finished file's data."""
+    finished = store.finished()
+    if finished is not None:
+        return finished
+    rank, world = _dist()
+    groups = {g.gid: g for g in ir.prunable_label_groups()}
+    tasks = [Task(gid, n) for gid in gids for n in counts(groups[gid], ratios)]
+    results = store.done()
+    mine = [t for i, t in enumerate(tasks) if i % world == rank]
+    todo = [t for t in mine if f"{t.gid}:{t.removed}" not in results]
+    evaluator = MaskedEvaluator(ir, order)
+    baseline = results.get("baseline")
+    if baseline is None:
+        baseline = _score(eval_fn(evaluator.model, *args))
+        results["baseline"] = baseline
+    own = {k: v for k, v in results.items()}
+    part = store.part(rank)
+    _atomic_write(part, {"key": store.key, "results": own})
+    bar = progress_bar(progress, "sensitivity", total=len(todo))
+    try:
+        for t in todo:
+            with evaluator.pruned(t) as model:
+                own[f"{t.gid}:{t.removed}"] = _score(eval_fn(model, *args))
+            _atomic_write(part, {"key": store.key, "results": own})
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    merged = _gather(own, world)
+    data = {"format": SENS_FORMAT, "key": store.key, "complete": True, "baseline": merged.pop("baseline"),
+            "ratios": list(ratios), "order": {str(k): v for k, v in order.items() if k in gids},
+            "groups": {str(gid): {"size": groups[gid].size, "describe": groups[gid].describe(),
+                                  "scores": {str(n): merged[f"{gid}:{n}"] for n in counts(groups[gid], ratios)}}
+                       for gid in gids}}
+    if rank == 0:
+        _atomic_write(store.path, data)
+        for f in store.directory.glob(f"{store.name}.sens.part*"):
+            f.unlink(missing_ok=True)
+    _barrier(world)
+    return data
+
+
+def _score(value: Any) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise CalibrationError(f"eval_fn must return a number (higher = better), got {type(value).__name__}.") from None
+    if out != out:
+        raise CalibrationError("eval_fn returned NaN.")
+    return out
+
+
+def _gather(own: dict[str, float], world: int) -> dict[str, float]:
+    if world == 1:
+        return dict(own)
+    import torch.distributed as dist
+
+    parts: list[Any] = [None] * world
+    dist.all_gather_object(parts, own)
+    merged: dict[str, float] = {}
+    for p in parts:
+        merged.update(p)
+    return merged
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def check_ratios(ratios: Sequence[float]) -> list[float]:
+    out = sorted({float(r) for r in ratios})
+    if not out or any(not 0 < r < 1 for r in out):
+        raise InvalidInputError(f"ratios={list(ratios)!r}: give fractions in (0, 1), e.g. (0.1, 0.2, ..., 0.9).")
+    return out
