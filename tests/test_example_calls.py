@@ -53,6 +53,11 @@ def test_an_extra_call_covers_the_other_branch() -> None:
     rep = verify_pruning(ir, labels)
     assert rep.exact and [c.name for c in rep.checks][:2] == ["example call", "traced call 2"], rep
     assert verify_pruning(ir, labels, example_inputs=(-x,)).exact
+    # the pruned IR keeps its calls: its own prunes are verified on both, with or without verify
+    for verify in (True, False):
+        again = ir.prune(labels=labels, verify=verify)
+        assert len(again.snapshot().graph.extra_calls) == 1 and len(again.snapshot().calls()) == 2
+        assert again.snapshot().graph.explicit_modules == ir.snapshot().graph.explicit_modules
 
 
 class TrainOnlyNet(nn.Module):
