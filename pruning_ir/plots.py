@@ -3,7 +3,8 @@
 * :func:`plot_widths`: kept output channels per layer, before and after pruning;
 * :func:`plot_costs`: MACs and parameters per block (a module path up to its first number,
   ``model.layers.3``; else the top-level submodule), before and after;
-* :func:`plot_search`: a knapsack search's rounds, cost against kept score (``selector.history``).
+* :func:`plot_search`: a knapsack search's rounds, cost against kept score (``selector.history``);
+* :func:`plot_sensitivity`: the curves of a sensitivity analysis (``runner.ana``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from .errors import InvalidInputError
 from .ir import PruningIR
 from .layers import layer_table
 
-__all__ = ["plot_costs", "plot_search", "plot_widths"]
+__all__ = ["plot_costs", "plot_search", "plot_sensitivity", "plot_widths"]
 
 
 def _pyplot() -> Any:
@@ -114,4 +115,31 @@ def plot_search(history: Sequence[dict[str, Any]], path: str | Path, target: flo
     ax.set_xlabel("cost (the selector's function)")
     ax.set_ylabel("kept score")
     ax.set_title("knapsack search: rounds")
+    return _save(fig, path)
+
+
+def plot_sensitivity(sensitivity: dict[str, Any], path: str | Path, *, top: int = 12) -> Path:
+    """Sensitivity curves of an analysis (what ``runner.ana`` returns): the score against the
+    fraction of each group's labels removed, for the ``top`` groups whose score falls most at
+    their largest analysed ratio (the baseline drawn as a line)."""
+    groups = sensitivity.get("groups") if isinstance(sensitivity, dict) else None
+    if not groups:
+        raise InvalidInputError("plot_sensitivity needs the result of runner.ana(...) (a dict with 'groups').")
+    plt = _pyplot()
+    base = float(sensitivity["baseline"])
+
+    def curve(entry: dict[str, Any]) -> tuple[list[float], list[float]]:
+        pts = sorted((int(n), float(s)) for n, s in entry["scores"].items())
+        return [0.0] + [n / entry["size"] for n, _ in pts], [base] + [s for _, s in pts]
+
+    worst = sorted(groups.items(), key=lambda kv: curve(kv[1])[1][-1])[:top]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for gid, entry in worst:
+        xs, ys = curve(entry)
+        ax.plot(xs, ys, marker="o", markersize=3, linewidth=1, label=f"g{gid} ({entry['describe'][:30]})")
+    ax.axhline(base, color="#999999", linestyle="--", linewidth=0.8)
+    ax.set_xlabel("fraction of the group's labels removed")
+    ax.set_ylabel("eval_fn")
+    ax.set_title("sensitivity analysis")
+    ax.legend(fontsize=6, loc="lower left")
     return _save(fig, path)

@@ -135,7 +135,8 @@ class PruningRunner:
             s = torch.zeros(g.size, dtype=torch.float64)
             s[torch.tensor(order)] = torch.from_numpy(marg)
             # ties broken by the analysis' order: the j-th label scores a hair above the (j-1)-th
-            s[torch.tensor(order)] += torch.arange(g.size, dtype=torch.float64) * 1e-12 * (1 + float(np.abs(marg).max()))
+            eps = 1e-12 * (1 + float(np.abs(marg).max()))
+            s[torch.tensor(order)] += torch.arange(g.size, dtype=torch.float64) * eps
             scores[g.gid] = s
             limits[g.gid] = GroupConstraint(low=g.size - max(points))
         return scores, limits

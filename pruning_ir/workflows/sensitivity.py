@@ -187,10 +187,8 @@ def analyse(ir: PruningIR, eval_fn: Callable[..., Any], args: Sequence[Any], rat
     mine = [t for i, t in enumerate(tasks) if i % world == rank]
     todo = [t for t in mine if f"{t.gid}:{t.removed}" not in results]
     evaluator = MaskedEvaluator(ir, order)
-    baseline = results.get("baseline")
-    if baseline is None:
-        baseline = _score(eval_fn(evaluator.model, *args))
-        results["baseline"] = baseline
+    if rank == 0 and "baseline" not in results:  # the unpruned score: one rank measures it
+        results["baseline"] = _score(eval_fn(evaluator.model, *args))
     own = {k: v for k, v in results.items()}
     part = store.part(rank)
     _atomic_write(part, {"key": store.key, "results": own})

@@ -1,0 +1,38 @@
+"""Worker for tests/test_workflows.py's distributed test (one process per rank).
+
+``python dist_workflow_worker.py CACHE_DIR RANK WORLD PORT``: every rank builds the same model and
+runner and runs ``ana`` in ``CACHE_DIR`` (with WORLD=1 and no process group: the single-process
+reference), then prints how many times its eval_fn ran.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch.distributed as dist
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from workflow_models import Fidelity, data, make_model
+
+from pruning_ir.workflows import get_pruning_runner
+
+
+def main() -> None:
+    cache, rank, world, port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    if world > 1:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+    model, x = make_model(), data()
+    runner = get_pruning_runner(model, (x,), "iterative", cache_dir=cache)
+    fn = Fidelity(model, x)
+    runner.ana(fn, (x,), ratios=(0.25, 0.5, 0.75))
+    print(f"calls {fn.calls}")
+    if world > 1:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""The Vitis-style runner: ``ana`` (resumable, distributed sensitivity file) and ``prune(removal_ratio)``.
+
+Oracles: the MACs removed are the asked fraction within 1 % (counted on the slim model); a
+known-answer model (one branch scaled by 0.01) is pruned where the analysis says it matters
+least; an interrupted analysis resumed runs only the missing evaluations and ends in the file an
+uninterrupted run writes; two gloo ranks write that file too; the analysis' scores equal a
+direct evaluation of the slim model for a plain group.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from workflow_models import Fidelity, data, make_model
+
+from pruning_ir import InvalidInputError, MacsLatency
+from pruning_ir.workflows import get_pruning_runner
+
+HERE = Path(__file__).parent
+RATIOS = (0.25, 0.5, 0.75)
+
+
+def _runner(cache: Path):  # type: ignore[no-untyped-def]
+    model, x = make_model(), data()
+    return get_pruning_runner(model, (x,), "iterative", cache_dir=cache), Fidelity(model, x), x
+
+
+def test_ana_then_prune_removes_the_asked_macs(tmp_path: Path) -> None:
+    runner, fn, x = _runner(tmp_path)
+    sens = runner.ana(fn, (x,), ratios=RATIOS)
+    assert runner.sensitivity_path.is_file() and sens["complete"]
+    assert fn.calls == 1 + sum(len(g["scores"]) for g in sens["groups"].values())
+    count = MacsLatency((x,))
+    base = count(runner.model)
+    for ratio in (0.3, 0.5):
+        slim = runner.prune(ratio)
+        removed = 1 - count(slim) / base
+        assert abs(removed - ratio) <= 0.01, (ratio, removed)
+        assert slim(x).shape == (4, 4)
+    assert fn.calls == 1 + sum(len(g["scores"]) for g in sens["groups"].values())  # prune re-analyses nothing
+
+
+def test_prune_spares_what_the_analysis_found_sensitive(tmp_path: Path) -> None:
+    runner, fn, x = _runner(tmp_path)
+    runner.ana(fn, (x,), ratios=RATIOS)
+    slim = runner.prune(0.3)
+    # branch b is scaled by 0.01: the analysis finds it cheap, so it loses more than branch a
+    assert slim.b.out_channels < slim.a.out_channels, (slim.a.out_channels, slim.b.out_channels)
+
+
+def test_analysis_score_is_the_slim_models_score(tmp_path: Path) -> None:
+    runner, fn, x = _runner(tmp_path)
+    sens = runner.ana(fn, (x,), ratios=RATIOS)
+    gid = next(g.gid for g in runner.ir.prunable_label_groups() if any(m == "a.weight" for m, _ in g.members))
+    n = int(sorted(sens["groups"][str(gid)]["scores"], key=int)[0])
+    order = sens["order"][str(gid)]
+    labels = [lab for lab in runner.ir.labels(gid) if lab.index in order[:n]]
+    direct = fn(runner.ir.prune(labels=labels).model, x)
+    assert direct == pytest.approx(sens["groups"][str(gid)]["scores"][str(n)], rel=1e-5, abs=1e-9)
+
+
+def test_channel_divisible(tmp_path: Path) -> None:
+    runner, fn, x = _runner(tmp_path)
+    runner.ana(fn, (x,), ratios=RATIOS)
+    slim = runner.prune(0.4, channel_divisible=8)
+    for m in (slim.stem, slim.a, slim.b):
+        assert m.out_channels % 8 == 0
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_interrupted_analysis_resumes_and_matches_an_uninterrupted_one(tmp_path: Path) -> None:
+    reference, ref_fn, x = _runner(tmp_path / "ref")
+    full = reference.ana(ref_fn, (x,), ratios=RATIOS)
+    total = ref_fn.calls
+
+    runner, fn, _ = _runner(tmp_path / "resumed")
+    stop_after = total // 2
+
+    def flaky(model, inp):  # type: ignore[no-untyped-def]
+        if fn.calls >= stop_after:
+            raise _Stop
+        return fn(model, inp)
+
+    with pytest.raises(_Stop):
+        runner.ana(flaky, (x,), ratios=RATIOS)
+    assert fn.calls == stop_after
+    again = runner.ana(fn, (x,), ratios=RATIOS)
+    assert fn.calls == total  # only the missing evaluations ran
+    assert again == full
+    runner.ana(fn, (x,), ratios=RATIOS)  # finished: read back, nothing recomputed
+    assert fn.calls == total
+    assert json.loads(runner.sensitivity_path.read_text()) == full
+
+
+def test_excludes_and_errors(tmp_path: Path) -> None:
+    runner, fn, x = _runner(tmp_path)
+    with pytest.raises(InvalidInputError, match=r"run runner\.ana"):
+        runner.prune(0.3)
+    sens = runner.ana(fn, (x,), ratios=RATIOS, excludes=["b"])
+    assert not any("b.weight" in g["describe"] for g in sens["groups"].values())
+    assert runner.prune(0.2).b.out_channels == 64
+    with pytest.raises(InvalidInputError, match="no modules named"):
+        runner.ana(fn, (x,), excludes=["nope"])
+    with pytest.raises(InvalidInputError, match="ratios"):
+        runner.ana(fn, (x,), ratios=(0.5, 1.5))
+    with pytest.raises(InvalidInputError, match="one_step"):
+        get_pruning_runner(make_model(), (x,), "one_step")
+
+
+def _free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def test_two_gloo_ranks_write_the_one_process_file(tmp_path: Path) -> None:
+    worker = str(HERE / "dist_workflow_worker.py")
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, worker, str(tmp_path / "two"), str(r), "2", port],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
+    calls = []
+    for p in procs:
+        out, _ = p.communicate(timeout=300)
+        assert p.returncode == 0, out
+        calls.append(int(out.split("calls ")[-1]))
+    one = subprocess.run([sys.executable, worker, str(tmp_path / "one"), "0", "1", port], check=True, timeout=300,
+                         capture_output=True, text=True)
+    single_calls = int(one.stdout.split("calls ")[-1])
+    files = [sorted((tmp_path / d).glob("*.sens")) for d in ("two", "one")]
+    assert len(files[0]) == len(files[1]) == 1 and files[0][0].name == files[1][0].name
+    assert json.loads(files[0][0].read_text()) == json.loads(files[1][0].read_text())
+    assert sum(calls) == single_calls  # the tasks (and the baseline) shared out, none twice
+    assert not list((tmp_path / "two").glob("*.part*"))
+
+
+def test_sensitivity_plot_is_a_png(tmp_path: Path) -> None:
+    import matplotlib.image
+
+    from pruning_ir.plots import plot_sensitivity
+
+    runner, fn, x = _runner(tmp_path)
+    path = plot_sensitivity(runner.ana(fn, (x,), ratios=RATIOS), tmp_path / "sens.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and matplotlib.image.imread(path).ndim == 3

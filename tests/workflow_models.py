@@ -1,0 +1,50 @@
+"""Models and an evaluation function shared by tests/test_workflows.py and its distributed worker."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class TwoBranch(nn.Module):
+    """conv stem -> two parallel conv branches (their own channels: two label groups) -> sum of
+    their pooled outputs through one linear each. Branch ``b`` is scaled by 0.01 in forward, so
+    pruning it changes the output little: a known answer for where the analysis should prune."""
+
+    def __init__(self, width: int = 64) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, width, 3, padding=1)
+        self.a = nn.Conv2d(width, width, 3, padding=1)
+        self.b = nn.Conv2d(width, width, 3, padding=1)
+        self.head_a = nn.Linear(width, 4)
+        self.head_b = nn.Linear(width, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.stem(x))
+        a = torch.relu(self.a(h)).mean((2, 3))
+        b = torch.relu(self.b(h)).mean((2, 3))
+        return self.head_a(a) + 0.01 * self.head_b(b)
+
+
+def make_model() -> nn.Module:
+    torch.manual_seed(0)
+    return TwoBranch().eval()
+
+
+def data() -> torch.Tensor:
+    return torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+
+
+class Fidelity:
+    """eval_fn: minus the mean squared difference to the original model's outputs (higher = better);
+    counts its calls."""
+
+    def __init__(self, reference: nn.Module, x: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.want = reference(x)
+        self.calls = 0
+
+    def __call__(self, model: nn.Module, x: torch.Tensor) -> float:
+        self.calls += 1
+        with torch.no_grad():
+            return -float((model(x) - self.want).pow(2).mean())
