@@ -112,7 +112,7 @@ def test_excludes_and_errors(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError, match="ratios"):
         runner.ana(fn, (x,), ratios=(0.5, 1.5))
     with pytest.raises(InvalidInputError, match="one_step"):
-        get_pruning_runner(make_model(), (x,), "one_step")
+        get_pruning_runner(make_model(), (x,), "two_step")
 
 
 def _free_port() -> str:
@@ -149,3 +149,73 @@ def test_sensitivity_plot_is_a_png(tmp_path: Path) -> None:
     runner, fn, x = _runner(tmp_path)
     path = plot_sensitivity(runner.ana(fn, (x,), ratios=RATIOS), tmp_path / "sens.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and matplotlib.image.imread(path).ndim == 3
+
+
+# ---------------------------------------------------------------------------- one-step search
+def _one_step(cache: Path):  # type: ignore[no-untyped-def]
+    from workflow_models import make_bn_model
+
+    model, x = make_bn_model(), data()
+    return get_pruning_runner(model, (x,), "one_step", cache_dir=cache), Fidelity(model, x), x
+
+
+def _search(runner, fn, x, **kw):  # type: ignore[no-untyped-def]
+    from workflow_models import calib_batches, calibration_fn
+
+    args = {"num_subnet": 10, "removal_ratio": 0.5, **kw}
+    return runner.search(calibration_fn=calibration_fn, calib_args=(calib_batches(),), eval_fn=fn, eval_args=(x,),
+                         **args)
+
+
+def test_search_candidates_meet_the_target_and_prune_builds_the_best(tmp_path: Path) -> None:
+    from workflow_models import calib_batches, calibration_fn
+
+    runner, fn, x = _one_step(tmp_path)
+    found = _search(runner, fn, x, strategy="random")
+    assert len(found) == 10 == fn.calls and runner.search_path.is_file()
+    count = MacsLatency((x,))
+    base = count(runner.model)
+    assert all(abs(c["removed_macs"] - 0.5) <= 0.01 for c in found)
+    best = max(range(len(found)), key=lambda i: found[i]["score"])
+    slim = runner.prune(removal_ratio=0.5)
+    assert abs(1 - count(slim) / base - 0.5) <= 0.01
+    # the recorded score is the slim model's after adaptive BN (known answer: recompute it)
+    for i in (best, 3):
+        cand = runner.prune(removal_ratio=0.5, index=i)
+        calibration_fn(cand, calib_batches())
+        assert fn(cand, x) == pytest.approx(found[i]["score"], rel=1e-6, abs=1e-12)
+    assert [m.out_channels for m in (slim.c1, slim.c2)] == [
+        m.out_channels for m in (runner.prune(removal_ratio=0.5, index=best).c1, runner.prune(0.5, index=best).c2)]
+    with pytest.raises(InvalidInputError, match="no finished search"):
+        runner.prune(removal_ratio=0.3)
+
+
+def test_interrupted_evolution_search_resumes_to_the_same_file(tmp_path: Path) -> None:
+    ref, ref_fn, x = _one_step(tmp_path / "ref")
+    full = _search(ref, ref_fn, x, num_subnet=20)
+    runner, fn, _ = _one_step(tmp_path / "resumed")
+
+    def flaky(model, inp):  # type: ignore[no-untyped-def]
+        if fn.calls >= 13:  # inside the first evolution generation
+            raise _Stop
+        return fn(model, inp)
+
+    with pytest.raises(_Stop):
+        _search(runner, flaky, x, num_subnet=20)
+    again = _search(runner, fn, x, num_subnet=20)
+    assert fn.calls == 20 and again == full
+    assert json.loads(runner.search_path.read_text()) == json.loads(ref.search_path.read_text())
+
+
+def test_two_gloo_ranks_search_to_the_one_process_file(tmp_path: Path) -> None:
+    worker = str(HERE / "dist_workflow_worker.py")
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, worker, str(tmp_path / "two"), str(r), "2", port, "search"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
+    for p in procs:
+        out, _ = p.communicate(timeout=300)
+        assert p.returncode == 0, out
+    subprocess.run([sys.executable, worker, str(tmp_path / "one"), "0", "1", port, "search"], check=True, timeout=300)
+    files = [sorted((tmp_path / d).glob("*.search")) for d in ("two", "one")]
+    assert len(files[0]) == len(files[1]) == 1
+    assert json.loads(files[0][0].read_text()) == json.loads(files[1][0].read_text())

@@ -1,11 +1,14 @@
 """Workflows around the pruning step, named as in the Vitis AI optimizer so that its users feel at
 home: ``runner = get_pruning_runner(model, example_inputs, 'iterative')``, ``runner.ana(eval_fn,
 args=(val_loader,))`` once (a resumable sensitivity file), then ``runner.prune(removal_ratio=0.3)``
-as often as needed (MACs removed within 1 %, allocated from the analysis).
+as often as needed (MACs removed within 1 %, allocated from the analysis); or
+``get_pruning_runner(model, example_inputs, 'one_step')``: ``runner.search(calibration_fn=...,
+calib_args=..., eval_fn=..., eval_args=..., num_subnet=..., removal_ratio=...)``, then
+``runner.prune(removal_ratio=..., index=None)``.
 """
 
 from __future__ import annotations
 
-from .runner import DEFAULT_RATIOS, PruningRunner, get_pruning_runner
+from .runner import DEFAULT_RATIOS, OneStepRunner, PruningRunner, get_pruning_runner
 
-__all__ = ["DEFAULT_RATIOS", "PruningRunner", "get_pruning_runner"]
+__all__ = ["DEFAULT_RATIOS", "OneStepRunner", "PruningRunner", "get_pruning_runner"]

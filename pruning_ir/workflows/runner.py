@@ -13,6 +13,7 @@ of a group than the analysis measured, and keeping widths multiples of ``channel
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -175,12 +176,88 @@ class PruningRunner:
         return self.pruned_ir.model
 
 
+class OneStepRunner(PruningRunner):
+    """Vitis' one-step method: ``search`` evaluates candidate subnetworks at a MACs target (adaptive
+    BN through your ``calibration_fn``, then ``eval_fn``), ``prune(removal_ratio, index=None)``
+    builds the best one (or candidate ``index``). See :mod:`pruning_ir.workflows.search`."""
+
+    method = "one_step"
+
+    def search(self, gpus: Sequence[str] | None = None, *, calibration_fn: Callable[..., Any],
+               calib_args: Sequence[Any] = (), eval_fn: Callable[..., Any], eval_args: Sequence[Any] = (),
+               num_subnet: int = 100, removal_ratio: float = 0.5, excludes: Sequence[Any] = (),
+               channel_divisible: int = 1, strategy: str = "evolution", seed: int = 0,
+               progress: bool = False) -> list[dict[str, Any]]:
+        """Evaluate ``num_subnet`` subnetworks removing ``removal_ratio`` of the MACs (each within
+        1 %): ``calibration_fn(model, *calib_args)`` (adaptive BN: forward passes in training mode,
+        as in the Vitis guide), then ``eval_fn(model, *eval_args)`` (higher = better). Results in
+        ``<cache_dir>/<name>-<key>.search`` (JSON; resumed if interrupted). ``strategy``:
+        ``"random"`` or ``"evolution"`` (half random, then mutations of the best). ``gpus`` is
+        accepted for the Vitis signature; devices are yours (the model's own, and one per
+        ``torch.distributed`` rank). Returns every candidate with its score."""
+        from .search import SearchStore, run_search
+
+        if not 0 < removal_ratio < 1:
+            raise InvalidInputError(f"removal_ratio={removal_ratio!r}: give the fraction of MACs to remove, in (0, 1).")
+        if not isinstance(num_subnet, int) or num_subnet < 1:
+            raise InvalidInputError(f"num_subnet={num_subnet!r}: give an int >= 1.")
+        if strategy not in ("random", "evolution"):
+            raise InvalidInputError(f"strategy={strategy!r}: give 'random' or 'evolution'.")
+        if gpus:
+            log.info("search: gpus=%s ignored; run one torch.distributed rank per device instead", list(gpus))
+        order = ranking(self.ir)
+        gids = self._gids(excludes)
+        model_key = fingerprint(self.ir, [], order)
+        key = fingerprint(self.ir, [removal_ratio, num_subnet, strategy, seed, channel_divisible, *gids], order)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        store = SearchStore(self.cache_dir / f"{self.name}-{key}.search", key)
+        meta = {"removal_ratio": removal_ratio, "model_key": model_key, "strategy": strategy,
+                "order": {str(k): v for k, v in order.items()}}
+        found = run_search(self.ir, order, gids, store, calibration_fn=calibration_fn, calib_args=tuple(calib_args),
+                           eval_fn=eval_fn, eval_args=tuple(eval_args), num_subnet=num_subnet,
+                           removal_ratio=removal_ratio, channel_divisible=channel_divisible, seed=seed,
+                           strategy=strategy, progress=progress, meta=meta)
+        self.search_path = store.path
+        return found
+
+    def _search_file(self, removal_ratio: float) -> dict[str, Any]:
+        order = ranking(self.ir)
+        model_key = fingerprint(self.ir, [], order)
+        for f in sorted(self.cache_dir.glob(f"{self.name}-*.search"), key=lambda p: -p.stat().st_mtime):
+            data = json.loads(f.read_text())
+            if data.get("model_key") == model_key and abs(data.get("removal_ratio", -1) - removal_ratio) < 1e-9 \
+                    and data.get("complete"):
+                return data
+        raise InvalidInputError(f"no finished search for removal_ratio={removal_ratio} of this model in "
+                                f"{self.cache_dir}: run runner.search(..., removal_ratio={removal_ratio}) first.")
+
+    def prune(self, removal_ratio: float, *, index: int | None = None, channel_divisible: int = 1,
+              inplace: bool = False) -> nn.Module:
+        """The subnetwork the search found best for ``removal_ratio`` (or its candidate ``index``),
+        with the model's own weights and BatchNorm statistics (recalibrate or fine-tune it)."""
+        from .search import labels_for
+
+        data = self._search_file(removal_ratio)
+        cands = data["candidates"]
+        if index is None:
+            pick = max(cands, key=lambda c: c["score"])
+        elif isinstance(index, int) and 0 <= index < len(cands):
+            pick = cands[index]
+        else:
+            raise InvalidInputError(f"index={index!r}: the search holds candidates 0..{len(cands) - 1}.")
+        order = {int(k): v for k, v in data["order"].items()}
+        kept = {int(k): int(v) for k, v in pick["kept"].items()}
+        self.pruned_ir = self.ir.prune(labels=labels_for(self.ir, order, kept), inplace=inplace)
+        self.removed_macs = float(pick["removed_macs"])
+        return self.pruned_ir.model
+
+
 def get_pruning_runner(model: nn.Module, example_inputs: Any, method: str = "iterative", **kwargs: Any
                        ) -> PruningRunner:
-    """The runner for ``method`` (``'iterative'``: ``ana`` then ``prune(removal_ratio)``)."""
+    """The runner for ``method``: ``'iterative'`` (``ana``, then ``prune(removal_ratio)``) or
+    ``'one_step'`` (``search``, then ``prune(removal_ratio, index=None)``)."""
     if method == "iterative":
         return PruningRunner(model, example_inputs, **kwargs)
     if method == "one_step":
-        raise InvalidInputError("method='one_step' (the adaptive-BN subnet search) is not in this version of "
-                                "pruning_ir; use method='iterative' (ana + prune).")
-    raise InvalidInputError(f"method={method!r}: give 'iterative'.")
+        return OneStepRunner(model, example_inputs, **kwargs)
+    raise InvalidInputError(f"method={method!r}: give 'iterative' or 'one_step'.")

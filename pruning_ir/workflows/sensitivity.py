@@ -72,9 +72,9 @@ def counts(g: LabelGroup, ratios: Sequence[float]) -> list[int]:
     return sorted(out)
 
 
-def fingerprint(ir: PruningIR, ratios: Sequence[float], order: dict[int, list[int]]) -> str:
+def fingerprint(ir: PruningIR, ratios: Sequence[Any], order: dict[int, list[int]]) -> str:
     """A hash of what the analysis depends on: the model's parameters (names, shapes, values),
-    the IR's prunable groups, the ratios and the ranking."""
+    the IR's prunable groups, the ratios (or other settings) and the ranking."""
     h = hashlib.sha256()
     for name, p in sorted(ir.model.state_dict().items()):
         h.update(name.encode())
