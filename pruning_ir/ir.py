@@ -87,6 +87,11 @@ def _traceable(model: nn.Module) -> nn.Module:
     return model
 
 
+def _param_versions(model: nn.Module) -> dict[int, int]:
+    """``id(parameter) -> its version counter`` (bumped by every in-place change)."""
+    return {id(p): p._version for p in model.parameters()}
+
+
 def _label_list(labels: Any, where: str) -> Sequence[Label]:
     """``labels`` as a list or tuple (they are read twice), or a clear error for a ratio or a selector."""
     if isinstance(labels, (list, tuple)):
@@ -285,6 +290,7 @@ class PruningIR:
         from ._ir.measure import magnitude_scores
 
         snap = self.snapshot(name)
+        self._warn_stale(name, snap)
         out: dict[int, torch.Tensor] = {}
         default = None
         for g in snap.prunable_groups:
@@ -294,6 +300,25 @@ class PruningIR:
                 score = default[g.gid]
             out[g.gid] = score
         return out
+
+    def mark_scored(self, name: str = DEFAULT) -> None:
+        """Remember the weights the scores of snapshot ``name`` were computed from (criteria call
+        this when they store scores): a selection after the weights changed warns once."""
+        self.__dict__.setdefault("_scored", {})[name] = _param_versions(self._model)
+
+    def _warn_stale(self, name: str, snap: Snapshot) -> None:
+        scored = self.__dict__.get("_scored", {}).get(name)
+        if not snap.scores or scored is None:
+            return
+        now = _param_versions(self._model)
+        changed = [k for k, v in scored.items() if k in now and now[k] != v]
+        if changed:
+            self.__dict__["_scored"][name] = now  # warn once per change
+            warnings.warn(
+                f"{type(self._model).__name__}: {len(changed)} parameters changed (in place: an optimizer step, "
+                f"load_state_dict) since {snap.score_source or 'the criterion'} scored snapshot {name!r}; selecting "
+                "from these scores uses the old weights' importance. Calibrate the criterion again on the current "
+                "weights.", stacklevel=3)
 
     def selector_label_groups(self, name: str = DEFAULT) -> list[list[Label]]:
         """Prunable labels per group, in ascending score order (ENOT's contract).
@@ -365,6 +390,8 @@ class PruningIR:
             warnings.warn(f"pruning {type(self._model).__name__}: {res.undescribed}.", stacklevel=2)
         out = PruningIR._from_snapshot(res.model, res.snapshot, self, name)
         out.rewrite_log = list(res.log)
+        if snap.scores:
+            out.mark_scored(name)  # the kept labels' scores are carried over: current for the slim weights
         return out
 
     def _origin(self) -> dict[str, Any]:

@@ -483,3 +483,30 @@ def test_lazy_ir_with_no_batch_collected_says_so() -> None:
         pass
     with pytest.raises(InvalidInputError, match="not traced"):
         L1NormCriterion(ir).score()
+
+
+def test_selecting_from_scores_of_old_weights_warns_once() -> None:
+    """An AGP-style loop that fine-tunes and selects again without recalibrating gets a warning
+    (never silent reuse of stale scores); recalibrating, or scores carried over by prune, do not."""
+    import warnings
+
+    model = ConvBNNet()
+    ir = PruningIR(model, example_inputs=(torch.randn(2, 3, 8, 8),))
+    L1NormCriterion(ir).score()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        UniformLabelSelector(0.5).select(ir)  # fresh scores: silent
+    with torch.no_grad():
+        model.conv1.weight.mul_(2.0)  # what an optimizer step does: in place
+    with pytest.warns(UserWarning, match="changed .* since L1NormCriterion"):
+        UniformLabelSelector(0.5).select(ir)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        UniformLabelSelector(0.5).select(ir)  # once per change
+        L1NormCriterion(ir).score()
+        pruned = ir.prune(labels=UniformLabelSelector(0.5).select(ir))
+        UniformLabelSelector(0.25).select(pruned)  # carried-over scores match the slim weights
+    with torch.no_grad():
+        pruned.model.conv2.weight.add_(1.0)
+    with pytest.warns(UserWarning, match="changed"):
+        UniformLabelSelector(0.25).select(pruned)

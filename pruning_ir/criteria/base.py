@@ -201,6 +201,7 @@ class Criterion(ABC):
             out[g.gid] = s
         self.snap.scores = out
         self.snap.score_source = repr(self)
+        self.ir.mark_scored(self.snapshot_name)
         log.info("%s scored %d groups (%d labels)", self.name, len(out), sum(int(s.numel()) for s in out.values()))
 
     def __repr__(self) -> str:
