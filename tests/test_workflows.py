@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from workflow_models import Fidelity, data, make_model
 
 from pruning_ir import InvalidInputError, MacsLatency
@@ -219,3 +220,52 @@ def test_two_gloo_ranks_search_to_the_one_process_file(tmp_path: Path) -> None:
     files = [sorted((tmp_path / d).glob("*.search")) for d in ("two", "one")]
     assert len(files[0]) == len(files[1]) == 1
     assert json.loads(files[0][0].read_text()) == json.loads(files[1][0].read_text())
+
+
+# ---------------------------------------------------------------------------- schedules
+def test_schedules_known_values() -> None:
+    from pruning_ir.workflows import schedule_fractions
+
+    assert schedule_fractions("one_shot", 0.5, 4) == [0.5]
+    assert schedule_fractions("linear", 0.6, 3) == pytest.approx([0.2, 0.4, 0.6])
+    # Zhu & Gupta: s_t = s_f (1 - (1 - t/n)^3): 0.5 * (1 - 0.75^3), (1 - 0.5^3), (1 - 0.25^3), 1
+    assert schedule_fractions("agp", 0.5, 4) == pytest.approx([0.2890625, 0.4375, 0.4921875, 0.5])
+    with pytest.raises(InvalidInputError, match="schedule"):
+        schedule_fractions("cosine", 0.5, 4)
+
+
+def test_agp_prunes_step_by_step_rescoring_the_fine_tuned_model() -> None:
+    from pruning_ir import LossAwareCriterion, verify_pruning
+    from pruning_ir.workflows import IterativePruning
+    from workflow_models import calib_batches, make_bn_model
+
+    model, x = make_bn_model(), data()
+    before = [p.detach().clone() for p in model.parameters()]
+    batches = calib_batches()
+    calibrated, tuned = [], []
+
+    def calibrate(ir):  # type: ignore[no-untyped-def]
+        calibrated.append(sum(p.numel() for p in ir.model.parameters()))
+        with LossAwareCriterion(ir) as collect:
+            for b in batches:
+                collect(b).square().mean().backward()
+
+    def finetune(m, step):  # type: ignore[no-untyped-def]
+        tuned.append(step)
+        opt = torch.optim.SGD(m.parameters(), lr=1e-3)
+        for b in batches:
+            opt.zero_grad()
+            m(b).square().mean().backward()
+            opt.step()
+
+    job = IterativePruning(model, (x,), target=0.5, steps=3, calibrate=calibrate, finetune=finetune)
+    slim = job.run()
+    count = MacsLatency((x,))
+    assert [round(s.asked, 4) for s in job.history] == [round(f, 4) for f in job.fractions]
+    for s in job.history:
+        assert s.asked <= s.reached <= s.asked + 0.03, (s.asked, s.reached)
+        rep = verify_pruning(s.ir, s.labels)  # every step checkable
+        assert rep.exact or rep.inexact_reasons, rep
+    assert 1 - count(slim) / count(model) >= 0.5
+    assert tuned == [0, 1, 2] and calibrated[0] > calibrated[1] > calibrated[2]  # each step scores the new model
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))  # the user's model

@@ -4,11 +4,14 @@ args=(val_loader,))`` once (a resumable sensitivity file), then ``runner.prune(r
 as often as needed (MACs removed within 1 %, allocated from the analysis); or
 ``get_pruning_runner(model, example_inputs, 'one_step')``: ``runner.search(calibration_fn=...,
 calib_args=..., eval_fn=..., eval_args=..., num_subnet=..., removal_ratio=...)``, then
-``runner.prune(removal_ratio=..., index=None)``.
+``runner.prune(removal_ratio=..., index=None)``. :class:`IterativePruning` runs one-shot, linear or
+AGP schedules with fine-tuning and re-scoring between steps.
 """
 
 from __future__ import annotations
 
 from .runner import DEFAULT_RATIOS, OneStepRunner, PruningRunner, get_pruning_runner
+from .schedule import SCHEDULES, IterativePruning, Step, schedule_fractions
 
-__all__ = ["DEFAULT_RATIOS", "OneStepRunner", "PruningRunner", "get_pruning_runner"]
+__all__ = ["DEFAULT_RATIOS", "SCHEDULES", "IterativePruning", "OneStepRunner", "PruningRunner", "Step",
+           "get_pruning_runner", "schedule_fractions"]
