@@ -235,9 +235,10 @@ def test_schedules_known_values() -> None:
 
 
 def test_agp_prunes_step_by_step_rescoring_the_fine_tuned_model() -> None:
+    from workflow_models import calib_batches, make_bn_model
+
     from pruning_ir import LossAwareCriterion, verify_pruning
     from pruning_ir.workflows import IterativePruning
-    from workflow_models import calib_batches, make_bn_model
 
     model, x = make_bn_model(), data()
     before = [p.detach().clone() for p in model.parameters()]
