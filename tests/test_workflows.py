@@ -270,3 +270,27 @@ def test_agp_prunes_step_by_step_rescoring_the_fine_tuned_model() -> None:
     assert 1 - count(slim) / count(model) >= 0.5
     assert tuned == [0, 1, 2] and calibrated[0] > calibrated[1] > calibrated[2]  # each step scores the new model
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))  # the user's model
+
+
+def test_lottery_ticket_rewind_sets_kept_weights_to_their_initial_values() -> None:
+    from workflow_models import make_bn_model
+
+    from pruning_ir import PruningIR
+    from pruning_ir.workflows import IterativePruning
+
+    model, x = make_bn_model(), data()
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1)  # "training" moved every weight
+    job = IterativePruning(model, (x,), target=0.4, schedule="one_shot", rewind=init)
+    slim = job.run()
+    # known answer: the initial model pruned with the same labels (a fresh IR of it: same groups)
+    fresh = make_bn_model()
+    fresh.load_state_dict(init)
+    fresh_ir = PruningIR(fresh, example_inputs=(x,))
+    want = fresh_ir.prune(labels=[fresh_ir.labels(lab.group)[lab.index] for lab in job.history[0].labels]).model
+    for (k, a), (_, b) in zip(slim.state_dict().items(), want.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+    with pytest.raises(InvalidInputError, match="rewind"):
+        IterativePruning(model, (x,), target=0.4, rewind={"nope": torch.zeros(1)})

@@ -8,16 +8,21 @@ by ``calibrate(ir)`` on its current weights (never the previous step's scores), 
 :class:`~pruning_ir.KnapsackLabelSelector` to that step's share of the *original* model's cost
 (MACs, parameters, or any ``fn(model) -> float``), and handed to ``finetune(model, step)``.
 ``history`` keeps each step's IR and labels, so that ``verify_pruning(entry.ir, entry.labels)``
-checks any step.
+checks any step. ``rewind`` (lottery-ticket rewinding, Frankle & Carbin 2019; Frankle et al. 2020
+rewind to early training): a state dict of the original model (its initial weights, or an early
+checkpoint); after each step's pruning the kept weights are set to their values there (the same
+labels removed from a copy holding those weights), before fine-tuning.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..errors import InvalidInputError
@@ -74,7 +79,8 @@ class IterativePruning:
                  example_kwargs: dict[str, Any] | None = None, cost: str | Callable[[nn.Module], float] = "macs",
                  schedule: str = "agp", steps: int = 4,
                  calibrate: Callable[[PruningIR], None] | None = None,
-                 finetune: Callable[[nn.Module, int], None] | None = None) -> None:
+                 finetune: Callable[[nn.Module, int], None] | None = None,
+                 rewind: dict[str, torch.Tensor] | None = None) -> None:
         self.fractions = schedule_fractions(schedule, target, steps)
         self.model = model
         self.example = (example_inputs if isinstance(example_inputs, tuple) else (example_inputs,),
@@ -90,6 +96,14 @@ class IterativePruning:
         self.calibrate = calibrate or _l1
         self.finetune = finetune
         self.history: list[Step] = []
+        self.rewind: nn.Module | None = None
+        if rewind is not None:
+            self.rewind = copy.deepcopy(model)
+            try:
+                self.rewind.load_state_dict(rewind)
+            except RuntimeError as exc:
+                raise InvalidInputError(f"rewind: the state dict does not fit {type(model).__name__} ({exc}); give "
+                                        "model.state_dict() saved at initialisation or early in training.") from exc
 
     def run(self) -> nn.Module:
         """Every step; returns the last step's slim model (``model`` itself is not changed)."""
@@ -102,6 +116,10 @@ class IterativePruning:
             labels = list(KnapsackLabelSelector(budget, self.cost, verbose=False).select(ir)) \
                 if self.cost(current) > budget else []
             current = ir.prune(labels=labels).model
+            if self.rewind is not None:  # the same labels removed from the rewind weights: same shapes
+                ticket = PruningIR._from_snapshot(self.rewind, ir.snapshot(), ir).prune(labels=labels, verify=False)
+                self.rewind = ticket.model
+                current.load_state_dict(self.rewind.state_dict())
             reached = 1 - self.cost(current) / base
             self.history.append(Step(t, frac, reached, ir, labels))
             log.info("step %d: removed %.3f of the cost (asked %.3f)", t, reached, frac)
