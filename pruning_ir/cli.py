@@ -14,10 +14,13 @@ for Hugging Face models, from the config (token ids and a mask, or ``pixel_value
 
 ``inspect`` prints the per-layer table (module, widths, label groups, prunable or why not, share
 of MACs and parameters; ``--kernel-axes`` adds groups on other axes) and ``ir.report()``.
-``prune`` selects labels (``--ratio`` with ``--selector uniform|global``, or ``--macs F``: the
-knapsack to F of the MACs), scored by a data-free criterion (``--criterion``, default L1 norm),
-prunes, and writes ``save_pruned``'s directory plus ``report.md`` (and ``widths.png`` and
-``costs.png`` with ``--plots``).
+``analyze`` runs the sensitivity analysis of :mod:`pruning_ir.workflows` with ``--eval
+package.module:function`` (``function(model) -> score``), prints a table per group and ratio,
+and keeps the resumable ``.sens`` file (``--plot`` draws the curves). ``prune`` selects labels
+(``--ratio`` with ``--selector uniform|global``, or ``--macs F``: the knapsack to F of the MACs),
+scored by a data-free criterion (``--criterion``, default L1 norm), prunes, and writes
+``save_pruned``'s directory plus ``report.md`` (and ``widths.png`` and ``costs.png`` with
+``--plots``).
 """
 
 from __future__ import annotations
@@ -194,6 +197,34 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from .workflows import get_pruning_runner
+
+    model, a, k = load_model(args.model, args)
+    fn = import_object(args.eval)
+    ratios = [float(r) for r in args.ratios.split(",")]
+    runner = get_pruning_runner(model, a, "iterative", example_kwargs=k, cache_dir=args.cache_dir)
+    sens = runner.ana(lambda m: fn(m), ratios=ratios, progress=args.progress)
+    head = ["group", "size", *[f"{r:g}" for r in ratios]]
+    rows = []
+    for gid, entry in sorted(sens["groups"].items(), key=lambda kv: int(kv[0])):
+        scores = {int(n): v for n, v in entry["scores"].items()}
+        cells = [f"g{gid} {entry['describe'][:40]}", str(entry["size"])]
+        for r in ratios:  # the count analysed for this ratio: the largest not above r * size
+            below = [n for n in scores if n <= int(r * entry["size"])]
+            cells.append(f"{scores[max(below)]:.4g}" if below else "-")
+        rows.append(cells)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    _out(f"baseline {sens['baseline']:.4g}; {runner.sensitivity_path}")
+    _out("\n".join([fmt.format(*head), *(fmt.format(*r) for r in rows)]))
+    if args.plot:
+        from .plots import plot_sensitivity
+
+        _out(f"written {plot_sensitivity(sens, args.plot)}")
+    return 0
+
+
 def _returns_module(spec: str) -> bool:
     """Whether the factory returns the model alone (so ``load_pruned`` can call it as the constructor)."""
     try:
@@ -207,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="pruning-ir", description="Dependency-aware structured pruning.")
     sub = ap.add_subparsers(dest="command", required=True)
     for name, helptext in (("inspect", "per-layer table: widths, label groups, prunable or why not, MACs/params"),
-                           ("prune", "prune, save with save_pruned, write a report (and plots)")):
+                           ("prune", "prune, save with save_pruned, write a report (and plots)"),
+                           ("analyze", "sensitivity analysis: a score per group and ratio (resumable file)")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("model", help="'package.module:factory' or a directory with a Hugging Face config.json")
         p.add_argument("--input", type=_shape, action="append", help="a float input of this shape (repeatable)")
@@ -216,6 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "inspect":
             p.add_argument("--kernel-axes", action="store_true", help="also show groups on other axes")
             p.add_argument("--markdown", action="store_true", help="a Markdown table")
+        elif name == "analyze":
+            p.add_argument("--eval", required=True, help="'package.module:function' scoring a model (higher = better)")
+            p.add_argument("--ratios", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9")
+            p.add_argument("--cache-dir", default=".pruning_ir", help="where the .sens file goes")
+            p.add_argument("--plot", help="write the sensitivity curves to this PNG")
+            p.add_argument("--progress", action="store_true", help="a progress bar (tqdm)")
         else:
             p.add_argument("--out", required=True, help="directory to write (save_pruned files, report.md)")
             p.add_argument("--selector", choices=("uniform", "global"), default="uniform")
@@ -231,7 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return cmd_inspect(args) if args.command == "inspect" else cmd_prune(args)
+        commands = {"inspect": cmd_inspect, "prune": cmd_prune, "analyze": cmd_analyze}
+        return commands[args.command](args)
     except PruningIRError as exc:
         sys.stderr.write(f"pruning-ir {args.command}: {exc}\n")
         return 2

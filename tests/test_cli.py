@@ -104,3 +104,22 @@ def test_networkx_coupling_graph_matches_the_groups() -> None:
     around = [("group", wide.gid), *g.neighbors(("group", wide.gid))]
     modules = {p[1].rsplit(".", 1)[0] for p in around[1:]}
     assert len(modules) >= 2 and nx.is_connected(g.subgraph(around))
+
+
+def score_cnn(model: nn.Module) -> float:
+    """An eval function for ``analyze``: minus the squared difference to the unpruned outputs."""
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        return -float((model(x) - make_cnn()(x)).pow(2).mean())
+
+
+def test_analyze_prints_the_sensitivity_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["analyze", "test_cli:make_cnn", "--input", "1,3,16,16", "--eval", "test_cli:score_cnn",
+                 "--ratios", "0.25,0.5", "--cache-dir", str(tmp_path), "--plot", str(tmp_path / "sens.png")]) == 0
+    out = capsys.readouterr().out
+    assert out.split(";")[0] in ("baseline -0", "baseline 0"), out  # the unpruned model scores 0
+    lines = [line.split() for line in out.splitlines()[2:] if line.startswith("g")]
+    assert len(lines) == 2
+    for line in lines:  # pruning more of a group moves the outputs further
+        assert 0 > float(line[-2]) > float(line[-1]), line
+    assert len(list(tmp_path.glob("*.sens"))) == 1 and _png(tmp_path / "sens.png")
