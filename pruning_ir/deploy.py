@@ -168,11 +168,18 @@ def _build_base(origin: dict[str, Any], base_model: nn.Module | None, where: Pat
                                     "not an nn.Module.")
         return base
     if origin.get("kind") == "hf":
+        from ._rewrite.recipe import decode
+
         cls = import_object(origin["class"])
-        config = cls.config_class.from_dict(origin["config"])
-        if origin.get("attn_implementation") is not None:
-            config._attn_implementation = origin["attn_implementation"]
+        config = cls.config_class.from_dict(decode(origin["config"]))
+        attn = origin.get("attn_implementation")
         with _quiet_transformers(), torch.device("meta"):
+            if attn is not None:
+                config._attn_implementation = attn
+                try:
+                    return cls(config)  # type: ignore[no-any-return]
+                except ValueError:  # a class that refuses the recorded name when asked explicitly
+                    config = cls.config_class.from_dict(decode(origin["config"]))
             return cls(config)  # type: ignore[no-any-return]
     raise InvalidInputError(
         f"{where} holds a pruned {origin.get('class')} that the directory alone cannot rebuild: pass "

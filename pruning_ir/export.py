@@ -74,20 +74,20 @@ def _inputs(pruned: PruningIR | nn.Module, example_inputs: Any, example_kwargs: 
 
 
 class _Baked(nn.Module):
-    """The ATen calls a patched slim model made on the example inputs (``graph``, an
+    """The ATen calls a patched slim model made on the example inputs (``calls``, an
     ``fx.GraphModule`` taking the model's parameters and buffers, then the call's tensors),
     called with the model's own arguments; ``model`` holds the parameters (under their names)."""
 
     def __init__(self, model: nn.Module, graph: nn.Module, spec: pytree.TreeSpec) -> None:
         super().__init__()
         self.model = model
-        self.graph = graph
+        self.calls = graph  # not "graph": exported programs are GraphModules, whose .graph is their own
         self._out_spec = spec
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         state = [t for _, t in _state(self.model)]
         tensors = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
-        return pytree.tree_unflatten(list(self.graph(*state, *tensors)), self._out_spec)
+        return pytree.tree_unflatten(list(self.calls(*state, *tensors)), self._out_spec)
 
 
 def _state(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
@@ -133,6 +133,16 @@ def bake(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> nn.
 
     with torch.no_grad(), _exporting():
         graph = make_fx(run)(*[t for _, t in _state(model)], *[leaves[i] for i in where])
+    # tensors the model made from Python values (torch.tensor(...), aranges cached as plain
+    # attributes) are recorded as plain attributes of the graph; buffers, so that torch.export
+    # and the ONNX exporter carry them as state of the nested module
+    for node in graph.graph.nodes:
+        if node.op == "get_attr" and "." not in node.target:
+            value = getattr(graph, node.target)
+            if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter) \
+                    and node.target not in graph._buffers:
+                delattr(graph, node.target)
+                graph.register_buffer(node.target, value, persistent=False)
     return _Baked(model, graph, spec_out[-1])
 
 

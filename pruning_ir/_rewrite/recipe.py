@@ -15,6 +15,7 @@ anything else by name.
 from __future__ import annotations
 
 import importlib
+import logging
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -24,6 +25,8 @@ from torch import nn
 
 from ..errors import InvalidInputError, RewriteError
 from .hooks import LiteralShapePatch, install, patch_of
+
+log = logging.getLogger(__name__)
 
 RECIPE_FORMAT = 1
 """Bumped when the recipe's layout changes; :func:`apply` refuses other formats."""
@@ -132,8 +135,13 @@ def origin_of(model: nn.Module) -> dict[str, Any]:
         return known
     config = _hf_config(model)
     if config is not None and hasattr(type(model), "config_class"):
-        return {"kind": "hf", "class": class_path(type(model)), "config": config.to_dict(),
-                "attn_implementation": getattr(config, "_attn_implementation", None)}
+        try:
+            values = encode(config.to_dict())
+        except Unencodable as exc:  # then the loader needs base_model, like any module
+            log.debug("origin of %s: config not writable as JSON (%s)", type(model).__name__, exc)
+        else:
+            return {"kind": "hf", "class": class_path(type(model)), "config": values,
+                    "attn_implementation": getattr(config, "_attn_implementation", None)}
     return {"kind": "module", "class": class_path(type(model))}
 
 
