@@ -682,17 +682,18 @@ def deploy(ir: Any, row: Row, stage: Any, progress: Any) -> None:
 
     stage("deploy prune")
     pruned = ir.prune(labels=random_selection(ir, 0))
-    args, kwargs = ir.snapshot().example
+    args, traced_kwargs = ir.snapshot().example
+    kwargs = dict(traced_kwargs)
     if "use_cache" in inspect.signature(ir.model.forward).parameters:
-        kwargs = {**kwargs, "use_cache": False}  # as deployed: a KV cache object is no output a program returns
+        kwargs["use_cache"] = False  # exported as deployed: a KV cache object is no output a program returns
     notes = []
     with tempfile.TemporaryDirectory() as d:
         stage("deploy save")
         try:
             save_pruned(pruned, d)
             loaded = load_pruned(d)
-            with torch.no_grad():
-                same = _same(pruned.model(*args, **kwargs), loaded(*args, **kwargs))
+            with torch.no_grad():  # the traced call (a call the IR did not trace may take another path)
+                same = _same(pruned.model(*args, **traced_kwargs), loaded(*args, **traced_kwargs))
             row.saved = "ok" if same else "DIFFERS"
         except PruningIRError as exc:
             row.saved = "refused"

@@ -168,19 +168,22 @@ def _build_base(origin: dict[str, Any], base_model: nn.Module | None, where: Pat
                                     "not an nn.Module.")
         return base
     if origin.get("kind") == "hf":
-        from ._rewrite.recipe import decode
+        from ._rewrite.recipe import decode, set_config_internals
 
         cls = import_object(origin["class"])
-        config = cls.config_class.from_dict(decode(origin["config"]))
         attn = origin.get("attn_implementation")
         with _quiet_transformers(), torch.device("meta"):
-            if attn is not None:
-                config._attn_implementation = attn
+            for explicit in ((True, False) if attn is not None else (False,)):
+                config = cls.config_class.from_dict(decode(origin["config"]))
+                set_config_internals(config, origin.get("internal", {}))
+                if explicit:
+                    config._attn_implementation = attn
                 try:
                     return cls(config)  # type: ignore[no-any-return]
                 except ValueError:  # a class that refuses the recorded name when asked explicitly
-                    config = cls.config_class.from_dict(decode(origin["config"]))
-            return cls(config)  # type: ignore[no-any-return]
+                    if not explicit:
+                        raise
+            raise AssertionError("unreachable")
     raise InvalidInputError(
         f"{where} holds a pruned {origin.get('class')} that the directory alone cannot rebuild: pass "
         "load_pruned(directory, base_model=...) with the original architecture (built as before pruning; "

@@ -274,3 +274,17 @@ def test_fx_graph_module_as_the_model(tmp_path: Path) -> None:
     slim = load_pruned(tmp_path, base_model=torch.fx.symbolic_trace(make_cnn()))
     for a, b in zip(outputs(pruned.model, args, {}), outputs(slim, args, {}), strict=True):
         assert torch.equal(a, b)
+
+
+def test_hf_config_internals_round_trip(tmp_path: Path) -> None:
+    """Which attention / experts implementation a model runs is private config state that
+    ``to_dict`` leaves out; it comes back, so the loaded model takes the slim model's code path."""
+    pytest.importorskip("transformers")
+    model, args, kwargs = _hf_case("llama")
+    pruned = _pruned(model, args, kwargs, seed=2)
+    pruned.model.config._experts_implementation_internal = "grouped_mm"  # as a MoE model's forward sets it
+    save_pruned(pruned, tmp_path)
+    loaded = load_pruned(tmp_path)
+    for key in ("_attn_implementation_internal", "_experts_implementation_internal"):
+        assert getattr(loaded.config, key, None) == getattr(pruned.model.config, key, None), key
+    assert loaded.config._attn_implementation == "eager"

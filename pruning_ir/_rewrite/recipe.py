@@ -127,6 +127,27 @@ def _hf_config(model: nn.Module) -> Any | None:
     return None
 
 
+def config_internals(config: Any) -> dict[str, Any]:
+    """The plain attributes of a Hugging Face config that ``to_dict`` leaves out (which attention
+    and experts implementations the model was built with: ``_attn_implementation_internal``,
+    ``_experts_implementation_internal``), encoded."""
+    listed = config.to_dict()
+    out = {}
+    for k, v in vars(config).items():
+        if k in listed or k == "_post_init_done":
+            continue
+        try:
+            out[k] = encode(v)
+        except Unencodable:
+            continue
+    return out
+
+
+def set_config_internals(config: Any, internals: dict[str, Any]) -> None:
+    for k, v in internals.items():
+        config.__dict__[k] = decode(v)
+
+
 def origin_of(model: nn.Module) -> dict[str, Any]:
     """What ``model`` was built as, before any prune: the origin recorded on it by an earlier
     prune, else its class and (Hugging Face models) its config, as JSON data."""
@@ -141,7 +162,8 @@ def origin_of(model: nn.Module) -> dict[str, Any]:
             log.debug("origin of %s: config not writable as JSON (%s)", type(model).__name__, exc)
         else:
             return {"kind": "hf", "class": class_path(type(model)), "config": values,
-                    "attn_implementation": getattr(config, "_attn_implementation", None)}
+                    "attn_implementation": getattr(config, "_attn_implementation", None),
+                    "internal": config_internals(config)}
     return {"kind": "module", "class": class_path(type(model))}
 
 
@@ -226,7 +248,8 @@ def _configs(model: nn.Module) -> list[dict[str, Any]]:
             if entry is None:
                 entry = seen[id(cfg)] = {"class": class_path(type(cfg)), "values": encode(cfg.to_dict()),
                                          "attn_implementation": getattr(cfg, "_attn_implementation", None)
-                                         if attr == "config" else None, "at": []}
+                                         if attr == "config" else None, "internal": config_internals(cfg),
+                                         "at": []}
             entry["at"].append([path, attr])
     return list(seen.values())
 
@@ -329,6 +352,7 @@ def _set_configs(recipe: dict[str, Any], mods: dict[str, nn.Module]) -> None:
         cfg = cls.from_dict(decode(entry["values"]))
         if entry.get("attn_implementation") is not None:
             cfg._attn_implementation = entry["attn_implementation"]
+        set_config_internals(cfg, entry.get("internal", {}))
         for path, attr in entry["at"]:
             mods[path].__dict__[attr] = cfg
 
