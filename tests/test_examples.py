@@ -58,3 +58,16 @@ def test_vitis_iterative_example_removes_the_asked_macs(tmp_path: Path) -> None:
         assert abs(got - target) <= 0.01, line
         assert float(line.split("fine-tuned ")[1].split("%")[0]) >= 95.0, line
     assert len(list(tmp_path.glob("*.sens"))) == 2
+
+
+def test_vitis_one_step_example_finds_a_subnetwork_at_the_target(tmp_path: Path) -> None:
+    pytest.importorskip("sklearn")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "vitis_one_step.py"), "--quiet", "--cache-dir",
+                          str(tmp_path)], capture_output=True, text=True, timeout=600, check=True, env=env,
+                         cwd=ROOT / "examples").stdout
+    line = next(line for line in out.splitlines() if line.startswith("best of"))
+    assert abs(float(line.split("MACs ")[1].split()[0]) - 0.3) <= 0.01, line
+    assert float(line.split("adaptive BN ")[1].split("%")[0]) >= 80.0, line  # adaptive BN alone recovers most
+    assert float(line.split("fine-tuned ")[1].split("%")[0]) >= 95.0, line
+    assert len(list(tmp_path.glob("*.search"))) == 1

@@ -181,9 +181,11 @@ def test_search_candidates_meet_the_target_and_prune_builds_the_best(tmp_path: P
     slim = runner.prune(removal_ratio=0.5)
     assert abs(1 - count(slim) / base - 0.5) <= 0.01
     # the recorded score is the slim model's after adaptive BN (known answer: recompute it)
+    from pruning_ir.workflows import adaptive_bn
+
     for i in (best, 3):
         cand = runner.prune(removal_ratio=0.5, index=i)
-        calibration_fn(cand, calib_batches())
+        adaptive_bn(cand, calibration_fn, calib_batches())
         assert fn(cand, x) == pytest.approx(found[i]["score"], rel=1e-6, abs=1e-12)
     assert [m.out_channels for m in (slim.c1, slim.c2)] == [
         m.out_channels for m in (runner.prune(removal_ratio=0.5, index=best).c1, runner.prune(0.5, index=best).c2)]
@@ -294,3 +296,22 @@ def test_lottery_ticket_rewind_sets_kept_weights_to_their_initial_values() -> No
         assert torch.equal(a, b), k
     with pytest.raises(InvalidInputError, match="rewind"):
         IterativePruning(model, (x,), target=0.4, rewind={"nope": torch.zeros(1)})
+
+
+def test_adaptive_bn_resets_and_averages() -> None:
+    from pruning_ir.workflows import adaptive_bn
+
+    bn = torch.nn.BatchNorm1d(3)
+    bn.running_mean.fill_(100.0)  # the unpruned network's statistics: must not survive
+    batches = [torch.randn(8, 3) + 1, torch.randn(8, 3) - 3]
+
+    def calibration_fn(model, data):  # type: ignore[no-untyped-def]
+        model.train()
+        with torch.no_grad():
+            for b in data:
+                model(b)
+        model.eval()
+
+    adaptive_bn(bn, calibration_fn, batches)
+    want = (batches[0].mean(0) + batches[1].mean(0)) / 2
+    assert torch.allclose(bn.running_mean, want, atol=1e-6) and bn.momentum == 0.1

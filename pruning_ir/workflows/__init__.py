@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from .runner import DEFAULT_RATIOS, OneStepRunner, PruningRunner, get_pruning_runner
 from .schedule import SCHEDULES, IterativePruning, Step, schedule_fractions
+from .search import adaptive_bn
 
 __all__ = ["DEFAULT_RATIOS", "SCHEDULES", "IterativePruning", "OneStepRunner", "PruningRunner", "Step",
-           "get_pruning_runner", "schedule_fractions"]
+           "adaptive_bn", "get_pruning_runner", "schedule_fractions"]

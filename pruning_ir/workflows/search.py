@@ -1,13 +1,15 @@
 """One-step pruning (Vitis' ``search``): candidate subnetworks at a MACs target, each recalibrated
 (adaptive BN: the user's ``calibration_fn`` runs it in training mode) and scored by ``eval_fn``.
 
-A candidate is a number of labels kept per group (the lowest-ranked labels removed, as in the
-analysis), with the MACs removed within 1 % of ``removal_ratio``: a random direction of per-group
-removal fractions is scaled by bisection until the IR's MACs count meets the target (then rounded
-to the groups' steps and ``channel_divisible``). Strategy ``"random"`` draws every candidate so;
-``"evolution"`` draws the first half so and then, generation by generation, mutates the best
-candidates found (each group's fraction moved by a random step, rescaled to the target) -- the
-refinement around the best that EagleEye-style searches use.
+Each candidate's BatchNorm statistics are reset before ``calibration_fn`` runs and accumulated
+as a plain average over its batches (:func:`adaptive_bn`). A candidate is a number of labels kept
+per group (the lowest-ranked labels removed, as in the analysis), with the MACs removed within
+1 % of ``removal_ratio``: a random direction of per-group removal shares (each in
+``[SHARE_LOW, 1]``) is scaled by bisection until the IR's MACs count meets the target (then
+rounded to the groups' steps and ``channel_divisible``). Strategy ``"random"`` draws every
+candidate so; ``"evolution"`` draws the first half so and then, generation by generation, mutates
+the best candidates found (each group's share moved by a random step, rescaled to the target) --
+the refinement around the best that EagleEye-style searches use.
 
 Results go to a JSON ``.search`` file, written after every candidate (resumable like the
 analysis; candidates are a function of the seed and of the scores already found, so a resumed
@@ -26,6 +28,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from .._ir.labels import Label, LabelGroup
 from .._progress import progress_bar
 from ..cost import MacsModel
@@ -36,14 +40,20 @@ from .sensitivity import _barrier, _dist, _score
 log = logging.getLogger(__name__)
 
 TOLERANCE = 0.01
+MAX_REMOVED = 0.9  # of a group's labels, in any candidate
 GENERATION = 16  # candidates per generation (evolution), before dividing over ranks
+SHARE_LOW = 0.33
+"""Random candidates draw each group's relative share of the removal from ``[SHARE_LOW, 1]``
+(then scaled to the MACs target): shares drawn from ``[0, 1]`` empty some groups and leave
+others whole, and at a 70 % target nearly every such network collapses (measured on digits:
+every one of 24 candidates at chance accuracy)."""
 
 
 def _kept(groups: list[LabelGroup], fractions: dict[int, float], scale: float, step: int) -> dict[int, int]:
     out = {}
     for g in groups:
         s = max(g.step, step) if g.size % max(g.step, step) == 0 else g.step
-        removed = int(min(0.95, fractions[g.gid] * scale) * g.size) // s * s
+        removed = int(min(MAX_REMOVED, fractions[g.gid] * scale) * g.size) // s * s
         out[g.gid] = max(s, g.size - removed)
     return out
 
@@ -93,11 +103,11 @@ class SearchStore:
 
 
 def _draw(rng: random.Random, gids: list[int], parents: list[dict[str, Any]]) -> dict[int, float]:
-    if not parents:
-        return {gid: rng.random() for gid in gids}
+    if not parents:  # relative shares within a factor of 3 of each other: no group emptied at random
+        return {gid: rng.uniform(SHARE_LOW, 1.0) for gid in gids}
     best = sorted(parents, key=lambda c: -c["score"])[: max(2, len(parents) // 8)]
     parent = rng.choice(best)["fractions"]
-    return {gid: min(1.0, max(0.0, float(parent[str(gid)]) + rng.gauss(0, 0.15))) for gid in gids}
+    return {gid: min(1.0, max(SHARE_LOW / 2, float(parent[str(gid)]) + rng.gauss(0, 0.15))) for gid in gids}
 
 
 class _Plan:
@@ -184,10 +194,27 @@ def labels_for(ir: PruningIR, order: dict[int, list[int]], kept: dict[int, int])
     return out
 
 
+def adaptive_bn(model: nn.Module, calibration_fn: Callable[..., Any], *calib_args: Any) -> None:
+    """Adaptive BN: every BatchNorm's running statistics reset, then ``calibration_fn(model,
+    *calib_args)`` (forward passes in training mode) accumulates them as a plain average over its
+    batches (``momentum=None`` while it runs): the statistics of the pruned network, not a mix with
+    the unpruned network's that a momentum update over a few batches would leave."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    try:
+        calibration_fn(model, *calib_args)
+    finally:
+        for m, mom in zip(norms, momenta, strict=True):
+            m.momentum = mom
+
+
 def evaluate(ir: PruningIR, order: dict[int, list[int]], kept: dict[int, int], calibration_fn: Callable[..., Any],
              calib_args: Sequence[Any], eval_fn: Callable[..., Any], eval_args: Sequence[Any]) -> float:
     with warnings.catch_warnings():  # an evaluation copy: its config is nobody's concern
         warnings.simplefilter("ignore")
         model = ir.prune(labels=labels_for(ir, order, kept), verify=False).model
-    calibration_fn(model, *calib_args)
+    adaptive_bn(model, calibration_fn, *calib_args)
     return _score(eval_fn(model, *eval_args))
