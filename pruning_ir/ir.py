@@ -146,11 +146,9 @@ class PruningIR:
             ``forward`` takes an ``attention_mask`` the example call does not give, and the call
             has a ``(batch, tokens)`` integer input, the call with a padded mask (the first
             example's first token masked): HF attention takes another path with a mask (LLaMA
-            under SDPA reads ``num_key_value_groups`` only there); (3) when ``forward`` takes a
-            ``use_cache`` the example call leaves at its default, that call (with the padded mask,
-            if any) with ``use_cache=False``, the path training and export take. Parameters no
-            call uses are listed by :meth:`report`, and ``prune`` warns about them: their
-            channels cannot be checked.
+            under SDPA reads ``num_key_value_groups`` only there). Parameters no call uses are
+            listed by :meth:`report`, and ``prune`` warns about them: their channels cannot be
+            checked.
 
     Example:
         >>> import torch
