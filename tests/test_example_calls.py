@@ -166,38 +166,3 @@ def test_merged_calls_keep_nodes_that_differ_only_in_their_arguments() -> None:
         assert rep.exact, rep
     coupled = next(g for g in ir.label_groups() if any(n == "b.weight" and ax == 1 for n, ax in g.members))
     assert not coupled.prunable and "traced call 2" in coupled.reason, ir.report()
-
-
-class CacheNet(nn.Module):
-    """Case: a path taken only without a cache (``use_cache=False``, as HF decoders train and
-    export) splits the 8 hidden units into 2 heads of 4 with literal sizes (``view(b, 2, 4)``)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.a = nn.Linear(4, 8)
-        self.scale = nn.Parameter(torch.rand(2, 1) + 0.5)
-        self.b = nn.Linear(8, 3)
-
-    def forward(self, x: torch.Tensor, use_cache: bool = True) -> torch.Tensor:
-        h = self.a(x).relu()
-        if not use_cache:
-            h = (h.view(h.shape[0], 2, 4) * self.scale).reshape(h.shape[0], 8)
-        return self.b(h)
-
-
-def test_the_no_cache_path_is_traced_automatically() -> None:
-    """With the automatic ``use_cache=False`` call the IR sees the literal split and, since run-time
-    patches follow the example call's ops only, refuses the hidden units with the reason (known
-    answer: both groups of the 2 x 4 split unprunable, naming the call); without it the units look
-    prunable and the slim model breaks on the path nobody traced."""
-    torch.manual_seed(0)
-    x = torch.randn(3, 4)
-    ir = PruningIR(CacheNet(), example_inputs=(x,))
-    assert len(ir.snapshot().calls()) == 2  # the example call, and the same with use_cache=False
-    hidden = [g for g in ir.label_groups() if any(m == "a.weight" and ax == 0 for m, ax in g.members)]
-    assert sorted(g.size for g in hidden) == [2, 4] and not any(g.prunable for g in hidden)
-    assert all("traced call 2" in g.reason for g in hidden), [g.reason for g in hidden]
-    plain = PruningIR(CacheNet(), example_inputs=(x,), auto_calls=False)
-    assert len(plain.snapshot().calls()) == 1 and [g.size for g in plain.prunable_label_groups()] == [8]
-    with pytest.raises(RuntimeError):
-        plain.prune(labels=plain.labels(plain.prunable_label_groups()[0])[:1]).model(x, use_cache=False)

@@ -43,26 +43,6 @@ def padded_mask_call(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, 
     return args, {**kwargs, "attention_mask": mask}, {p: m.training for p, m in model.named_modules()}
 
 
-def _padded_variants(model: nn.Module, padded: Call | None, args: tuple[Any, ...], kwargs: dict[str, Any]
-                     ) -> list[Call]:
-    """The automatic extra call to try, best first: the padded-mask call (or, when there is none,
-    the example call) with ``use_cache=False`` when ``forward`` takes a ``use_cache`` the example
-    call leaves at its default (HF decoders: training and export run without a cache, another path,
-    some of whose sizes Python holds); then the padded call alone."""
-    try:
-        takes = "use_cache" in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        takes = False
-    out: list[Call] = []
-    if takes and "use_cache" not in kwargs:
-        modes = {p: m.training for p, m in model.named_modules()}
-        a, kw, modes = padded if padded is not None else (args, kwargs, modes)
-        out.append((a, {**kw, "use_cache": False}, modes))
-    if padded is not None:
-        out.append(padded)
-    return out
-
-
 def _with_train_call(model: nn.Module, graph: Graph, args: tuple[Any, ...], kwargs: dict[str, Any],
                      extra: list[Call], leaf_modules: list[Any]) -> tuple[Graph, list[Call]]:
     """Trace again with the example call in training mode appended; keep it only when it uses
@@ -93,11 +73,10 @@ def trace_snapshot(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, An
     extra: list[Call] = [(c.args, dict(c.kwargs), c.modes(model)) for c in options.extra_calls]
     padded = padded_mask_call(model, args, kwargs) if options.auto_calls else None
     graph = None
-    for call in _padded_variants(model, padded, args, kwargs) if options.auto_calls else []:
+    if padded is not None:
         try:  # one trace with the padded call; without it only if the model refuses such a mask
-            graph = record(model, args, kwargs, leaves, extra=[*extra, call])
-            extra = [*extra, call]
-            break
+            graph = record(model, args, kwargs, leaves, extra=[*extra, padded])
+            extra = [*extra, padded]
         except Exception as exc:
             log.info("%s: no padded-mask call (%s: %s)", type(model).__name__, type(exc).__name__, exc)
     if graph is None:
