@@ -288,3 +288,26 @@ def test_hf_config_internals_round_trip(tmp_path: Path) -> None:
     for key in ("_attn_implementation_internal", "_experts_implementation_internal"):
         assert getattr(loaded.config, key, None) == getattr(pruned.model.config, key, None), key
     assert loaded.config._attn_implementation == "eager"
+
+
+def test_plain_tensor_attributes_keep_their_sharing(tmp_path: Path) -> None:
+    """Two plain tensor attributes holding one tensor (a table cached under two names) come back
+    as one tensor, equal to the saved one; an attribute holding a parameter is that parameter."""
+
+    class Cached(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 6)
+            self.out = nn.Linear(6, 2)
+            self.table = torch.arange(6.0)
+            self.same_table = self.table
+            self.w = self.lin.weight
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(self.lin(x) + self.same_table[: self.lin.out_features].sum())
+
+    pruned = _pruned(Cached(), (torch.randn(2, 4),), {})
+    save_pruned(pruned, tmp_path, base_model=Cached())
+    slim = load_pruned(tmp_path, base_model=Cached())
+    assert slim.table is slim.same_table and torch.equal(slim.table, pruned.model.table)
+    assert slim.w is slim.lin.weight

@@ -17,7 +17,6 @@ from __future__ import annotations
 import importlib
 import logging
 import math
-from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -296,7 +295,9 @@ def _check_structure(recipe: dict[str, Any], base: nn.Module) -> dict[str, nn.Mo
     return mods
 
 
-def _set_tensors(recipe: dict[str, Any], mods: dict[str, nn.Module], tensors: dict[str, torch.Tensor]) -> None:
+def _set_tensors(recipe: dict[str, Any], mods: dict[str, nn.Module], tensors: dict[str, torch.Tensor]
+                 ) -> dict[str, torch.Tensor]:
+    """Put the stored parameters and buffers in place; returns them by every name (aliases too)."""
     made: dict[str, torch.Tensor] = {}
     entries = recipe["tensors"]
     for full in sorted(entries, key=lambda n: "alias" in entries[n]):
@@ -331,6 +332,7 @@ def _set_tensors(recipe: dict[str, Any], mods: dict[str, nn.Module], tensors: di
         if stale:
             raise InvalidInputError(f"the base model has tensors {stale[:5]} the slim model did not have: build "
                                     "the base model as the original was built.")
+    return made
 
 
 def _set_attributes(recipe: dict[str, Any], mods: dict[str, nn.Module], tensors: dict[str, torch.Tensor],
@@ -341,7 +343,8 @@ def _set_attributes(recipe: dict[str, Any], mods: dict[str, nn.Module], tensors:
             if isinstance(v, dict) and "tensor" in v and len(v) == 1:
                 d[k] = tensors[v["tensor"]]
             elif isinstance(v, dict) and "tensor_alias" in v and len(v) == 1:
-                d[k] = made[v["tensor_alias"]]
+                # the parameter/buffer it is, or another attribute's tensor (stored under "path::name")
+                d[k] = made[v["tensor_alias"]] if v["tensor_alias"] in made else tensors[v["tensor_alias"]]
             else:
                 d[k] = decode(v)
 
@@ -377,15 +380,9 @@ def apply(recipe: dict[str, Any], base: nn.Module, tensors: dict[str, torch.Tens
         raise RewriteError(f"this slim model was saved in recipe format {fmt}; this pruning_ir reads format "
                            f"{RECIPE_FORMAT}. Load it with the version that saved it.")
     mods = _check_structure(recipe, base)
-    _set_tensors(recipe, mods, tensors)
-    made = {name: t for name, t in _named_tensors(base)}
+    made = _set_tensors(recipe, mods, tensors)
     _set_attributes(recipe, mods, tensors, made)
     _set_configs(recipe, mods)
     _set_patches(recipe, mods)
     set_origin(base, recipe["origin"])
     return base
-
-
-def _named_tensors(model: nn.Module) -> Iterable[tuple[str, torch.Tensor]]:
-    yield from model.named_parameters(remove_duplicate=False)
-    yield from model.named_buffers(remove_duplicate=False)
