@@ -28,7 +28,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
 import statistics
 import sys
@@ -37,7 +36,6 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
@@ -46,6 +44,7 @@ import digits_cnn as dc
 import torch
 import torch.nn.functional as F
 from _common import busy_warning, environment, markdown_table, write_result
+from criteria_accuracy import tp_prune
 from torch import nn
 
 TARGET = 0.5
@@ -88,14 +87,11 @@ def eval_fn(model: nn.Module, loader: list[tuple[torch.Tensor, torch.Tensor]]) -
     return 100.0 * correct / total
 
 
-def _budgeted(ir: Any, factory: Callable[[float], Any], x1: torch.Tensor) -> list[Any]:
-    return dc.select_for_macs(ir, factory, TARGET, x1).labels
-
-
 def run_seed(name: str, seed: int, num_subnet: int, cache: Path) -> dict[str, tuple[float, float, float]]:
     from pruning_ir import (
         KnapsackLabelSelector,
         LossAwareCriterion,
+        MacsLatency,
         MacsModel,
         PruningIR,
         UniformLabelSelector,
@@ -122,17 +118,17 @@ def run_seed(name: str, seed: int, num_subnet: int, cache: Path) -> dict[str, tu
                    num_subnet=num_subnet, removal_ratio=TARGET, strategy=strategy, seed=seed)
         slims[f"search {strategy}"] = one.prune(removal_ratio=TARGET)
     ir = PruningIR(model, example_inputs=(data.x_train[:16],))
-    slims["uniform"] = ir.prune(labels=_budgeted(ir, UniformLabelSelector, x1)).model
+    slims["uniform"] = ir.prune(labels=dc.select_for_macs(ir, UniformLabelSelector, TARGET, x1).labels).model
     with LossAwareCriterion(ir) as collect:
         for xb, yb in calib:
             F.cross_entropy(collect(xb), yb).backward()
     model.zero_grad(set_to_none=True)
     macs = MacsModel(ir)
-    labels = KnapsackLabelSelector(TARGET * macs.baseline(), dc_macs(data.x_train[:16]), verbose=False,
+    labels = KnapsackLabelSelector(TARGET * macs.baseline(), MacsLatency((data.x_train[:16],)), verbose=False,
                                    cost_model=macs).select(ir)
     slims["LossAware+knapsack"] = ir.prune(labels=labels).model
     if name == "digits CNN":
-        slims["TP magnitude"] = tp_magnitude(model, x1, base)
+        slims["TP magnitude"] = tp_prune(model, "magnitude", True, TARGET, x1, {})  # global L1, ratio bisected
     out = {}
     for method, slim in slims.items():
         frac = dc.macs(slim, x1) / base
@@ -141,40 +137,6 @@ def run_seed(name: str, seed: int, num_subnet: int, cache: Path) -> dict[str, tu
         dc.train(slim, x_tr, y_tr, 2, lr=1e-3, seed=seed + 1, progress=False)
         out[method] = (frac, acc_bn, eval_fn(slim, [(data.x_test, data.y_test)]))
     return out
-
-
-def dc_macs(x: torch.Tensor) -> Any:
-    from pruning_ir import MacsLatency
-
-    return MacsLatency((x,))
-
-
-def tp_magnitude(model: nn.Module, x: torch.Tensor, base: int) -> nn.Module:
-    import torch_pruning as tp
-
-    def build(ratio: float) -> nn.Module:
-        m = copy.deepcopy(model)
-        pruner = tp.pruner.MetaPruner(m, x, importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=ratio,
-                                      global_pruning=True, ignored_layers=[m.head])
-        pruner.step()
-        return m
-
-    lo, hi, best = 0.0, 1.0, None
-    for _ in range(14):
-        mid = (lo + hi) / 2
-        try:
-            m = build(mid)
-            cost = dc.macs(m, x)
-        except Exception:  # over-pruned: no longer runs
-            hi = mid
-            continue
-        if cost <= TARGET * base:
-            hi, best = mid, m
-        else:
-            lo = mid
-    if best is None:
-        raise RuntimeError("Torch-Pruning could not reach the MACs budget")
-    return best
 
 
 def main() -> int:

@@ -34,7 +34,6 @@ come back the same is refused when it is saved, not when it is loaded.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 from collections.abc import Mapping
@@ -46,6 +45,7 @@ from torch import nn
 
 from ._rewrite.hf_config import _quiet_transformers
 from ._rewrite.recipe import apply, capture, encode, import_object
+from ._rewrite.slim import meta_copy
 from ._trace.run import call_modes, flat_tensors
 from .errors import InvalidInputError, RewriteError
 from .ir import PruningIR
@@ -138,25 +138,11 @@ def _self_contained(origin: dict[str, Any]) -> bool:
     return origin.get("kind") == "hf" or "constructor" in origin
 
 
-def _meta_copy(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` whose tensors are empty ``meta`` tensors (the user's model is untouched)."""
-    memo: dict[int, Any] = {}
-    for _, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
-        if id(t) not in memo:
-            m = torch.empty_like(t, device="meta")
-            memo[id(t)] = nn.Parameter(m, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else m
-    for mod in model.modules():
-        for k, v in mod.__dict__.items():
-            if isinstance(v, torch.Tensor) and id(v) not in memo and k not in ("_parameters", "_buffers"):
-                memo[id(v)] = torch.empty_like(v, device="meta")
-    return copy.deepcopy(model, memo)
-
-
 def _build_base(origin: dict[str, Any], base_model: nn.Module | None, where: Path) -> nn.Module:
     if base_model is not None:
         if not isinstance(base_model, nn.Module):
             raise InvalidInputError(f"load_pruned(base_model=...) needs an nn.Module, got {type(base_model).__name__}.")
-        return _meta_copy(base_model)
+        return meta_copy(base_model, attributes=True)
     if "constructor" in origin:
         from ._rewrite.recipe import decode
 

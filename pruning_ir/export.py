@@ -31,7 +31,7 @@ from torch.utils import _pytree as pytree
 from ._rewrite.hooks import patch_of
 from ._trace.run import flat_tensors
 from .errors import InvalidInputError, RewriteError
-from .ir import PruningIR
+from .ir import PruningIR, _as_call
 
 __all__ = ["export_onnx", "export_pruned", "patched_modules"]
 
@@ -62,15 +62,8 @@ def _inputs(pruned: PruningIR | nn.Module, example_inputs: Any, example_kwargs: 
     if example_inputs is None and not example_kwargs:
         raise InvalidInputError(f"exporting {type(model).__name__} needs example inputs: pass example_inputs=(x,) "
                                 "(or the PruningIR, whose example call is used).")
-    if example_inputs is None:
-        args: tuple[Any, ...] = ()
-    elif isinstance(example_inputs, tuple):
-        args = example_inputs
-    elif isinstance(example_inputs, list):
-        args = tuple(example_inputs)
-    else:
-        args = (example_inputs,)
-    return model, args, dict(example_kwargs or {})
+    args, kwargs = _as_call(example_inputs, example_kwargs)  # the forms PruningIR takes
+    return model, args, kwargs
 
 
 class _Baked(nn.Module):

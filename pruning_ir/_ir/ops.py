@@ -9,7 +9,19 @@ graph itself, verification and the probe read, below the rules.
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
+
 from .graph import Node, ValueRef
+
+
+def op_packet(name: str) -> Any:
+    """The op packet ``torch.ops.<ns>.<op>`` of a recorded op name ``"<ns>.<op>"`` (the inverse
+    of the recorder's ``op_name``); ``AttributeError`` (or ``RuntimeError``) where this build has
+    no such op."""
+    ns, _, op = name.partition(".")
+    return getattr(getattr(torch.ops, ns), op)
 
 RESHAPES = frozenset({"aten.view", "aten._unsafe_view", "aten.reshape", "aten._reshape_alias"})
 """Row-major reinterpretations of a tensor's shape (a view or a copy, depending on strides)."""

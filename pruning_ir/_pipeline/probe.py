@@ -16,7 +16,6 @@ random op), and then every group is unprunable at once instead of after bisectin
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass, replace
 from typing import Any
@@ -30,6 +29,7 @@ from .._ir.labels import Label, LabelGroup, build_groups
 from .._ir.masks import label_masks
 from .._ir.ops import BACKWARD_ALIGNED
 from .._ir.snapshot import Issue, Snapshot
+from .._rewrite.slim import meta_copy as _meta_copy
 from .._rewrite.verify import VerifyFailure, size_refused
 from .._trace.run import call_modes, flat_tensors, run_call
 from ..calls import ExampleCall
@@ -42,15 +42,6 @@ log = logging.getLogger(__name__)
 
 _REAL_PROBE_LIMIT = 50_000_000  # parameters
 _INDIVIDUAL_LIMIT = 16  # groups probed one by one up to this many
-
-
-def _meta_copy(model: nn.Module) -> nn.Module:
-    memo: dict[int, Any] = {}
-    for t in list(model.parameters()) + list(model.buffers()):
-        if id(t) not in memo:
-            m = torch.empty_like(t, device="meta")
-            memo[id(t)] = nn.Parameter(m, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else m
-    return copy.deepcopy(model, memo)
 
 
 def _to_meta(obj: Any) -> Any:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -222,3 +223,20 @@ def slim_model(snap: Snapshot, model: nn.Module, removed: dict[int, torch.Tensor
             if b is not None and id(b) in replacement:
                 m._buffers[k] = replacement[id(b)]
     return model
+
+
+def meta_copy(model: nn.Module, *, attributes: bool = False) -> nn.Module:
+    """A deep copy of ``model`` whose parameters and buffers are empty ``meta`` tensors (the
+    original is untouched; tied tensors stay tied); with ``attributes``, plain tensor attributes
+    of its modules too (a cache or a table held outside the buffers: no memory for them either)."""
+    memo: dict[int, Any] = {}
+    for t in [*model.parameters(), *model.buffers()]:
+        if id(t) not in memo:
+            m = torch.empty_like(t, device="meta")
+            memo[id(t)] = nn.Parameter(m, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else m
+    if attributes:
+        for mod in model.modules():
+            for v in mod.__dict__.values():
+                if isinstance(v, torch.Tensor) and id(v) not in memo:
+                    memo[id(v)] = torch.empty_like(v, device="meta")
+    return copy.deepcopy(model, memo)

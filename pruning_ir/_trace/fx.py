@@ -19,6 +19,7 @@ import torch
 from torch import fx, nn
 
 from .._ir.graph import SAME_AS, Graph, Node, ValueRef
+from .._ir.ops import op_packet
 from ..errors import TraceError
 
 _INTERNAL = ("__value__", "__alias_write__", "__params__")
@@ -27,9 +28,7 @@ _ENUM_TYPES = ("int", "Optional[int]", "ScalarType", "Optional[ScalarType]", "La
 
 
 def _overload(node: Node) -> Any:
-    ns, _, name = node.op.partition(".")
-    packet = getattr(getattr(torch.ops, ns), name)
-    return getattr(packet, node.overload or "default")
+    return getattr(op_packet(node.op), node.overload or "default")
 
 
 def _decode(value: Any, type_name: str) -> Any:

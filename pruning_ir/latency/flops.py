@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import flop_registry
 
+from .._ir.ops import op_packet
 from .._rules.base import MAC_FORMULAS, MacFormula, NotUnderstood, prod_dims
 
 
@@ -54,9 +55,8 @@ def _flop_formula(names: list[str], formula: MacFormula) -> Callable[..., int]:
 
 def _packet(name: str) -> Any:
     """The op packet ``torch.ops.<ns>.<op>`` of ``"<ns>.<op>"``, or ``None`` where this build has none."""
-    ns, _, op = name.partition(".")
     try:
-        return getattr(getattr(torch.ops, ns), op)
+        return op_packet(name)
     except (AttributeError, RuntimeError):
         return None
 

@@ -13,6 +13,7 @@ import torch
 
 from .._ir.axes import kept_size
 from .._ir.graph import Graph, Node, ValueRef, set_path
+from .._ir.ops import op_packet
 from .._ir.spaces import SpaceTable
 from .timing import sync_clock, time_calls
 
@@ -90,11 +91,6 @@ def _materialise(obj: Any, device: torch.device, gen: torch.Generator) -> Any:
     return obj
 
 
-def _resolve_op(name: str) -> Any:
-    ns, _, op = name.partition(".")
-    return getattr(getattr(torch.ops, ns), op)
-
-
 def _cache_bytes(device: torch.device) -> int:
     """Size of the device's largest cache (CUDA L2, CPU cache levels from Linux sysfs), 0 if unknown."""
     if device.type == "cuda":
@@ -149,7 +145,7 @@ def dispatch_seconds(device: torch.device, *, warmup: int, repeats: int, num_thr
 def measure_op(node: Node, specs: dict[str, Any], device: torch.device, gen: torch.Generator, warmup: int,
              repeats: int, threads: int, flush: Callable[[], None]) -> float | None:
     try:
-        op = _resolve_op(node.op)
+        op = op_packet(node.op)
         kwargs = _materialise(specs, device, gen)
         return 1e3 * _time_op(op, kwargs, warmup=warmup, repeats=repeats, num_threads=threads, device=device,
                               flush=flush)

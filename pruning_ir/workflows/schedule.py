@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidInputError
-from ..ir import PruningIR
+from ..ir import PruningIR, _as_call
 from ..latency import MacsLatency, ParamsLatency
 from ..selectors import KnapsackLabelSelector
 
@@ -83,8 +83,7 @@ class IterativePruning:
                  rewind: dict[str, torch.Tensor] | None = None) -> None:
         self.fractions = schedule_fractions(schedule, target, steps)
         self.model = model
-        self.example = (example_inputs if isinstance(example_inputs, tuple) else (example_inputs,),
-                        dict(example_kwargs or {}))
+        self.example = _as_call(example_inputs, example_kwargs)
         if cost == "macs":
             self.cost: Callable[[nn.Module], float] = MacsLatency(*self.example)
         elif cost == "params":
