@@ -41,6 +41,7 @@ from .criteria import (
     MeanActivationCriterion,
     RandomCriterion,
     TaylorFOWeightCriterion,
+    joint_loss_scores,
 )
 from .deploy import load_pruned, save_pruned
 from .errors import (
@@ -104,6 +105,7 @@ __all__ = [
     "TraceError",
     "UniformLabelSelector",
     "VerificationReport",
+    "joint_loss_scores",
     "load_pruned",
     "masked_model",
     "save_pruned",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import socket
 import subprocess
 import sys
@@ -175,13 +176,49 @@ def test_loss_aware_sums_every_coupled_member_before_squaring() -> None:
     data = _batches()
     ref = _reference_scores(model, data)
     ir = PruningIR(model, example_inputs=(data[0][0],))
-    for crit, key in ((LossAwareCriterion, "la"), (TaylorFOWeightCriterion, "ty")):
+    for crit, key in ((functools.partial(LossAwareCriterion, members="all"), "la"), (TaylorFOWeightCriterion, "ty")):
         with crit(ir) as collect:
             for x, y in data:
                 F.cross_entropy(collect(x), y).backward()
         scores = ir.snapshot().scores
         assert torch.allclose(scores[_group_by_size(ir, 6)], ref[f"{key}_stream"], rtol=1e-5, atol=1e-12)
         assert torch.allclose(scores[_group_by_size(ir, 10)], ref[f"{key}_hidden"], rtol=1e-5, atol=1e-12)
+
+
+def test_loss_aware_readers_is_the_taylor_of_each_channel_where_it_is_read() -> None:
+    """Oracle: per batch, sum over the layers that read a channel of (their input channel) x
+    (the loss gradient that flows back through that layer alone), from module backward hooks;
+    squared and averaged over batches. The default ``members="readers"`` uses the reading
+    weights' grad*weight only, which is that quantity exactly (for linear readers)."""
+    torch.manual_seed(0)
+    model = ResidualMLP()
+    data = _batches()
+    seen: dict[str, torch.Tensor] = {}
+    inputs: dict[str, torch.Tensor] = {}
+    handles = []
+    for name in ("fc1", "fc2", "head"):
+        mod = getattr(model, name)
+        handles.append(mod.register_forward_hook(lambda _m, a, _o, n=name: inputs.__setitem__(n, a[0].detach())))
+        handles.append(mod.register_full_backward_hook(
+            lambda _m, gin, _gout, n=name: seen.__setitem__(n, gin[0].detach())))
+    stream, hidden = [], []
+    for x, y in data:
+        F.cross_entropy(model(x), y).backward()
+        t = {n: (inputs[n] * seen[n]).double().sum(0) for n in seen}
+        stream.append(t["fc1"] + t["head"])
+        hidden.append(t["fc2"])
+    for h in handles:
+        h.remove()
+    model.zero_grad(set_to_none=True)
+    ir = PruningIR(model, example_inputs=(data[0][0],))
+    with LossAwareCriterion(ir) as collect:
+        for x, y in data:
+            F.cross_entropy(collect(x), y).backward()
+    scores = ir.snapshot().scores
+    assert torch.allclose(scores[_group_by_size(ir, 6)], 0.5 * torch.stack(stream).square().mean(0), rtol=1e-5)
+    assert torch.allclose(scores[_group_by_size(ir, 10)], 0.5 * torch.stack(hidden).square().mean(0), rtol=1e-5)
+    with pytest.raises(InvalidInputError, match="members"):
+        LossAwareCriterion(ir, members="producers")
 
 
 def test_loss_aware_gives_zero_to_a_label_that_cannot_change_the_loss() -> None:

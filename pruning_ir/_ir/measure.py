@@ -6,7 +6,9 @@ import torch
 from torch import nn
 
 from .axes import slot_map
+from .graph import Node
 from .labels import LabelGroup
+from .ops import WEIGHT_VIEWS
 from .snapshot import Snapshot
 
 
@@ -101,3 +103,53 @@ def scatter_slots(values: torch.Tensor, sel: torch.Tensor, slots: torch.Tensor, 
     """Sum ``values[sel]`` into a float64 vector of ``size`` slots (on ``values``' device)."""
     out = torch.zeros(size, dtype=torch.float64, device=values.device)
     return out.index_add_(0, slots.to(values.device), values.index_select(0, sel.to(values.device)).double())
+
+
+def reader_slots(snap: Snapshot, group: LabelGroup) -> list[MemberSlots]:
+    """The members of ``group`` that *read* its channels: parameter axes that an op contracts
+    (a linear or convolution's input columns, an attention output projection's head columns),
+    found by following each parameter through weight views to the first op whose output no
+    longer carries the group's channels.
+
+    Zeroing these alone already removes the labels from everything downstream, so a first-order
+    estimate over them counts each label's effect once (the producers' filters, norm scales and
+    shifts estimate the same change again). Empty when no member is contracted by an op (query
+    and key head sizes meet in a parameter-free matmul, a channel read only by a norm's
+    statistics): callers fall back to every member. Cached on the snapshot.
+    """
+    cache: dict[int, list[MemberSlots]] = snap.cache.setdefault("reader_slots", {})
+    got = cache.get(group.gid)
+    if got is not None:
+        return got
+    graph, sp = snap.graph, snap.spaces
+    users: dict[int, list[Node]] | None = snap.cache.get("value_users")
+    if users is None:
+        users = {}
+        for node in graph.nodes:
+            for vid in set(node.tensor_args()):
+                users.setdefault(vid, []).append(node)
+        snap.cache["value_users"] = users
+    root = sp.find(group.leaf)
+
+    def carries(vid: int) -> bool:
+        if vid < 0 or vid >= len(graph.values):
+            return False
+        return any(sp.find(leaf) == root for ax in graph.values[vid].axes for leaf in sp.leaves_of(ax))
+
+    def contracted(start: int) -> bool:
+        stack, seen, reads = [start], {start}, False
+        while stack:
+            vid = stack.pop()
+            for node in users.get(vid, ()):
+                outs = [v for v in node.outputs if v >= 0]
+                if node.op in WEIGHT_VIEWS and not node.leaf:
+                    stack.extend(v for v in outs if carries(v) and v not in seen)
+                    seen.update(outs)
+                elif not any(carries(v) for v in outs):
+                    reads = True
+        return reads
+
+    out = [m for m in member_slots(snap, group)
+           if graph.values[graph.params[m[0]]].kind == "param" and contracted(graph.params[m[0]])]
+    cache[group.gid] = out
+    return out

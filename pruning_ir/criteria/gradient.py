@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .._ir.measure import member_slots, per_index
-from ..errors import CalibrationError
+from .._ir.labels import LabelGroup
+from .._ir.measure import MemberSlots, member_slots, per_index, reader_slots
+from ..errors import CalibrationError, InvalidInputError
 from .base import Criterion, all_reduce_sum, require_weights
 
 if TYPE_CHECKING:
@@ -52,12 +53,16 @@ class _GradientCriterion(Criterion):
         """Turn one backward pass's per-label sums into that pass's contribution to the score."""
         raise NotImplementedError
 
+    def _members(self, group: LabelGroup) -> list[MemberSlots]:
+        """The member axes whose ``grad * weight`` enters the score (default: every member)."""
+        return member_slots(self.snap, group)
+
     # ------------------------------------------------------------------ hooks
     def _attach(self) -> None:
         params = dict(self.ir.model.named_parameters(remove_duplicate=False))
         per_tensor: dict[int, tuple[nn.Parameter, list[_Entry]]] = {}
         for g in self.snap.prunable_groups:
-            for name, axis, sel, slots in member_slots(self.snap, g):
+            for name, axis, sel, slots in self._members(g):
                 p = params.get(name)
                 if p is None or not p.is_floating_point():
                     continue  # buffers (running statistics) get no gradient
@@ -214,6 +219,20 @@ class LossAwareCriterion(_GradientCriterion):
     """
 
     name = "loss_aware"
+
+    def __init__(self, ir: PruningIR, snapshot_name: str = "main", *, members: str = "readers",
+                 include_frozen: bool = True, progress: bool = False) -> None:
+        super().__init__(ir, snapshot_name, include_frozen=include_frozen, progress=progress)
+        if members not in ("readers", "all"):
+            raise InvalidInputError(f"LossAwareCriterion(members={members!r}): use 'readers' or 'all'.")
+        self.members = members
+
+    def _members(self, group: LabelGroup) -> list[MemberSlots]:
+        if self.members == "readers":
+            readers = reader_slots(self.snap, group)
+            if readers:
+                return readers
+        return member_slots(self.snap, group)
 
     def _per_index(self, gw: torch.Tensor, axis: int) -> torch.Tensor:
         return per_index(gw, axis)

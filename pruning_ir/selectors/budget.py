@@ -199,7 +199,7 @@ class Ranking:
 
 
 def ranked_units(ir: PruningIR, snapshot_name: str, floor: Callable[[LabelGroup], int],
-                 tie_attention_head_dims: bool) -> Ranking:
+                 tie_attention_head_dims: bool, label_cost: Mapping[int, float] | None = None) -> Ranking:
     """The removal candidates of the prunable groups, ranked for the score-ordered selectors
     (global, binary search): units in ascending order of their labels' mean score (stable).
 
@@ -208,7 +208,10 @@ def ranked_units(ir: PruningIR, snapshot_name: str, floor: Callable[[LabelGroup]
     groups together (``lcm`` of their steps from each, the first chunk making the kept count a
     multiple), so any prefix of the ranking removes the same count from both. Within a group
     labels go in ascending score order, and a group's ``floor(group)`` best labels are never
-    candidates (a tied pair keeps the larger of its two floors)."""
+    candidates (a tied pair keeps the larger of its two floors).
+
+    With ``label_cost`` (group id -> what removing one of its labels saves, e.g. MACs) units are
+    ranked by score per unit of cost saved instead (the order within a group does not change)."""
     snap = ir.snapshot(snapshot_name)
     scores = ir.label_scores(snapshot_name)
     groups = {g.gid: g for g in snap.prunable_groups if g.gid in scores}
@@ -230,7 +233,7 @@ def ranked_units(ir: PruningIR, snapshot_name: str, floor: Callable[[LabelGroup]
             continue
         s = scores[gid].double()
         order = torch.argsort(s, stable=True)[: max(0, g.size - floor(g))]
-        u_score.append(s[order])
+        u_score.append(s[order] / (label_cost[gid] if label_cost is not None else 1.0))
         u_size.append(torch.ones(order.numel(), dtype=torch.long))
         u_tied.append(torch.zeros(order.numel(), dtype=torch.bool))
         l_gid.append(torch.full_like(order, gid))
@@ -245,7 +248,9 @@ def ranked_units(ir: PruningIR, snapshot_name: str, floor: Callable[[LabelGroup]
             end = start + ((groups[a].size % step or step) if start == 0 else step)
             if end > removable:
                 break
-            u_score.append(((sa[oa[start:end]].sum() + sb[ob[start:end]].sum()) / (2 * (end - start))).reshape(1))
+            total = sa[oa[start:end]].sum() + sb[ob[start:end]].sum()
+            per = (end - start) * (label_cost[a] + label_cost[b]) if label_cost is not None else 2 * (end - start)
+            u_score.append((total / per).reshape(1))
             u_size.append(torch.tensor([2 * (end - start)]))
             u_tied.append(torch.ones(1, dtype=torch.bool))
             l_gid.append(torch.cat([torch.full((end - start,), a), torch.full((end - start,), b)]))
@@ -374,3 +379,40 @@ def as_count(x: Any, what: str, low: int) -> int:
     if not isinstance(x, int) or isinstance(x, bool) or x < low:
         raise InvalidInputError(f"{what}={x!r}: give an int >= {low}.")
     return x
+
+
+CostArg: TypeAlias = "str | Callable[[PruningIR, str], Any] | None"
+"""A cost to rank by: ``"macs"``, ``"params"``, or a factory ``(ir, snapshot_name) -> CostModel``."""
+
+
+def label_costs(ir: PruningIR, snapshot_name: str, cost: CostArg, owner: str) -> dict[int, float] | None:
+    """Per prunable group: what removing one of its labels saves under ``cost``, at full width
+    (``None`` when ``cost`` is ``None``). A group whose labels save nothing gets a tiny positive
+    saving, so that score-per-cost ranking puts it last rather than dividing by zero."""
+    if cost is None:
+        return None
+    from ..cost import MacsModel, ParamsModel
+
+    if isinstance(cost, str):
+        factories: dict[str, Callable[[PruningIR, str], Any]] = {"macs": MacsModel, "params": ParamsModel}
+        if cost not in factories:
+            raise InvalidInputError(f"{owner}(cost={cost!r}): give 'macs', 'params' or a factory "
+                                    "(ir, snapshot_name) -> CostModel such as MacsModel.")
+        model = factories[cost](ir, snapshot_name)
+    elif callable(cost):
+        model = cost(ir, snapshot_name)
+    else:
+        raise InvalidInputError(f"{owner}(cost={cost!r}): give 'macs', 'params' or a factory "
+                                "(ir, snapshot_name) -> CostModel such as MacsModel.")
+    base = float(model.baseline())
+    out: dict[int, float] = {}
+    for g in ir.snapshot(snapshot_name).prunable_groups:
+        step = min(g.step, g.size)
+        try:
+            after = float(model.cost_for_counts({g.gid: g.size - step}))
+        except ValueError:  # a group some axis uses in part: which labels go matters, price a real selection
+            after = float(model.cost(ir.labels(g)[:step]))
+        out[g.gid] = (base - after) / step
+    top = max(out.values(), default=0.0)
+    floor = 1e-12 * top if top > 0 else 1.0
+    return {gid: max(v, floor) for gid, v in out.items()}

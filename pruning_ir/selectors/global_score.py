@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import InvalidInputError
 from .base import LabelSelector, align_selection
-from .budget import ranked_units
+from .budget import CostArg, label_costs, ranked_units
 
 if TYPE_CHECKING:
     from .._ir.labels import Label, LabelGroup
@@ -45,6 +45,14 @@ class GlobalScoreLabelSelector(LabelSelector):
             :func:`~pruning_ir.selectors.budget.attention_head_ties`). A tied unit that would
             overshoot ``n`` is left out (with the later units of its pair) and single labels fill
             the rest.
+        cost: rank labels by score *per unit of cost saved* instead of by score: ``"macs"``,
+            ``"params"``, or a factory ``(ir, snapshot_name) -> CostModel``. Each label's saving
+            is its group's at full width. With a budget in MACs (or parameters) this is the
+            ranking to use: by score alone a cheap layer (a last stage at small spatial size, a
+            narrow FFN) loses most of its labels before the expensive ones are touched, and a
+            selection that reaches the budget then removes far more labels than needed. It is the
+            greedy form of :class:`~pruning_ir.KnapsackLabelSelector` (no re-linearisation,
+            no search), in one pass.
 
     Example:
         >>> import torch
@@ -57,7 +65,7 @@ class GlobalScoreLabelSelector(LabelSelector):
     """
 
     def __init__(self, n_or_ratio: float, *, min_kept: int = 1, min_kept_ratio: float = 0.0,
-                 tie_attention_head_dims: bool = True) -> None:
+                 tie_attention_head_dims: bool = True, cost: CostArg = None) -> None:
         ok_number = isinstance(n_or_ratio, (int, float)) and not isinstance(n_or_ratio, bool)
         if not ok_number or not math.isfinite(n_or_ratio) or n_or_ratio < 0 or (
                 n_or_ratio >= 1 and not isinstance(n_or_ratio, int)):
@@ -76,6 +84,10 @@ class GlobalScoreLabelSelector(LabelSelector):
         self.min_kept = min_kept
         self.min_kept_ratio = float(min_kept_ratio)
         self.tie_attention_head_dims = bool(tie_attention_head_dims)
+        if cost is not None and not (cost in ("macs", "params") or callable(cost)):
+            raise InvalidInputError(f"GlobalScoreLabelSelector(cost={cost!r}): give 'macs', 'params' or a factory "
+                                    "(ir, snapshot_name) -> CostModel such as MacsModel.")
+        self.cost = cost
 
     def select(self, ir: PruningIR, snapshot_name: str = "main") -> list[Label]:
         scores = ir.label_scores(snapshot_name)
@@ -83,7 +95,8 @@ class GlobalScoreLabelSelector(LabelSelector):
         n = math.floor(self.n_or_ratio * total + 1e-9) if self.n_or_ratio < 1 else int(self.n_or_ratio)
         if n == 0 or not scores:
             return []
-        ranking = ranked_units(ir, snapshot_name, self._floor, self.tie_attention_head_dims)
+        costs = label_costs(ir, snapshot_name, self.cost, "GlobalScoreLabelSelector")
+        ranking = ranked_units(ir, snapshot_name, self._floor, self.tie_attention_head_dims, costs)
         available = int(ranking.ends[-1]) if len(ranking) else 0
         if n > available:
             log.warning("GlobalScoreLabelSelector: %d labels requested but only %d can go without breaking the "
@@ -96,4 +109,5 @@ class GlobalScoreLabelSelector(LabelSelector):
 
     def __repr__(self) -> str:
         return (f"GlobalScoreLabelSelector(n_or_ratio={self.n_or_ratio}, min_kept={self.min_kept}, "
-                f"min_kept_ratio={self.min_kept_ratio}, tie_attention_head_dims={self.tie_attention_head_dims})")
+                f"min_kept_ratio={self.min_kept_ratio}, tie_attention_head_dims={self.tie_attention_head_dims}"
+                + (f", cost={self.cost!r})" if self.cost is not None else ")"))

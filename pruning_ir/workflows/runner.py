@@ -19,44 +19,21 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from ..cost import MacsModel
+from ..criteria.joint import marginal_scores, ranking
 from ..errors import InvalidInputError
 from ..ir import PruningIR
 from ..latency import MacsLatency
 from ..selectors import GroupConstraint, KnapsackLabelSelector
-from .sensitivity import SensitivityStore, analyse, check_ratios, fingerprint, ranking
+from .sensitivity import SensitivityStore, analyse, check_ratios, fingerprint
 
 log = logging.getLogger(__name__)
 
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 TOLERANCE = 0.01
-
-
-def _convex_marginals(size: int, points: dict[int, float]) -> np.ndarray:
-    """Marginal drops of removing labels 1..size (in order) from the measured drops at
-    ``points`` (removed count -> drop; 0 -> 0): linear between points, then the lower convex hull;
-    beyond the last point the last slope continues (those counts are forbidden anyway)."""
-    xs = np.array([0, *sorted(points)], dtype=float)
-    ys = np.array([0.0, *[points[k] for k in sorted(points)]])
-    ys = np.maximum.accumulate(ys)  # removing more never predicts a better score
-    hull = [0]
-    for i in range(1, len(xs)):
-        while len(hull) >= 2:
-            a, b = hull[-2], hull[-1]
-            if (ys[b] - ys[a]) * (xs[i] - xs[a]) >= (ys[i] - ys[a]) * (xs[b] - xs[a]):
-                hull.pop()
-            else:
-                break
-        hull.append(i)
-    grid = np.arange(0, size + 1, dtype=float)
-    hx, hy = xs[hull], ys[hull]
-    slope = (hy[-1] - hy[-2]) / (hx[-1] - hx[-2]) if len(hull) > 1 else 0.0
-    d = np.where(grid <= hx[-1], np.interp(grid, hx, hy), hy[-1] + slope * (grid - hx[-1]))
-    return np.diff(d)
 
 
 class PruningRunner:
@@ -131,14 +108,7 @@ class PruningRunner:
                 limits[g.gid] = GroupConstraint(low=g.size)
                 continue
             points = {int(n): base - float(s) for n, s in entry["scores"].items()}
-            marg = _convex_marginals(g.size, points)
-            order = sens["order"][str(g.gid)]
-            s = torch.zeros(g.size, dtype=torch.float64)
-            s[torch.tensor(order)] = torch.from_numpy(marg)
-            # ties broken by the analysis' order: the j-th label scores a hair above the (j-1)-th
-            eps = 1e-12 * (1 + float(np.abs(marg).max()))
-            s[torch.tensor(order)] += torch.arange(g.size, dtype=torch.float64) * eps
-            scores[g.gid] = s
+            scores[g.gid] = marginal_scores(g.size, points, sens["order"][str(g.gid)])
             limits[g.gid] = GroupConstraint(low=g.size - max(points))
         return scores, limits
 

@@ -17,59 +17,24 @@ gathered and rank 0 writes the final file, which then equals a one-process run's
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import json
 import logging
 import os
-import warnings
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from .._ir.axes import keep_mask
-from .._ir.labels import Label, LabelGroup
 from .._progress import progress_bar
+from ..criteria.joint import MaskedEvaluator, Task, counts
 from ..errors import CalibrationError, InvalidInputError
 from ..ir import PruningIR
 
 log = logging.getLogger(__name__)
 
 SENS_FORMAT = 1
-
-
-@dataclass(frozen=True)
-class Task:
-    gid: int
-    removed: int
-
-
-def ranking(ir: PruningIR) -> dict[int, list[int]]:
-    """Per prunable group: its label indices, first to remove first (lowest score; the IR's
-    scores, or L1 norms when no criterion has scored it)."""
-    scores = ir.label_scores()
-    if not scores:
-        from ..criteria import L1NormCriterion
-
-        L1NormCriterion(ir).score()
-        scores = ir.label_scores()
-    return {g.gid: [int(i) for i in torch.argsort(scores[g.gid], stable=True)] for g in ir.prunable_label_groups()}
-
-
-def counts(g: LabelGroup, ratios: Sequence[float]) -> list[int]:
-    """Distinct numbers of labels removed for ``ratios`` of group ``g`` (multiples of its step,
-    at least one label kept; a ratio too small to remove a whole step is dropped)."""
-    out: list[int] = []
-    for r in ratios:
-        n = int(r * g.size) // g.step * g.step
-        n = min(n, g.size - g.step)
-        if n > 0 and n not in out:
-            out.append(n)
-    return sorted(out)
 
 
 def fingerprint(ir: PruningIR, ratios: Sequence[Any], order: dict[int, list[int]]) -> str:
@@ -120,53 +85,6 @@ class SensitivityStore:
                 if data.get("key") == self.key:
                     out.update(data["results"])
         return out
-
-
-class MaskedEvaluator:
-    """Evaluates tasks on a working copy of ``ir.model`` (see the module docstring)."""
-
-    def __init__(self, ir: PruningIR, order: dict[int, list[int]]) -> None:
-        self.ir, self.order = ir, order
-        self.model = copy.deepcopy(ir.model)
-        self.snap = ir.snapshot()
-        self.tensors = dict(self.model.named_parameters(remove_duplicate=False)) | dict(
-            self.model.named_buffers(remove_duplicate=False))
-        self.groups = {g.gid: g for g in ir.prunable_label_groups()}
-
-    def labels(self, task: Task) -> list[Label]:
-        g = self.groups[task.gid]
-        return [Label(self.snap.owner, g.gid, i) for i in self.order[g.gid][: task.removed]]
-
-    @contextlib.contextmanager
-    def pruned(self, task: Task) -> Iterator[nn.Module]:
-        """The model with the task's labels removed: masked in place (restored after), or the
-        slim model where the group's notes say masking differs from pruning."""
-        labels = self.labels(task)
-        if self.groups[task.gid].notes:
-            with warnings.catch_warnings():  # an evaluation copy: its config is nobody's concern
-                warnings.simplefilter("ignore")
-                slim = self.ir.prune(labels=labels, verify=False).model
-            yield slim
-            return
-        removed = self.ir.check_labels(labels)
-        saved: list[tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]] = []
-        with torch.no_grad():
-            for pname, vid in self.snap.graph.params.items():
-                t = self.tensors.get(pname)
-                if t is None:
-                    continue
-                for d, ax in enumerate(self.snap.graph.values[vid].axes):
-                    m = keep_mask(self.snap.spaces, ax, removed)
-                    if m is not None:
-                        idx = (~m).nonzero().squeeze(1).to(t.device)
-                        saved.append((t, d, idx, t.index_select(d, idx).clone()))
-                        t.index_fill_(d, idx, 0)
-        try:
-            yield self.model
-        finally:
-            with torch.no_grad():
-                for t, d, idx, old in reversed(saved):
-                    t.index_copy_(d, idx, old)
 
 
 def _dist() -> tuple[int, int]:
