@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import _common  # noqa: F401  (puts the repository root on sys.path)
 import torch
@@ -52,6 +55,7 @@ from pruning_ir import (
     RandomCriterion,
     TaylorFOWeightCriterion,
     UniformLabelSelector,
+    joint_loss_scores,
     masked_model,
 )
 
@@ -85,9 +89,20 @@ class DigitsSetup:
 
 
 def score_with(ir: PruningIR, name: str, setup: DigitsSetup, seed: int) -> None:
-    """Run criterion ``name`` on ``ir`` (scores land on the IR's snapshot)."""
+    """Run criterion ``name`` on ``ir`` (scores land on the IR's snapshot). ``*_joint``: that
+    criterion, then :func:`joint_loss_scores` with the cross-entropy of the first 4 calibration
+    batches (eval mode)."""
     model = ir.model
     data = setup.calibration()
+    if name.endswith("_joint"):
+        score_with(ir, name[: -len("_joint")], setup, seed)
+
+        def loss(m: torch.nn.Module) -> float:
+            with torch.no_grad():
+                return statistics.fmean(float(F.cross_entropy(m(x), y)) for x, y in data[:4])
+
+        joint_loss_scores(ir, loss)
+        return
     grad_based = {"loss_aware": LossAwareCriterion, "loss_aware_trainmode": LossAwareCriterion,
                   "taylor_fo_weight": TaylorFOWeightCriterion}
     data_free = {"l1": L1NormCriterion, "l2": L2NormCriterion, "fpgm": FPGMCriterion, "bn_scale": BNScaleCriterion}
@@ -175,12 +190,32 @@ def true_loss_changes(ir: PruningIR, setup: DigitsSetup) -> dict[int, torch.Tens
     return out
 
 
-def run_digits(args: argparse.Namespace, rows: dict[str, SeedRow], agreement: dict[str, list[float]]) -> None:
+SELECTORS: dict[str, Any] = {
+    "global": GlobalScoreLabelSelector,
+    "global/MACs": functools.partial(GlobalScoreLabelSelector, cost="macs"),
+    "uniform": UniformLabelSelector,
+    "knapsack": None,  # budget-aware: KnapsackLabelSelector under the MACs budget
+}
+
+
+def bn_chain(seed: int) -> torch.nn.Module:
+    """The plain conv+BN chain of criteria_diagnosis.py (4 conv+BN, one residual add, 2 linear)."""
+    from criteria_diagnosis import bn_chain as build
+
+    return build(seed)
+
+
+DIGITS_MODELS: dict[str, Callable[[int], torch.nn.Module]] = {"digits": dc.make_model, "bn_cnn": bn_chain}
+TITLES = {"digits": "Digits residual CNN", "bn_cnn": "Digits conv+BN chain (4 conv+BN, a residual add, 2 linear)"}
+
+
+def run_digits(args: argparse.Namespace, rows: dict[str, SeedRow], agreement: dict[str, list[float]],
+               model_name: str = "digits") -> None:
     setup = DigitsSetup(dc.load_digits_split(), args.epochs, args.finetune_epochs, args.calib_batches)
     x_cost = setup.split.x_train[:2]
     for seed in range(args.seeds):
         t0 = time.perf_counter()
-        model = dc.make_model(seed)
+        model = DIGITS_MODELS[model_name](seed)
         dc.train(model, setup.split.x_train, setup.split.y_train, setup.epochs, seed=seed, progress=False)
         base_acc = setup.accuracy(model)
         rows.setdefault("original (unpruned)", new_row("original (unpruned)")).add(1.0, "pruned", base_acc)
@@ -193,8 +228,9 @@ def run_digits(args: argparse.Namespace, rows: dict[str, SeedRow], agreement: di
                 scores = ir.snapshot().scores
                 agreement[crit] = [spearman(scores[g], truth[g]) for g in truth]
             macs_model = MacsModel(ir)
-            for sel_name, factory in (("global", GlobalScoreLabelSelector), ("uniform", UniformLabelSelector),
-                                      ("knapsack", None)):
+            for sel_name, factory in SELECTORS.items():
+                if sel_name not in args.selectors:
+                    continue
                 row = rows.setdefault(f"pruning_ir {crit} + {sel_name}", new_row(f"pruning_ir {crit} + {sel_name}"))
                 for target in args.targets:
                     if factory is None:  # budget-aware: the most score under the MACs budget
@@ -237,44 +273,56 @@ def measure(row: SeedRow, target: float, slim: torch.nn.Module, setup: DigitsSet
     row.add(target, "pruned", setup.accuracy(slim))
     setup.recalibrate(slim)
     row.add(target, "bn_recal", setup.accuracy(slim))
-    setup.finetune(slim, seed)
-    row.add(target, "finetuned", setup.accuracy(slim))
+    if setup.finetune_epochs:
+        setup.finetune(slim, seed)
+        row.add(target, "finetuned", setup.accuracy(slim))
 
 
 # ----------------------------------------------------------------------------- report
-def table(rows: dict[str, SeedRow], targets: list[float]) -> list[str]:
-    return seed_table(rows, targets, STAGES, 80)
+def stages(args: argparse.Namespace) -> tuple[str, ...]:
+    return STAGES if args.finetune_epochs else STAGES[:2]
 
 
-def check_targets(rows: dict[str, SeedRow], targets: list[float]) -> list[str]:
+def table(rows: dict[str, SeedRow], targets: list[float], args: argparse.Namespace) -> list[str]:
+    return seed_table(rows, targets, stages(args), 80)
+
+
+def check_targets(rows: dict[str, SeedRow], args: argparse.Namespace) -> list[str]:
+    """Every claimed row (``--claims``) at least the best Torch-Pruning row at every target and stage
+    (means over seeds); a claimed global row also 5 points above L1 + global right after pruning."""
     misses = []
-    ours = rows.get("pruning_ir loss_aware + global")
-    if ours is None:
-        return ["loss_aware + global was not run"]
     tp_rows = [r for name, r in rows.items() if name.startswith("Torch-Pruning") and r.values]
-    for t in targets:
-        for s in STAGES:
-            best = max((r.mean(t, s) for r in tp_rows), default=float("-inf"))
-            if ours.mean(t, s) < best:
-                misses.append(f"MACs {t}, {s}: loss_aware+global {100 * ours.mean(t, s):.1f} < best Torch-Pruning "
-                              f"{100 * best:.1f}")
-        mag = rows.get("pruning_ir l1 + global")
-        if mag is not None and ours.mean(t, "pruned") < mag.mean(t, "pruned") + 0.05:
-            misses.append(f"MACs {t}, pruned: loss_aware+global {100 * ours.mean(t, 'pruned'):.1f} is not 5 points "
-                          f"above l1+global {100 * mag.mean(t, 'pruned'):.1f}")
+    for claim in args.claims:
+        ours = rows.get(f"pruning_ir {claim}")
+        if ours is None:
+            misses.append(f"{claim} was not run")
+            continue
+        for t in args.targets:
+            for s in stages(args):
+                best = max((r.mean(t, s) for r in tp_rows), default=float("-inf"))
+                if ours.mean(t, s) < best:
+                    misses.append(f"MACs {t}, {s}: {claim} {100 * ours.mean(t, s):.1f} < best Torch-Pruning "
+                                  f"{100 * best:.1f}")
+            mag = rows.get("pruning_ir l1 + global")
+            if "global" in claim and mag is not None and ours.mean(t, "pruned") < mag.mean(t, "pruned") + 0.05:
+                misses.append(f"MACs {t}, pruned: {claim} {100 * ours.mean(t, 'pruned'):.1f} is not 5 points "
+                              f"above l1+global {100 * mag.mean(t, 'pruned'):.1f}")
     return misses
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--models", default="digits", help="comma list: digits, minilm")
+    p.add_argument("--models", default="digits,bn_cnn", help="comma list: digits, bn_cnn, minilm")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--targets", default="0.5,0.33", help="MACs fractions to reach")
+    p.add_argument("--targets", default="0.75,0.5,0.33", help="MACs fractions to reach")
     p.add_argument("--epochs", type=int, default=10, help="digits training epochs")
     p.add_argument("--finetune-epochs", type=int, default=2)
     p.add_argument("--calib-batches", type=int, default=22, help="calibration batches of 64 (22 = whole train set)")
-    p.add_argument("--criteria", default="loss_aware,loss_aware_trainmode,taylor_fo_weight,l1,l2,fpgm,bn_scale,apoz,"
-                   "mean_activation,random")
+    p.add_argument("--criteria", default="loss_aware,loss_aware_joint,loss_aware_trainmode,taylor_fo_weight,l1,l2,"
+                   "fpgm,bn_scale,apoz,mean_activation,random")
+    p.add_argument("--selectors", default=",".join(SELECTORS), help=f"comma list of {', '.join(SELECTORS)}")
+    p.add_argument("--claims", default="loss_aware_joint + global/MACs,loss_aware_joint + knapsack",
+                   help="rows checked against the targets (criterion + selector)")
     p.add_argument("--no-torch-pruning", dest="torch_pruning", action="store_false")
     p.add_argument("--no-agreement", dest="agreement", action="store_false")
     p.add_argument("--threads", type=int, default=1)
@@ -282,32 +330,34 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.targets = [float(t) for t in args.targets.split(",")]
     args.criteria = args.criteria.split(",")
+    args.selectors = args.selectors.split(",")
+    args.claims = args.claims.split(",")
     torch.set_num_threads(args.threads)
     doc = ["# Criteria at equal MACs", "", f"`python benchmarks/criteria_accuracy.py {' '.join(argv or sys.argv[1:])}`",
            f"({args.seeds} seeds, torch {torch.__version__}, {args.threads} thread(s)). Accuracy in % (mean ± std "
-           "over seeds) right after pruning, after BN recalibration, after a "
-           f"{args.finetune_epochs}-epoch fine-tune.", ""]
+           "over seeds) right after pruning, after BN recalibration"
+           + (f", after a {args.finetune_epochs}-epoch fine-tune." if args.finetune_epochs else "."), ""]
     warn = busy_warning()
     if warn:
         doc += [f"> {warn}", ""]
     all_misses: list[str] = []
     models = args.models.split(",")
-    if "digits" in models:
+    for model_name in (m for m in models if m in DIGITS_MODELS):
         rows: dict[str, SeedRow] = {}
         agreement: dict[str, list[float]] = {}
-        run_digits(args, rows, agreement)
+        run_digits(args, rows, agreement, model_name)
         base = rows.pop("original (unpruned)")
-        doc += ["## Digits residual CNN", "", f"Unpruned test accuracy: {base.cell(1.0, 'pruned')} %.", ""]
-        doc += table(rows, args.targets) + [""]
+        doc += [f"## {TITLES[model_name]}", "", f"Unpruned test accuracy: {base.cell(1.0, 'pruned')} %.", ""]
+        doc += table(rows, args.targets, args) + [""]
         if agreement:
             doc += ["Spearman correlation of each criterion's scores with the true loss change of masking one "
-                    "label (seed 0, every prunable group of the digits CNN, mean over groups [min, max]):", "",
+                    "label (seed 0, every prunable group, mean over groups [min, max]):", "",
                     "| criterion | Spearman |", "|---|---|"]
             for crit, vals in agreement.items():
                 doc.append(f"| {crit} | {statistics.fmean(vals):.2f} [{min(vals):.2f}, {max(vals):.2f}] |")
             doc.append("")
-        misses = check_targets(rows, args.targets)
-        all_misses += [f"digits: {m}" for m in misses]
+        misses = check_targets(rows, args)
+        all_misses += [f"{model_name}: {m}" for m in misses]
     if "minilm" in models:
         from criteria_minilm import minilm_misses, run_minilm
 

@@ -34,6 +34,7 @@ from .criteria import (
     APoZCriterion,
     BNScaleCriterion,
     Criterion,
+    FLAPCriterion,
     FPGMCriterion,
     L1NormCriterion,
     L2NormCriterion,
@@ -41,6 +42,7 @@ from .criteria import (
     MeanActivationCriterion,
     RandomCriterion,
     TaylorFOWeightCriterion,
+    WandaCriterion,
     joint_loss_scores,
 )
 from .deploy import load_pruned, save_pruned
@@ -76,6 +78,7 @@ __all__ = [
     "CalibrationError",
     "Criterion",
     "ExampleCall",
+    "FLAPCriterion",
     "FPGMCriterion",
     "GlobalScoreLabelSelector",
     "GroupConstraint",
@@ -105,6 +108,7 @@ __all__ = [
     "TraceError",
     "UniformLabelSelector",
     "VerificationReport",
+    "WandaCriterion",
     "joint_loss_scores",
     "load_pruned",
     "masked_model",

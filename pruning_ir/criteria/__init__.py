@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from .activation import APoZCriterion, MeanActivationCriterion
 from .base import Criterion
+from .forward import FLAPCriterion, InputStats, WandaCriterion
 from .gradient import LossAwareCriterion, TaylorFOWeightCriterion
 from .joint import JointCurves, joint_loss_scores
 from .weights import BNScaleCriterion, FPGMCriterion, L1NormCriterion, L2NormCriterion, RandomCriterion
@@ -19,7 +20,9 @@ __all__ = [
     "APoZCriterion",
     "BNScaleCriterion",
     "Criterion",
+    "FLAPCriterion",
     "FPGMCriterion",
+    "InputStats",
     "JointCurves",
     "L1NormCriterion",
     "L2NormCriterion",
@@ -27,5 +30,6 @@ __all__ = [
     "MeanActivationCriterion",
     "RandomCriterion",
     "TaylorFOWeightCriterion",
+    "WandaCriterion",
     "joint_loss_scores",
 ]
