@@ -7,8 +7,9 @@ Needs the ``examples`` extra (scikit-learn, tqdm); the data is scikit-learn's bu
 
 1. train a small residual CNN (:mod:`digits_cnn`) on digits;
 2. trace it into a PruningIR (the residual adds couple channels into shared label groups);
-3. score the labels (loss-aware criterion, from our own loss) and remove the lowest-scored
-   ones over the whole model until the slim model has half the MACs;
+3. score the labels (loss-aware criterion calibrated with ``fisher_loss``, then measured joint
+   loss curves) and remove the labels with the lowest score per MAC saved over the whole model
+   until the slim model has half the MACs;
 4. prune: a physically smaller model of the same classes; check slim == original with the
    removed labels masked to zero;
 5. recover accuracy: BN recalibration, then a short fine-tune;
@@ -19,8 +20,11 @@ Needs the ``examples`` extra (scikit-learn, tqdm); the data is scikit-learn's bu
 from __future__ import annotations
 
 import argparse
+import functools
+import itertools
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -43,15 +47,18 @@ from pruning_ir import (
     LossAwareCriterion,
     PruningIR,
     UniformLabelSelector,
+    fisher_loss,
+    joint_loss_scores,
     load_pruned,
     save_pruned,
     verify_pruning,
 )
 
-# The selector, as a function of its ratio: the lowest-scored labels of the whole model (scores in
-# units of loss, comparable across layers). UniformLabelSelector removes the same fraction of every
-# group instead (lowest score first within each group).
-SELECTOR: type[GlobalScoreLabelSelector | UniformLabelSelector] = GlobalScoreLabelSelector
+# The selector, as a function of its ratio: the labels of the whole model with the lowest score per MAC
+# saved (scores in units of loss, comparable across layers). UniformLabelSelector removes the same
+# fraction of every group instead (lowest score first within each group).
+SELECTOR: Callable[[float], GlobalScoreLabelSelector | UniformLabelSelector] = functools.partial(
+    GlobalScoreLabelSelector, cost="macs")
 
 
 def main() -> None:
@@ -84,19 +91,33 @@ def main() -> None:
     with torch.no_grad():
         reference = model(data.x_test)
 
-    # 3. score every label: expected loss increase of removing it, from our own loss and backward
-    #    passes on a few training batches (eval mode: BatchNorm statistics are left alone)
-    calib = batches(data.x_train, data.y_train, 64, shuffle=True, seed=args.seed + 2)
+    # 3. score every label: expected change of the model's predictions when it is removed, from backward
+    #    passes of fisher_loss (classes sampled from the model's own tempered predictions: a trained model
+    #    fits its training batches, where the gradient of the task loss nearly vanishes) on a few training
+    #    batches (eval mode: BatchNorm statistics are left alone) ...
+    calib = list(itertools.islice(batches(data.x_train, data.y_train, 64, shuffle=True, seed=args.seed + 2),
+                                  args.calibration_batches))
+    gen = torch.Generator().manual_seed(args.seed)
     with LossAwareCriterion(ir, progress=progress) as collect:
-        for _, (xb, yb) in zip(range(args.calibration_batches), calib):
-            F.cross_entropy(collect(xb), yb).backward()
+        for _ in range(2):
+            for xb, _yb in calib:
+                fisher_loss(collect(xb), generator=gen).backward()
     model.zero_grad(set_to_none=True)
     print(f"{collect!r} scored {len(ir.prunable_label_groups())} prunable groups")
+
+    #    ... then measure what removing each group's lowest-scored labels together costs (the loss on 4
+    #    calibration batches with 1/8, 2/8, ... 7/8 of a group masked): scores become joint losses
+    def calibration_loss(m: torch.nn.Module) -> float:
+        with torch.no_grad():
+            return sum(float(F.cross_entropy(m(xb), yb)) for xb, yb in calib[:4]) / 4
+
+    curves = joint_loss_scores(ir, calibration_loss)
+    print(f"joint loss curves: {sum(len(c) for c in curves.curves.values())} masked evaluations")
 
     #    and pick the lowest-scored labels for half the MACs (bisection over the selector's ratio)
     x1 = data.x_test[:1]
     sel = select_for_macs(ir, SELECTOR, args.target, x1)
-    print(f"{SELECTOR.__name__}(ratio={sel.ratio:.3f}): {len(sel.labels)} of "
+    print(f"GlobalScoreLabelSelector(ratio={sel.ratio:.3f}, cost='macs'): {len(sel.labels)} of "
           f"{sum(g.size for g in ir.prunable_label_groups())} prunable labels, MACs {sel.fraction:.3f} of the original")
 
     # 4. prune, and check slim == masked original

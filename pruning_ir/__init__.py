@@ -43,7 +43,9 @@ from .criteria import (
     RandomCriterion,
     TaylorFOWeightCriterion,
     WandaCriterion,
+    fisher_loss,
     joint_loss_scores,
+    output_energy_loss,
 )
 from .deploy import load_pruned, save_pruned
 from .errors import (
@@ -109,9 +111,11 @@ __all__ = [
     "UniformLabelSelector",
     "VerificationReport",
     "WandaCriterion",
+    "fisher_loss",
     "joint_loss_scores",
     "load_pruned",
     "masked_model",
+    "output_energy_loss",
     "save_pruned",
     "verify_pruning",
 ]

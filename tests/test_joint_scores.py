@@ -121,3 +121,34 @@ def test_global_cost_ranking_prunes_and_verifies_on_a_conv_bn_net() -> None:
     assert len(labels) == 2
     res = ir.prune(labels=labels)
     assert res.model(x).shape == model(x).shape
+
+
+def test_fisher_loss_gradient_has_the_tempered_fisher_as_second_moment() -> None:
+    """Oracle (hand-derived): with classes sampled from softmax(z / T), the gradient of the summed
+    cross-entropy with respect to z has mean 0 and second moment (diag(p) - p p^T) / T^2, p = softmax(z / T)."""
+    from pruning_ir import fisher_loss
+
+    n, t = 40000, 2.0
+    base = torch.tensor([2.0, 0.5, -1.0])
+    z = base.repeat(n, 1).requires_grad_(True)
+    fisher_loss(z, temperature=t, generator=torch.Generator().manual_seed(0)).backward()
+    g = z.grad.double()
+    p = torch.softmax(base.double() / t, 0)
+    assert torch.allclose(g.mean(0), torch.zeros(3, dtype=torch.float64), atol=0.01)
+    assert torch.allclose(g.T @ g / n, (torch.diag(p) - torch.outer(p, p)) / t**2, atol=0.01)
+    with pytest.raises(InvalidInputError, match="temperature"):
+        fisher_loss(z, temperature=0.0)
+    with pytest.raises(InvalidInputError, match="classes on the last dim"):
+        fisher_loss(torch.zeros(4, 1))
+
+
+def test_output_energy_loss_gradient_is_a_standard_normal_projection() -> None:
+    from pruning_ir import output_energy_loss
+
+    out = torch.zeros(20000, 3, requires_grad=True)
+    output_energy_loss(out, generator=torch.Generator().manual_seed(1)).backward()
+    g = out.grad.double()
+    assert torch.allclose(g.mean(0), torch.zeros(3, dtype=torch.float64), atol=0.03)
+    assert torch.allclose(g.T @ g / len(g), torch.eye(3, dtype=torch.float64), atol=0.05)
+    with pytest.raises(InvalidInputError, match="cannot find a tensor"):
+        output_energy_loss({"a": 1})

@@ -14,6 +14,7 @@ from .base import Criterion
 from .forward import FLAPCriterion, InputStats, WandaCriterion
 from .gradient import LossAwareCriterion, TaylorFOWeightCriterion
 from .joint import JointCurves, joint_loss_scores
+from .losses import fisher_loss, output_energy_loss
 from .weights import BNScaleCriterion, FPGMCriterion, L1NormCriterion, L2NormCriterion, RandomCriterion
 
 __all__ = [
@@ -31,5 +32,7 @@ __all__ = [
     "RandomCriterion",
     "TaylorFOWeightCriterion",
     "WandaCriterion",
+    "fisher_loss",
     "joint_loss_scores",
+    "output_energy_loss",
 ]
