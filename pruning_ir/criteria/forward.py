@@ -85,6 +85,19 @@ class InputStats:
             self.gram += (flat.T @ flat).to(self.gram.device)
 
 
+def column_sums(w: torch.Tensor, axis: int, power: int) -> torch.Tensor:
+    """``sum(|w| ** power)`` over every dim but ``axis`` (float64, on CPU), a few million entries at a
+    time, so that an LM head's weight is never copied whole (as ``w.abs().double()`` would)."""
+    m = w.detach().movedim(axis, -1)
+    rows = m.reshape(-1, m.shape[-1])
+    step = max(1, (1 << 22) // max(1, rows.shape[1]))
+    out = torch.zeros(rows.shape[1], dtype=torch.float64, device=w.device)
+    for i in range(0, rows.shape[0], step):
+        chunk = rows[i:i + step].double()
+        out += (chunk.abs() if power == 1 else chunk.square()).sum(0)
+    return out.cpu()
+
+
 class _ForwardCriterion(Criterion):
     needs_data = True
 
@@ -209,8 +222,7 @@ class WandaCriterion(_ForwardCriterion):
     name = "wanda"
 
     def _channel_score(self, w: torch.Tensor, axis: int, st: InputStats) -> torch.Tensor:
-        dims = [d for d in range(w.dim()) if d != axis]
-        return w.abs().double().sum(dims).cpu() * st.squares.sqrt()
+        return column_sums(w, axis, 1) * st.squares.sqrt()
 
 
 class FLAPCriterion(_ForwardCriterion):
@@ -231,8 +243,7 @@ class FLAPCriterion(_ForwardCriterion):
         self.standardize = bool(standardize)
 
     def _channel_score(self, w: torch.Tensor, axis: int, st: InputStats) -> torch.Tensor:
-        dims = [d for d in range(w.dim()) if d != axis]
-        return w.double().square().sum(dims).cpu() * st.variance
+        return column_sums(w, axis, 2) * st.variance
 
     def _post(self, scores: torch.Tensor) -> torch.Tensor:
         if not self.standardize or scores.numel() < 2:
