@@ -76,7 +76,7 @@ from pruning_ir._ir.measure import member_slots, reader_slots
 
 CRITERIA = ("loss_aware", "loss_aware_all", "loss_aware_fisher", "loss_aware_energy", "taylor_fo_weight", "l1", "l2",
             "fpgm", "bn_scale", "mean_activation", "wanda", "flap", "random")
-JOINT_SLACK = 1.25
+JOINT_SLACK = 1.5
 RECOMMENDED = {"bn_cnn": "loss_aware_fisher", "resnet": "loss_aware_fisher", "vit": "loss_aware_fisher",
                "minilm": "loss_aware_energy"}
 """The calibration README recommends per kind of output: fisher_loss for class logits, output_energy_loss else."""

@@ -40,7 +40,7 @@ def test_wanda_is_weight_magnitude_times_input_norm_of_the_reader() -> None:
     h = _hidden(model, batches)
     expected = model.fc2.weight.detach().double().abs().sum(0) * h.square().sum(0).sqrt()
     (g,) = ir.prunable_label_groups()
-    assert torch.allclose(ir.snapshot().scores[g.gid], expected, rtol=1e-9)
+    assert torch.allclose(ir.snapshot().scores[g.gid], expected, rtol=1e-5, atol=1e-7)
     assert not model.fc1.weight.requires_grad or model.fc1.weight.grad is None  # forward only
 
 
@@ -52,12 +52,12 @@ def test_flap_is_input_variance_times_squared_column_norm() -> None:
     h = _hidden(model, batches)
     expected = model.fc2.weight.detach().double().square().sum(0) * h.var(0, unbiased=False)
     (g,) = ir.prunable_label_groups()
-    assert torch.allclose(ir.snapshot().scores[g.gid], expected, rtol=1e-9)
+    assert torch.allclose(ir.snapshot().scores[g.gid], expected, rtol=1e-5, atol=1e-7)
     with FLAPCriterion(ir) as collect:
         for x in batches:
             collect(x)
     z = ir.snapshot().scores[g.gid]
-    assert torch.allclose(z, (expected - expected.mean()) / expected.std(), rtol=1e-9)
+    assert torch.allclose(z, (expected - expected.mean()) / expected.std(), rtol=1e-5, atol=1e-7)
 
 
 def test_bias_compensation_keeps_the_mean_output() -> None:

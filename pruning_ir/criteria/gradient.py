@@ -147,9 +147,9 @@ class _GradientCriterion(Criterion):
             warnings.warn(
                 f"{type(self).__name__}: every label scored 0 (the loss gradient vanished on all {passes} backward "
                 "passes, e.g. a distillation loss whose student is still identical to the teacher), so any "
-                "selection is arbitrary. Calibrate with a loss that has curvature but a non-zero gradient: for "
-                "distillation, compare with a target sampled around the teacher (teacher + noise) or use the task "
-                "loss.", RuntimeWarning, stacklevel=3)
+                "selection is arbitrary. Calibrate with a loss whose gradient does not vanish at the model: "
+                "pruning_ir.fisher_loss(logits) or pruning_ir.output_energy_loss(output) (the model's own "
+                "predictions, no labels needed), or the task loss.", RuntimeWarning, stacklevel=3)
         return out
 
     def __repr__(self) -> str:
@@ -168,27 +168,38 @@ def _restore_grad(p: torch.Tensor, *, old: torch.Tensor | None, values: torch.Te
 class LossAwareCriterion(_GradientCriterion):
     """Loss-aware scores: the expected loss increase when a label is removed.
 
-    Removing label ``l`` zeroes every parameter entry ``e`` in its slice ``S_l`` of every
-    tensor the coupled group touches (exactly what the equivalence oracle masks), i.e.
-    the weights move by ``delta_l = -w[S_l]``. A second-order expansion of the loss gives
-    ``dL ≈ g·delta_l + ½ delta_lᵀ H delta_l``; for a trained model the expected gradient
-    is close to zero and, with the empirical Fisher ``H ≈ E[g gᵀ]``, the estimate is
+    Removing label ``l`` zeroes every parameter entry in its slice of every tensor the coupled
+    group touches (exactly what the equivalence oracle masks). Zeroing the *reading* entries
+    alone (the input columns of the layers that read the label's channels, an output
+    projection's head columns) already removes the label from everything downstream, and the
+    loss is linear in them, so the first-order change is ``-Σ_{e ∈ R_l} g_e · w_e`` over those
+    readers ``R_l`` (= the Taylor expansion of the channel's activation where it is read). With
+    the empirical Fisher for the curvature and a near-zero expected gradient, the estimate is
 
-        score(l) = ½ · E_batches[(Σ_{e ∈ S_l} g_e · w_e)²]
+        score(l) = ½ · E_batches[(Σ_{e ∈ R_l} g_e · w_e)²]
 
-    (the group Fisher / squared Taylor of Molchanov et al. 2019, extended to every member
-    of a coupled group). Why this form:
+    (the group Fisher / squared Taylor of Molchanov et al. 2019, over the coupled group's
+    readers). Why this form:
 
-    - **Consistent over a coupled group.** The sum runs over every tensor the label touches
-      (the filters that produce the channel, the norm scale and shift, the columns that
-      consume it, across every layer of a residual stream) *before* squaring, because they
-      are removed together: their first-order effects add, and cancellations between
-      them are kept.
+    - **Each effect once.** The producers of a channel (its filters, a norm's scale and shift)
+      estimate the same change again: summing them too (``members="all"``, the earlier
+      default) counts a conv -> BN -> conv label two to three times, more for labels that touch
+      more tensors. Groups with no reading weight (query/key head sizes meet in a
+      parameter-free matmul) use every member.
+    - **Consistent over a coupled group.** The readers of a residual stream's channel in every
+      block are summed *before* squaring, because they are removed together: their effects
+      add, and cancellations between them are kept.
     - **Comparable across groups.** The score is in units of loss, whatever the layer,
       its width or its fan-in, so global selection compares like with like (weight norms
       are not: their scale depends on the layer's initialisation and normalisation).
     - **Cheap.** One ``grad * weight`` product and one reduction per parameter per
       backward pass, from hooks; no extra forward passes, no gates in the model.
+
+    **The loss matters.** On a model that fits its calibration data the task loss's gradient
+    nearly vanishes and the scores rank the removal of *many* labels badly; calibrate with
+    :func:`~pruning_ir.fisher_loss` (class logits) or :func:`~pruning_ir.output_energy_loss`
+    (other outputs) instead (see ``benchmarks/criteria_diagnosis.py``), and consider
+    :func:`~pruning_ir.joint_loss_scores` before a global or budgeted selection.
 
     The expectation runs over backward passes (the user's batches), so the constant
     factor set by the batch size is the same for every label. With ``torch.distributed``
@@ -198,6 +209,7 @@ class LossAwareCriterion(_GradientCriterion):
     Args:
         ir: the IR whose model is calibrated.
         snapshot_name: snapshot that receives the scores.
+        members: ``"readers"`` (default, see above) or ``"all"`` (every member's grad*weight).
         include_frozen: parameters with ``requires_grad=False`` are switched on for the
             duration (so frozen layers get scores too) and their ``.grad`` is reset to what
             it was after every backward pass; ``False`` leaves them alone (their labels
