@@ -4,9 +4,11 @@ repair of ``pruning_ir.recovery`` applied to the same slim model.
     python benchmarks/recovery.py                     # HF ViT and conv+BN chain on digits (3 seeds), MiniLM (1 seed)
     python benchmarks/recovery.py --models vit --seeds 1
 
-For each model the labels are scored by ``WandaCriterion(gram=True)`` (forward passes only, which also
-collects each reading layer's input statistics), selected by ``GlobalScoreLabelSelector(cost="macs")``
-bisected to the MACs target, pruned, and then measured as is and after:
+For each model the reading layers' input statistics are collected by a ``WandaCriterion(gram=True)`` pass
+on the original model; the labels are then scored by ``LossAwareCriterion`` calibrated with
+``fisher_loss`` (digits models) or ``output_energy_loss`` on the mean-pooled embedding (MiniLM), selected
+by ``GlobalScoreLabelSelector(cost="macs")`` bisected to the MACs target, pruned, and measured as is and
+after:
 
 * ``bias``: ``compensate_bias`` (FLAP): the removed channels' mean contribution folded into the readers' biases;
 * ``lsq``: ``reconstruct_least_squares``: each linear reader refitted to its original output (ridge 1e-3);
@@ -38,7 +40,15 @@ sys.path.insert(0, str(REPO / "examples"))
 import digits_cnn as dc
 from criteria_diagnosis import bn_chain, vit
 
-from pruning_ir import GlobalScoreLabelSelector, MacsModel, PruningIR, WandaCriterion
+from pruning_ir import (
+    GlobalScoreLabelSelector,
+    LossAwareCriterion,
+    MacsModel,
+    PruningIR,
+    WandaCriterion,
+    fisher_loss,
+    output_energy_loss,
+)
 from pruning_ir.recovery import compensate_bias, recalibrate_bn, reconstruct_least_squares
 
 
@@ -92,9 +102,15 @@ def digits_rows(name: str, build: Callable[[int], nn.Module], args: argparse.Nam
         model.eval()
         calib = [x for x, _ in dc.batches(split.x_train, split.y_train, 64)][:8]
         ir = PruningIR(model, example_inputs=(split.x_train[:2],))
-        with WandaCriterion(ir, gram=True) as crit:
+        with WandaCriterion(ir, gram=True) as crit:  # the statistics (its scores are replaced below)
             for x in calib:
                 crit(x)
+        gen = torch.Generator().manual_seed(seed)
+        with LossAwareCriterion(ir) as collect:
+            for _ in range(2):
+                for x in calib:
+                    fisher_loss(collect(x), generator=gen).backward()
+        model.zero_grad(set_to_none=True)
 
         def measure(m: nn.Module) -> float:
             return 100 * dc.evaluate(m, split.x_test, split.y_test)
@@ -122,9 +138,15 @@ def minilm_rows(args: argparse.Namespace) -> Results:
     ir = PruningIR(copy.deepcopy(teacher), example_inputs=(cal[0]["input_ids"],),
                    example_kwargs={"attention_mask": cal[0]["attention_mask"]})
     groups = ex.head_and_ffn_groups(ir)
-    with WandaCriterion(ir, gram=True) as crit:
+    with WandaCriterion(ir, gram=True) as crit:  # the statistics (its scores are replaced below)
         for b in cal:
             crit(**b)
+    gen = torch.Generator().manual_seed(0)
+    with LossAwareCriterion(ir) as collect:
+        for _ in range(2):
+            for b in cal:
+                output_energy_loss(ex.mean_pool(collect(**b), b["attention_mask"]), generator=gen).backward()
+    ir.model.zero_grad(set_to_none=True)
 
     def measure(m: nn.Module) -> float:
         return float(ex.fidelity(teacher_held, ex.embed(m, held))["cos"])
@@ -161,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     args.targets = [float(t) for t in args.targets.split(",")]
     torch.set_num_threads(args.threads)
     doc = ["# Recovery without fine-tuning", "", f"`python benchmarks/recovery.py {' '.join(argv or sys.argv[1:])}` "
-           f"({environment()}). Wanda scores, global selection by score per MAC, the same slim model repaired "
-           "each way.", ""]
+           f"({environment()}). LossAware scores (fisher_loss / output_energy_loss), global selection by score per "
+           "MAC, input statistics from a Wanda pass; the same slim model repaired each way.", ""]
     misses: list[str] = []
     models = args.models.split(",")
     if "vit" in models:

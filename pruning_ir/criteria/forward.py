@@ -82,8 +82,8 @@ class InputStats:
         flat = x.movedim(self.dim, -1).reshape(-1, x.shape[self.dim])
         flat = flat if flat.dtype == torch.float32 else flat.float()
         self.count += flat.shape[0]
-        self.total += flat.sum(0, dtype=torch.float64).to(self.total.device)
-        self.squares += flat.square().sum(0, dtype=torch.float64).to(self.squares.device)
+        self.total += flat.sum(0).double().to(self.total.device)
+        self.squares += torch.linalg.vector_norm(flat, dim=0).double().square().to(self.squares.device)
         if self.gram is not None:
             self.gram += (flat.T @ flat).double().to(self.gram.device)
 
@@ -93,11 +93,11 @@ def column_sums(w: torch.Tensor, axis: int, power: int) -> torch.Tensor:
     time, so that an LM head's weight is never copied whole (as ``w.abs().double()`` would)."""
     m = w.detach().movedim(axis, -1)
     rows = m.reshape(-1, m.shape[-1])
-    step = max(1, (1 << 20) // max(1, rows.shape[1]))
+    step = max(1, (1 << 18) // max(1, rows.shape[1]))
     out = torch.zeros(rows.shape[1], dtype=torch.float64, device=w.device)
     for i in range(0, rows.shape[0], step):
-        chunk = rows[i:i + step]
-        out += (chunk.abs() if power == 1 else chunk.float().square()).sum(0, dtype=torch.float64)
+        chunk = rows[i:i + step].float()
+        out += torch.linalg.vector_norm(chunk, ord=power, dim=0).double() ** power
     return out.cpu()
 
 
