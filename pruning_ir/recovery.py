@@ -10,6 +10,10 @@
   inputs, ``min E||W' x_K + b' - (W x + b)||^2`` (a ridge-regularised normal equation on the
   collected second moments).
 
+Both repairs are right per layer in expectation but not always for the model: in MiniLM's first
+layer, where a few outlier tokens carry the removed FFN channels' mean, both made the embedding
+far worse at half the MACs (``benchmarks/recovery.py``). Confirm them with an evaluation.
+
 The statistics come from a forward criterion's ``stats`` (:class:`~pruning_ir.criteria.WandaCriterion`
 or :class:`~pruning_ir.criteria.FLAPCriterion`; ``gram=True`` for least squares), taken on the
 *original* model. The slim model is changed in place; these repairs are deliberate changes of
