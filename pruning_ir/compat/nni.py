@@ -1,0 +1,327 @@
+"""NNI's pruner names and ``config_list`` on the pruning_ir engine (the one-shot pruners; see README).
+
+    from pruning_ir.compat.nni import L1FilterPruner
+    config_list = [{"sparsity": 0.5, "op_types": ["Conv2d"]}]
+    pruner = L1FilterPruner(model, config_list, dummy_input=x)
+    model = pruner.compress()              # masks on your model, in place, as NNI does
+    ...                                    # fine-tune the masked model if you like
+    pruner.export_model("model.pth", "mask.pth")
+    slim = pruner.speedup()                # a physically smaller model, equal to the masked one
+
+``config_list`` entries (as in NNI): ``sparsity`` (or ``sparsity_per_layer``): the fraction of each
+selected op's output channels to remove; or ``total_sparsity`` over all the entry's ops together,
+with ``max_sparsity_per_layer``; ``op_types`` (class names, ``"default"`` = every ``Linear`` and
+``Conv*``) and/or ``op_names``; ``exclude: True`` takes the matched ops out, and with them every
+op whose output channels are coupled with theirs (a residual add: the coupled channels go
+together or not at all). An op matched by several entries takes the last one. An op's output
+channels are a label group of the IR (coupled channels included: the dependency-aware mode is
+the only mode), so when a group's ops ask for
+different sparsities the group takes the smallest (no op loses more than asked); a group that
+cannot be pruned is reported with the reason in a warning, never silently skipped.
+
+``compress()`` scores the groups with the pruner's criterion (L1 / L2 / FPGM / BN scale: weights
+only; ``LevelPruner``: single entries, see :mod:`pruning_ir.sparsity`) and masks every parameter
+slice of the removed channels as a ``torch.nn.utils.prune`` reparametrisation. ``speedup()`` folds
+the masks (with whatever training happened since), removes the channels with the IR, checks the
+slim model against the masked one on the dummy input and returns it (``max_abs_diff`` on the
+pruner). Not yet here: the pruners that need training or search (activation and Taylor ranks
+through a ``trainer``, AGP, NetAdapt, simulated annealing, AutoCompress, ADMM, lottery ticket).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from .._ir.axes import keep_mask
+from .._ir.labels import Label, LabelGroup
+from ..criteria import BNScaleCriterion, Criterion, FPGMCriterion, L1NormCriterion, L2NormCriterion
+from ..errors import InvalidInputError
+from ..ir import PruningIR
+from ..sparsity import DEFAULT_TYPES, unstructured
+
+log = logging.getLogger(__name__)
+
+_KEYS = {"sparsity", "sparsity_per_layer", "total_sparsity", "max_sparsity_per_layer", "op_types", "op_names",
+         "exclude"}
+
+
+def _check_config(config_list: Any) -> list[dict[str, Any]]:
+    if not isinstance(config_list, list) or not config_list or not all(isinstance(c, dict) for c in config_list):
+        raise InvalidInputError("config_list: give a list of dicts, e.g. [{'sparsity': 0.5, 'op_types': ['Conv2d']}].")
+    for i, c in enumerate(config_list):
+        unknown = set(c) - _KEYS
+        if unknown:
+            raise InvalidInputError(f"config_list[{i}]: unknown keys {sorted(unknown)}; known: {sorted(_KEYS)}.")
+        if "op_types" not in c and "op_names" not in c:
+            raise InvalidInputError(f"config_list[{i}]: give op_types or op_names.")
+        if not c.get("exclude"):
+            given = [k for k in ("sparsity", "sparsity_per_layer", "total_sparsity") if k in c]
+            if len(given) != 1:
+                raise InvalidInputError(f"config_list[{i}]: give exactly one of sparsity / sparsity_per_layer / "
+                                        f"total_sparsity (got {given or 'none'}).")
+            value = c[given[0]]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise InvalidInputError(f"config_list[{i}]: {given[0]}={value!r}: give a fraction in [0, 1).")
+    return config_list
+
+
+def _matches(config: dict[str, Any], name: str, module: nn.Module) -> bool:
+    types = config.get("op_types")
+    names = config.get("op_names")
+    ok_type = types is None or type(module).__name__ in types or (
+        "default" in types and isinstance(module, DEFAULT_TYPES))
+    ok_name = names is None or name in names
+    return ok_type and ok_name
+
+
+class _Pruner:
+    """The shared machinery; subclasses set the criterion."""
+
+    criterion: ClassVar[type[Criterion] | None] = None
+
+    def __init__(self, model: nn.Module, config_list: list[dict[str, Any]], optimizer: Any = None,
+                 dependency_aware: bool = True, dummy_input: Any = None) -> None:
+        if not isinstance(model, nn.Module):
+            raise InvalidInputError(f"{type(self).__name__}: expected an nn.Module, got {type(model).__name__}.")
+        if dummy_input is None:
+            raise InvalidInputError(f"{type(self).__name__}(..., dummy_input=x): pruning_ir traces the model to find "
+                                    "coupled channels; give one example input batch.")
+        self.model = model
+        self.config_list = _check_config(config_list)
+        self.optimizer = optimizer
+        self.dummy_input = dummy_input if isinstance(dummy_input, tuple) else (dummy_input,)
+        if not dependency_aware:
+            log.info("%s: channels are always aligned across coupled layers (dependency-aware)", type(self).__name__)
+        named = dict(model.named_modules())
+        for i, c in enumerate(self.config_list):
+            missing = [n for n in c.get("op_names") or [] if n not in named]
+            if missing:
+                raise InvalidInputError(f"config_list[{i}]: no module named {missing[0]!r} in {type(model).__name__}.")
+        # traced on a copy: compress() puts masks on the user's model, which the tracer refuses
+        self.ir = PruningIR(copy.deepcopy(model), example_inputs=self.dummy_input)
+        self.labels: list[Label] = []
+        self.max_abs_diff: float | None = None
+
+    # ------------------------------------------------------------------ config -> sparsity per op
+    def op_sparsity(self) -> dict[str, tuple[int, float, float | None]]:
+        """Per selected op: (index of the config entry, sparsity, max per layer or None). Excluded ops
+        are in :attr:`excluded`."""
+        out: dict[str, tuple[int, float, float | None]] = {}
+        self.excluded: set[str] = set()
+        for name, mod in self.model.named_modules():
+            for i, c in enumerate(self.config_list):
+                if not _matches(c, name, mod):
+                    continue
+                if c.get("exclude"):
+                    out.pop(name, None)
+                    self.excluded.add(name)
+                    continue
+                self.excluded.discard(name)
+                key = next(k for k in ("sparsity", "sparsity_per_layer", "total_sparsity") if k in c)
+                out[name] = (i, float(c[key]), c.get("max_sparsity_per_layer") if "total_sparsity" in c else None)
+        if not out:
+            raise InvalidInputError("config_list selects no module of the model: check op_types / op_names.")
+        return out
+
+    def _group_of(self, op: str) -> LabelGroup | None:
+        for g in self.ir.prunable_label_groups():
+            if any(m == f"{op}.weight" and ax == (1 if type(self.model.get_submodule(op)).__name__ == "Conv1D" else 0)
+                   for m, ax in g.members):
+                return g
+        return None
+
+    def select(self) -> list[Label]:
+        """The labels the config asks for, lowest-scored first in each group."""
+        ops = self.op_sparsity()
+        scores = self.ir.label_scores()
+        # an excluded op keeps its output channels whole, and so do the ops coupled with it
+        frozen = {g.gid for g in map(self._group_of, self.excluded) if g is not None}
+        per_group: dict[int, float] = {}
+        totals: dict[int, list[tuple[LabelGroup, float | None]]] = {}
+        unprunable = []
+        for op, (entry, value, cap) in ops.items():
+            g = self._group_of(op)
+            if g is None:
+                unprunable.append(op)
+                continue
+            if g.gid in frozen:
+                continue
+            if "total_sparsity" in self.config_list[entry]:
+                totals.setdefault(entry, []).append((g, cap))
+            else:
+                per_group[g.gid] = min(value, per_group.get(g.gid, value))
+        if unprunable:
+            warnings.warn(f"{type(self).__name__}: the output channels of {unprunable[:5]} are not a prunable group "
+                          "(the model's output, or a coupling the engine cannot slice: pruner.ir.report() says "
+                          "why); they are left whole.", stacklevel=3)
+        out: list[Label] = []
+        groups = {g.gid: g for g in self.ir.prunable_label_groups()}
+        for gid, value in per_group.items():
+            g = groups[gid]
+            n = min(math.floor(value * g.size + 1e-9) // g.step * g.step, g.size - g.step)
+            order = torch.argsort(scores[gid], stable=True)[:n]
+            out += [Label(self.ir.snapshot().owner, gid, int(i)) for i in order]
+        for entry, members in totals.items():
+            out += self._total(float(self.config_list[entry]["total_sparsity"]), members, scores,
+                               exclude=set(out))
+        return out
+
+    def _total(self, total: float, members: list[tuple[LabelGroup, float | None]], scores: dict[int, torch.Tensor],
+               exclude: set[Label]) -> list[Label]:
+        """``total`` of the members' labels together, lowest scores first, each group capped."""
+        uniq = {g.gid: (g, cap) for g, cap in members}
+        budget = math.floor(total * sum(g.size for g, _ in uniq.values()) + 1e-9)
+        cand = []
+        for gid, (g, cap) in uniq.items():
+            limit = min(g.size - 1, math.floor((cap if cap is not None else 1.0) * g.size + 1e-9))
+            order = torch.argsort(scores[gid], stable=True)[:limit]
+            cand += [(float(scores[gid][i]), Label(self.ir.snapshot().owner, gid, int(i))) for i in order]
+        cand.sort(key=lambda c: c[0])
+        return [lab for _, lab in cand if lab not in exclude][:budget]
+
+    # ------------------------------------------------------------------ NNI's API
+    def _load_folded(self) -> None:
+        """The IR's copy of the model takes the masked model's current weights (masks folded)."""
+        state = folded_state(self.model)
+        with torch.no_grad():
+            for n, t in self.ir.model.state_dict().items():
+                t.copy_(state[n])
+
+    def _score(self) -> None:
+        if self.criterion is not None:
+            self.criterion(self.ir).score()
+
+    def compress(self) -> nn.Module:
+        """Score, select and mask the model in place (``torch.nn.utils.prune`` masks on every parameter
+        slice of the removed channels); returns the model."""
+        self._score()
+        self.labels = self.select()
+        snap = self.ir.snapshot()
+        removed = self.ir.check_labels(self.labels)
+        params = dict(self.model.named_parameters())
+        for pname, vid in snap.graph.params.items():
+            if pname not in params:
+                continue  # a buffer (running statistics): a channel whose scale and shift are zero outputs zero
+            keep = torch.ones(params[pname].shape, dtype=torch.bool, device=params[pname].device)
+            hit = False
+            for d, ax in enumerate(snap.graph.values[vid].axes):
+                m = keep_mask(snap.spaces, ax, removed)
+                if m is not None:
+                    shape = [1] * keep.dim()
+                    shape[d] = -1
+                    keep &= m.to(keep.device).reshape(shape)
+                    hit = True
+            if hit:
+                owner, _, leaf = pname.rpartition(".")
+                prune.custom_from_mask(self.model.get_submodule(owner), leaf, keep.to(params[pname].dtype))
+        return self.model
+
+    def export_model(self, model_path: str, mask_path: str | None = None) -> None:
+        """Save the masked model's weights with the masks folded in (``model_path``) and the masks
+        (``mask_path``: module name -> {parameter name: mask}), as NNI does."""
+        torch.save(folded_state(self.model), model_path)
+        if mask_path is not None:
+            masks: dict[str, dict[str, torch.Tensor]] = {}
+            for n, mod in self.model.named_modules():
+                for b, t in mod.named_buffers(recurse=False):
+                    if b.endswith("_mask"):
+                        masks.setdefault(n, {})[b[: -len("_mask")]] = t.detach().clone()
+            torch.save(masks, mask_path)
+
+    def speedup(self) -> nn.Module:
+        """The physically slim model: the masked model's current weights, the removed channels cut
+        out by the IR, checked against the masked model on the dummy input."""
+        if not self.labels:
+            raise InvalidInputError(f"{type(self).__name__}.speedup(): call compress() first.")
+        self._load_folded()
+        slim = self.ir.prune(labels=self.labels).model
+        was = self.model.training, slim.training
+        self.model.eval()
+        slim.eval()
+        with torch.no_grad():
+            ref, got = self.model(*self.dummy_input), slim(*self.dummy_input)
+        self.model.train(was[0])
+        slim.train(was[1])
+        self.max_abs_diff = float((ref - got).abs().max()) if isinstance(ref, torch.Tensor) else None
+        return slim
+
+
+def folded_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s state dict with every ``torch.nn.utils.prune`` mask folded in: ``x_orig * x_mask``
+    under the name ``x``, the masks left out (the names of the unmasked model). The model is not
+    changed (a masked module cannot be deep-copied: its ``weight`` is computed)."""
+    state = model.state_dict()
+    out: dict[str, torch.Tensor] = {}
+    for k, t in state.items():
+        if k.endswith("_mask") and k[: -len("_mask")] + "_orig" in state:
+            continue
+        if k.endswith("_orig") and k[: -len("_orig")] + "_mask" in state:
+            base = k[: -len("_orig")]
+            out[base] = (t * state[base + "_mask"]).detach().clone()
+        else:
+            out[k] = t.detach().clone()
+    return out
+
+
+class L1FilterPruner(_Pruner):
+    """Filters (output channels) with the smallest L1 norm go (NNI ``L1FilterPruner``)."""
+
+    criterion = L1NormCriterion
+
+
+class L2FilterPruner(_Pruner):
+    """Filters with the smallest L2 norm go (NNI ``L2FilterPruner``)."""
+
+    criterion = L2NormCriterion
+
+
+class FPGMPruner(_Pruner):
+    """Filters nearest the geometric median go (NNI ``FPGMPruner``)."""
+
+    criterion = FPGMCriterion
+
+
+class SlimPruner(_Pruner):
+    """Channels with the smallest BatchNorm scale go (NNI ``SlimPruner``; ranked globally over the
+    selected BN layers when the config says ``total_sparsity``). Train with an L1 penalty on the
+    scales first (network slimming) for the ranking to mean much."""
+
+    criterion = BNScaleCriterion
+
+    def _group_of(self, op: str) -> LabelGroup | None:
+        for g in self.ir.prunable_label_groups():  # a BN layer: the group of its scale
+            if any(m == f"{op}.weight" for m, _ in g.members):
+                return g
+        return None
+
+
+class LevelPruner(_Pruner):
+    """Single weights with the smallest magnitude go (NNI ``LevelPruner``; fine-grained:
+    ``speedup()`` keeps the shapes and returns the masks folded in)."""
+
+    def compress(self) -> nn.Module:
+        ops = self.op_sparsity()
+        for value in sorted({v for _, v, _ in ops.values()}):
+            names = [n for n, (_, v, _) in ops.items() if v == value]
+            unstructured(self.model, value, modules=names)
+        self.labels = []
+        return self.model
+
+    def speedup(self) -> nn.Module:
+        """A model of the same shapes with the masks folded in (fine-grained sparsity does not change
+        shapes; ``benchmarks/sparse_speed.py`` measures when sparse kernels pay on CPU)."""
+        self._load_folded()
+        self.max_abs_diff = 0.0
+        return copy.deepcopy(self.ir.model)
+
+
+__all__: Sequence[str] = ["FPGMPruner", "L1FilterPruner", "L2FilterPruner", "LevelPruner", "SlimPruner"]

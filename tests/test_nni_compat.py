@@ -1,0 +1,164 @@
+"""NNI's one-shot pruners and config_list on the engine, against hand-derived counts and the masked model."""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+
+import digits_cnn as dc
+
+from pruning_ir import InvalidInputError, L1NormCriterion, PruningIR
+from pruning_ir.compat.nni import FPGMPruner, L1FilterPruner, L2FilterPruner, LevelPruner, SlimPruner, folded_state
+from pruning_ir.sparsity import sparsity_report
+
+
+class Chain(nn.Module):
+    """conv(1 -> 8) -> BN -> conv(8 -> 12) -> BN -> pool -> linear(12 -> 10) -> linear(10 -> 3): no coupling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.c2, self.b2 = nn.Conv2d(8, 12, 3, padding=1), nn.BatchNorm2d(12)
+        self.fc, self.head = nn.Linear(12, 10), nn.Linear(10, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.b1(self.c1(x)))
+        x = torch.relu(self.b2(self.c2(x))).mean((2, 3))
+        return self.head(torch.relu(self.fc(x)))
+
+
+def _chain(seed: int = 0) -> Chain:
+    torch.manual_seed(seed)
+    m = Chain().eval()
+    with torch.no_grad():
+        for bn in (m.b1, m.b2):
+            bn.weight.uniform_(0.2, 2.0)
+            bn.running_mean.uniform_(-0.5, 0.5)
+    return m
+
+
+X = torch.randn(4, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+
+
+def _kept(model: nn.Module, conv: str) -> int:
+    w = dict(model.named_modules())[conv].weight
+    return int((w.flatten(1).abs().sum(1) != 0).sum())
+
+
+@pytest.mark.parametrize("pruner", [L1FilterPruner, L2FilterPruner, FPGMPruner])
+def test_per_layer_sparsity_is_exact_and_speedup_equals_the_masked_model(pruner: type) -> None:
+    model = _chain(1)
+    config = [{"sparsity": 0.5, "op_types": ["Conv2d"]}, {"sparsity": 0.3, "op_names": ["fc"]}]
+    p = pruner(model, config, dummy_input=X)
+    masked = p.compress()
+    assert masked is model and prune.is_pruned(model)  # in place, as NNI
+    # by hand: c1 8 -> 4, c2 12 -> 6, fc 10 -> 7 (floor of 0.3 * 10 = 3 removed); head untouched
+    assert (_kept(model, "c1"), _kept(model, "c2"), _kept(model, "fc")) == (4, 6, 7)
+    slim = p.speedup()
+    assert (slim.c1.out_channels, slim.c2.out_channels, slim.fc.out_features, slim.head.out_features) == (4, 6, 7, 3)
+    assert p.max_abs_diff is not None and p.max_abs_diff < 1e-5
+    with torch.no_grad():
+        assert torch.allclose(slim(X), model(X), atol=1e-5)
+
+
+def test_l1_filter_pruner_removes_the_lowest_l1_filters() -> None:
+    model = _chain(2)
+    ref = PruningIR(_chain(2), example_inputs=(X,))
+    L1NormCriterion(ref).score()
+    order = {g.describe(): torch.argsort(ref.snapshot().scores[g.gid], stable=True) for g in ref.prunable_label_groups()}
+    p = L1FilterPruner(model, [{"sparsity": 0.25, "op_names": ["c2"]}], dummy_input=X)
+    p.compress()
+    (gid,) = {lab.group for lab in p.labels}
+    g = next(g for g in p.ir.prunable_label_groups() if g.gid == gid)
+    assert sorted(lab.index for lab in p.labels) == sorted(order[g.describe()][:3].tolist())
+
+
+def test_exclusion_keeps_a_coupled_group_whole() -> None:
+    model = dc.make_model(0).eval()
+    x = torch.randn(2, 1, 8, 8)
+    p = L1FilterPruner(model, [{"sparsity": 0.5, "op_types": ["Conv2d"]}, {"exclude": True, "op_names": ["stem.0"]}],
+                       dummy_input=x)
+    p.compress()
+    stem_group = p._group_of("stem.0")
+    assert stem_group is not None
+    assert stem_group.gid not in {lab.group for lab in p.labels}  # stem's output is coupled with stage 1's adds
+    assert _kept(model, "layers.0.conv2") == 32  # coupled with the stem: whole
+    assert _kept(model, "layers.0.conv1") == 16  # its own group: half
+    slim = p.speedup()
+    assert p.max_abs_diff is not None and p.max_abs_diff < 1e-4
+    assert sum(t.numel() for t in slim.parameters()) < sum(t.numel() for t in model.parameters())
+
+
+def test_total_sparsity_with_a_cap_per_layer() -> None:
+    model = _chain(3)
+    p = SlimPruner(model, [{"total_sparsity": 0.5, "op_types": ["BatchNorm2d"], "max_sparsity_per_layer": 0.6}],
+                   dummy_input=X)
+    p.compress()
+    per_group = Counter(lab.group for lab in p.labels)
+    assert sum(per_group.values()) == 10  # floor(0.5 * (8 + 12))
+    sizes = {g.gid: g.size for g in p.ir.prunable_label_groups()}
+    assert all(n <= int(0.6 * sizes[gid]) for gid, n in per_group.items())
+    # network slimming: the smallest |gamma| over both BN layers go, up to the cap
+    gammas = sorted([(float(abs(v)), "b1", i) for i, v in enumerate(_chain(3).b1.weight.detach())]
+                    + [(float(abs(v)), "b2", i) for i, v in enumerate(_chain(3).b2.weight.detach())])
+    caps = {"b1": int(0.6 * 8), "b2": int(0.6 * 12)}
+    taken: Counter[str] = Counter()
+    want = []
+    for _, layer, i in gammas:
+        if taken[layer] < caps[layer] and len(want) < 10:
+            taken[layer] += 1
+            want.append((layer, i))
+    got = {("b1" if p._group_of("b1").gid == lab.group else "b2", lab.index) for lab in p.labels}  # type: ignore[union-attr]
+    assert got == set(want)
+
+
+def test_export_model_writes_unmasked_names_and_the_masks(tmp_path: Path) -> None:
+    model = _chain(4)
+    p = L1FilterPruner(model, [{"sparsity": 0.5, "op_types": ["Conv2d"]}], dummy_input=X)
+    p.compress()
+    p.export_model(str(tmp_path / "model.pth"), str(tmp_path / "mask.pth"))
+    fresh = _chain(9)
+    fresh.load_state_dict(torch.load(tmp_path / "model.pth"))
+    with torch.no_grad():
+        assert torch.equal(fresh(X), model(X))
+    masks = torch.load(tmp_path / "mask.pth")
+    assert set(masks) >= {"c1", "b1", "c2"} and int(masks["c1"]["weight"].flatten(1).amax(1).sum()) == 4
+    assert set(folded_state(model)) == set(_chain(0).state_dict())
+
+
+def test_level_pruner_is_exact_per_op() -> None:
+    model = _chain(5)
+    p = LevelPruner(model, [{"sparsity": 0.8, "op_types": ["default"]}, {"sparsity": 0.4, "op_names": ["head"]}],
+                    dummy_input=X)
+    p.compress()
+    rep = {r.name: r for r in sparsity_report(model).layers}
+    assert rep["head.weight"].zeros == round(0.4 * 30)
+    assert all(rep[n].zeros == round(0.8 * rep[n].numel) for n in ("c1.weight", "c2.weight", "fc.weight"))
+    same = p.speedup()
+    with torch.no_grad():
+        assert torch.equal(same(X), model(X))
+
+
+def test_config_errors_name_the_problem() -> None:
+    model = _chain()
+    with pytest.raises(InvalidInputError, match="dummy_input"):
+        L1FilterPruner(model, [{"sparsity": 0.5, "op_types": ["Conv2d"]}])
+    with pytest.raises(InvalidInputError, match="unknown keys"):
+        L1FilterPruner(model, [{"sparsity": 0.5, "op_types": ["Conv2d"], "sparse": 1}], dummy_input=X)
+    with pytest.raises(InvalidInputError, match="exactly one of"):
+        L1FilterPruner(model, [{"op_types": ["Conv2d"]}], dummy_input=X)
+    with pytest.raises(InvalidInputError, match="no module named 'c9'"):
+        L1FilterPruner(model, [{"sparsity": 0.5, "op_names": ["c9"]}], dummy_input=X)
+    with pytest.raises(InvalidInputError, match="selects no module"):
+        L1FilterPruner(model, [{"sparsity": 0.5, "op_types": ["LSTM"]}], dummy_input=X).compress()
+    with pytest.raises(InvalidInputError, match="compress\\(\\) first"):
+        L1FilterPruner(model, [{"sparsity": 0.5, "op_types": ["Conv2d"]}], dummy_input=X).speedup()
+    assert not prune.is_pruned(model)
