@@ -73,7 +73,8 @@ def test_l1_filter_pruner_removes_the_lowest_l1_filters() -> None:
     model = _chain(2)
     ref = PruningIR(_chain(2), example_inputs=(X,))
     L1NormCriterion(ref).score()
-    order = {g.describe(): torch.argsort(ref.snapshot().scores[g.gid], stable=True) for g in ref.prunable_label_groups()}
+    scores = ref.snapshot().scores
+    order = {g.describe(): torch.argsort(scores[g.gid], stable=True) for g in ref.prunable_label_groups()}
     p = L1FilterPruner(model, [{"sparsity": 0.25, "op_names": ["c2"]}], dummy_input=X)
     p.compress()
     (gid,) = {lab.group for lab in p.labels}
