@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 import sys
 from collections import Counter
 from pathlib import Path
@@ -163,3 +165,89 @@ def test_config_errors_name_the_problem() -> None:
     with pytest.raises(InvalidInputError, match="compress\\(\\) first"):
         L1FilterPruner(model, [{"sparsity": 0.5, "op_types": ["Conv2d"]}], dummy_input=X).speedup()
     assert not prune.is_pruned(model)
+
+
+BATCHES = [(torch.randn(8, 1, 6, 6, generator=torch.Generator().manual_seed(i)), torch.randint(0, 3, (8,),
+            generator=torch.Generator().manual_seed(10 + i))) for i in range(3)]
+
+
+def _trainer(model: nn.Module, optimizer: object, criterion: object, epoch: int) -> None:
+    for x, y in BATCHES:
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+
+
+@pytest.mark.parametrize(("pruner", "crit"), [("ActivationAPoZRankFilterPruner", "APoZCriterion"),
+                                              ("ActivationMeanRankFilterPruner", "MeanActivationCriterion"),
+                                              ("TaylorFOWeightFilterPruner", "TaylorFOWeightCriterion")])
+def test_trainer_pruners_rank_like_their_criterion_on_the_trainer_batches(pruner: str, crit: str) -> None:
+    """Oracle: the criterion calibrated by hand (collect on the same first two batches) selects the
+    same labels."""
+    import pruning_ir
+    import pruning_ir.compat.nni as nni
+
+    model = _chain(6)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    p = getattr(nni, pruner)(model, [{"sparsity": 0.5, "op_types": ["Conv2d", "Linear"]},
+                                     {"exclude": True, "op_names": ["head"]}],
+                             optimizer=optimizer, trainer=_trainer, criterion=None, dummy_input=X,
+                             statistics_batch_num=2)
+    p.compress()
+    ref = PruningIR(_chain(6), example_inputs=(X,))
+    with getattr(pruning_ir, crit)(ref) as collect:
+        for x, y in BATCHES[:2]:
+            out = collect(x)
+            if crit == "TaylorFOWeightCriterion":
+                nn.functional.cross_entropy(out, y).backward()
+    chosen = {h.describe() for h in p.ir.prunable_label_groups() if h.gid in {lab.group for lab in p.labels}}
+    assert len(chosen) == 3  # c1, c2, fc (head excluded)
+    want = {(g.describe(), i) for g in ref.prunable_label_groups() if g.describe() in chosen
+            for i in torch.argsort(ref.snapshot().scores[g.gid], stable=True)[: g.size // 2].tolist()}
+    groups = {g.gid: g.describe() for g in p.ir.prunable_label_groups()}
+    assert {(groups[lab.group], lab.index) for lab in p.labels} == want
+    folded = folded_state(model)
+    for k, v in before.items():  # nothing trained (the trainer ran the pruner's copy): kept entries unchanged
+        kept = folded[k] != 0
+        assert torch.equal(folded[k][kept], v[kept])
+    slim = p.speedup()
+    assert p.max_abs_diff is not None and p.max_abs_diff < 1e-5 and slim.c1.out_channels == 4
+    with pytest.raises(InvalidInputError, match="trainer"):
+        getattr(nni, pruner)(model, [{"sparsity": 0.5, "op_types": ["Conv2d"]}], dummy_input=X)
+
+
+@pytest.mark.parametrize("algorithm", ["l1", "level"])
+def test_agp_raises_sparsity_on_the_schedule_and_trains_in_between(algorithm: str) -> None:
+    """Oracle: after iteration t of n the per-op sparsity is s * (1 - (1 - t/n)^3) (hand formula),
+    masks only grow, and the trainer's steps change only kept weights."""
+    from pruning_ir.compat.nni import AGP_Pruner
+
+    model = _chain(7)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    seen: list[tuple[float, ...]] = []
+    zeros_before: list[torch.Tensor] = []
+
+    def trainer(m: nn.Module, opt: torch.optim.Optimizer, crit: object, epoch: int) -> None:
+        w = m.c2.weight.detach()
+        kept = (w.flatten(1).abs().sum(1) != 0).float().mean() if algorithm == "l1" else (w != 0).float().mean()
+        seen.append((epoch, 1 - float(kept)))
+        zeros_before.append(w == 0)
+        for x, y in BATCHES:
+            opt.zero_grad()
+            nn.functional.cross_entropy(m(x), y).backward()
+            opt.step()
+
+    p = AGP_Pruner(model, [{"sparsity": 0.5, "op_names": ["c2"]}], optimizer, trainer, num_iterations=4,
+                   pruning_algorithm=algorithm, dummy_input=X)
+    p.compress()
+    size = 12 if algorithm == "l1" else model.c2.weight.numel()
+    want = [round(0.5 * (1 - (1 - t / 4) ** 3) * size) / size for t in range(1, 5)]
+    if algorithm == "l1":
+        want = [math.floor(0.5 * (1 - (1 - t / 4) ** 3) * 12 + 1e-9) / 12 for t in range(1, 5)]
+    assert [e for e, _ in seen] == [0, 1, 2, 3]
+    assert [round(s, 4) for _, s in seen] == [round(w, 4) for w in want]
+    for a, b in itertools.pairwise(zeros_before):
+        assert bool((b | ~a).all())  # what was zero stays zero
+    if algorithm == "l1":
+        slim = p.speedup()
+        assert slim.c2.out_channels == 6 and p.max_abs_diff is not None and p.max_abs_diff < 1e-5

@@ -24,8 +24,10 @@ only; ``LevelPruner``: single entries, see :mod:`pruning_ir.sparsity`) and masks
 slice of the removed channels as a ``torch.nn.utils.prune`` reparametrisation. ``speedup()`` folds
 the masks (with whatever training happened since), removes the channels with the IR, checks the
 slim model against the masked one on the dummy input and returns it (``max_abs_diff`` on the
-pruner). Not yet here: the pruners that need training or search (activation and Taylor ranks
-through a ``trainer``, AGP, NetAdapt, simulated annealing, AutoCompress, ADMM, lottery ticket).
+pruner). The activation and Taylor pruners take NNI's ``trainer(model, optimizer, criterion,
+epoch)`` and read its first ``statistics_batch_num`` batches. Not yet here: the pruners that
+search or train toward sparsity (AGP, NetAdapt, simulated annealing, AutoCompress, ADMM, lottery
+ticket; the workflows cover AGP and lottery-ticket rewinds).
 """
 
 from __future__ import annotations
@@ -43,7 +45,17 @@ from torch.nn.utils import prune
 
 from .._ir.axes import keep_mask
 from .._ir.labels import Label, LabelGroup
-from ..criteria import BNScaleCriterion, Criterion, FPGMCriterion, L1NormCriterion, L2NormCriterion
+from ..criteria import (
+    APoZCriterion,
+    BNScaleCriterion,
+    Criterion,
+    FPGMCriterion,
+    L1NormCriterion,
+    L2NormCriterion,
+    MeanActivationCriterion,
+    TaylorFOWeightCriterion,
+)
+from ..criteria.activation import _ActivationCriterion
 from ..errors import InvalidInputError
 from ..ir import PruningIR
 from ..sparsity import DEFAULT_TYPES, unstructured
@@ -207,11 +219,13 @@ class _Pruner:
         self.labels = self.select()
         snap = self.ir.snapshot()
         removed = self.ir.check_labels(self.labels)
-        params = dict(self.model.named_parameters())
         for pname, vid in snap.graph.params.items():
-            if pname not in params:
+            if snap.graph.values[vid].kind != "param":
                 continue  # a buffer (running statistics): a channel whose scale and shift are zero outputs zero
-            keep = torch.ones(params[pname].shape, dtype=torch.bool, device=params[pname].device)
+            owner, _, leaf = pname.rpartition(".")
+            module = self.model.get_submodule(owner)
+            current = getattr(module, leaf)  # the masked product when an earlier compress() masked it
+            keep = torch.ones(current.shape, dtype=torch.bool, device=current.device)
             hit = False
             for d, ax in enumerate(snap.graph.values[vid].axes):
                 m = keep_mask(snap.spaces, ax, removed)
@@ -220,9 +234,8 @@ class _Pruner:
                     shape[d] = -1
                     keep &= m.to(keep.device).reshape(shape)
                     hit = True
-            if hit:
-                owner, _, leaf = pname.rpartition(".")
-                prune.custom_from_mask(self.model.get_submodule(owner), leaf, keep.to(params[pname].dtype))
+            if hit:  # on a masked parameter torch combines the masks (they only grow)
+                prune.custom_from_mask(module, leaf, keep.to(current.dtype))
         return self.model
 
     def export_model(self, model_path: str, mask_path: str | None = None) -> None:
@@ -304,6 +317,130 @@ class SlimPruner(_Pruner):
         return None
 
 
+class _TrainerPruner(_Pruner):
+    """Pruners whose metric comes from running the user's ``trainer(model, optimizer, criterion, epoch)``:
+    the trainer runs on the pruner's working copy of the model, whose forward is routed through the
+    criterion's collector for the first ``statistics_batch_num`` calls (activation statistics, or the
+    gradients of the trainer's own backward passes). The copy's parameters are not the ones your
+    optimizer holds, so nothing is trained: the scores are those of the model as given."""
+
+    def __init__(self, model: nn.Module, config_list: list[dict[str, Any]], optimizer: Any = None,
+                 trainer: Any = None, criterion: Any = None, sparsity_training_epochs: int = 1,
+                 dependency_aware: bool = True, dummy_input: Any = None, statistics_batch_num: int = 1,
+                 **nni_options: Any) -> None:
+        if not callable(trainer):
+            raise InvalidInputError(f"{type(self).__name__} ranks channels from data: give "
+                                    "trainer=function(model, optimizer, criterion, epoch) that runs your batches.")
+        if not isinstance(statistics_batch_num, int) or statistics_batch_num < 1:
+            raise InvalidInputError(f"statistics_batch_num={statistics_batch_num!r}: give an int >= 1.")
+        super().__init__(model, config_list, optimizer, dependency_aware, dummy_input)
+        self.trainer, self.loss_criterion = trainer, criterion
+        self.epochs = max(1, int(sparsity_training_epochs))
+        self.statistics_batch_num = statistics_batch_num
+        self.nni_options = nni_options  # e.g. activation='relu': the IR finds the nonlinearities itself
+
+    def _score(self) -> None:
+        assert self.criterion is not None
+        work = self.ir.model
+        seen = {"calls": 0, "inside": False}
+        records = issubclass(self.criterion, _ActivationCriterion)
+        with self.criterion(self.ir) as collect:
+            def forward(*args: Any, **kwargs: Any) -> Any:
+                if seen["inside"] or seen["calls"] >= self.statistics_batch_num:
+                    return type(work).forward(work, *args, **kwargs)
+                seen["inside"] = True
+                seen["calls"] += 1
+                try:
+                    out = collect(*args, **kwargs)
+                    if records:  # the recorder's output carries no graph: run the model again for the trainer
+                        out = type(work).forward(work, *args, **kwargs)
+                    return out
+                finally:
+                    seen["inside"] = False
+
+            work.forward = forward  # type: ignore[method-assign]
+            try:
+                for epoch in range(self.epochs):
+                    self.trainer(work, self.optimizer, self.loss_criterion, epoch)
+            finally:
+                del work.forward
+            if not seen["calls"]:
+                raise InvalidInputError(f"{type(self).__name__}: the trainer never called the model.")
+        work.zero_grad(set_to_none=True)
+
+
+class ActivationAPoZRankFilterPruner(_TrainerPruner):
+    """Channels whose activations are most often zero go (NNI ``ActivationAPoZRankFilterPruner``)."""
+
+    criterion = APoZCriterion
+
+
+class ActivationMeanRankFilterPruner(_TrainerPruner):
+    """Channels with the smallest mean activation go (NNI ``ActivationMeanRankFilterPruner``)."""
+
+    criterion = MeanActivationCriterion
+
+
+class TaylorFOWeightFilterPruner(_TrainerPruner):
+    """Channels with the smallest first-order Taylor ``sum (g * w)^2`` go, from the trainer's backward
+    passes (NNI ``TaylorFOWeightFilterPruner``)."""
+
+    criterion = TaylorFOWeightCriterion
+
+
+class AGP_Pruner(_Pruner):
+    """Automated gradual pruning (Zhu & Gupta 2017; NNI ``AGP_Pruner``): over ``num_iterations``
+    iterations every op's sparsity rises as ``s * (1 - (1 - t / n)^3)`` (the AGP schedule of
+    :func:`pruning_ir.workflows.schedule_fractions`); each iteration re-scores the masked model's
+    current weights with ``pruning_algorithm`` (``"level"``, ``"l1"``, ``"l2"``, ``"fpgm"``,
+    ``"slim"``), grows the masks, and runs your ``trainer`` for ``epochs_per_iteration`` epochs on
+    your model (masked, so the removed weights stay zero)."""
+
+    def __init__(self, model: nn.Module, config_list: list[dict[str, Any]], optimizer: Any = None,
+                 trainer: Any = None, criterion: Any = None, num_iterations: int = 10, epochs_per_iteration: int = 1,
+                 pruning_algorithm: str = "level", dummy_input: Any = None) -> None:
+        algorithms = {"level": LevelPruner, "l1": L1FilterPruner, "l2": L2FilterPruner, "fpgm": FPGMPruner,
+                      "slim": SlimPruner}
+        if pruning_algorithm not in algorithms:
+            raise InvalidInputError(f"AGP_Pruner(pruning_algorithm={pruning_algorithm!r}): give one of "
+                                    f"{sorted(algorithms)}.")
+        if not callable(trainer):
+            raise InvalidInputError("AGP_Pruner trains between its iterations: give trainer=function(model, "
+                                    "optimizer, criterion, epoch).")
+        if not isinstance(num_iterations, int) or num_iterations < 1:
+            raise InvalidInputError(f"AGP_Pruner(num_iterations={num_iterations!r}): give an int >= 1.")
+        self.inner = algorithms[pruning_algorithm](model, config_list, optimizer, True, dummy_input)
+        self.model, self.config_list, self.dummy_input = model, self.inner.config_list, self.inner.dummy_input
+        self.ir, self.labels, self.max_abs_diff = self.inner.ir, self.inner.labels, None
+        self.optimizer, self.trainer, self.loss_criterion = optimizer, trainer, criterion
+        self.num_iterations, self.epochs_per_iteration = num_iterations, max(1, int(epochs_per_iteration))
+        self.history: list[float] = []
+
+    def compress(self) -> nn.Module:
+        from ..workflows import schedule_fractions
+
+        rises = [f / 0.5 for f in schedule_fractions("agp", 0.5, self.num_iterations)]
+        epoch = 0
+        for rise in rises:
+            scaled = ("sparsity", "sparsity_per_layer", "total_sparsity")
+            self.inner.config_list = [{k: (v * rise if k in scaled else v) for k, v in c.items()}
+                                      for c in self.config_list]
+            self.inner._load_folded()
+            self.inner.compress()
+            self.history.append(rise)
+            for _ in range(self.epochs_per_iteration):
+                self.trainer(self.model, self.optimizer, self.loss_criterion, epoch)
+                epoch += 1
+        self.inner.config_list = self.config_list
+        self.labels = self.inner.labels
+        return self.model
+
+    def speedup(self) -> nn.Module:
+        out = self.inner.speedup()
+        self.max_abs_diff = self.inner.max_abs_diff
+        return out
+
+
 class LevelPruner(_Pruner):
     """Single weights with the smallest magnitude go (NNI ``LevelPruner``; fine-grained:
     ``speedup()`` keeps the shapes and returns the masks folded in)."""
@@ -324,4 +461,6 @@ class LevelPruner(_Pruner):
         return copy.deepcopy(self.ir.model)
 
 
-__all__: Sequence[str] = ["FPGMPruner", "L1FilterPruner", "L2FilterPruner", "LevelPruner", "SlimPruner"]
+__all__: Sequence[str] = ["AGP_Pruner", "ActivationAPoZRankFilterPruner", "ActivationMeanRankFilterPruner",
+                          "FPGMPruner", "L1FilterPruner", "L2FilterPruner", "LevelPruner", "SlimPruner",
+                          "TaylorFOWeightFilterPruner"]
