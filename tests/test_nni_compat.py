@@ -251,3 +251,34 @@ def test_agp_raises_sparsity_on_the_schedule_and_trains_in_between(algorithm: st
     if algorithm == "l1":
         slim = p.speedup()
         assert slim.c2.out_channels == 6 and p.max_abs_diff is not None and p.max_abs_diff < 1e-5
+
+
+def test_lottery_ticket_prunes_on_the_schedule_and_rewinds_the_kept_weights() -> None:
+    """Oracle: after iteration i the sparsity of each op is 1 - (1 - s)^(i/n) (hand formula), and the
+    kept weights are the initial ones (rewind), the optimizer's state too."""
+    from pruning_ir.compat.nni import LotteryTicketPruner
+
+    model = _chain(8)
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    p = LotteryTicketPruner(model, [{"prune_iterations": 3, "sparsity": 0.8, "op_types": ["default"]}], optimizer)
+    p.compress()
+    got = []
+    for i in p.get_prune_iterations():
+        p.prune_iteration_start()
+        w = folded_state(model)
+        got.append(int((w["c2.weight"] == 0).sum()))
+        if i > 0:
+            for k in ("c1.weight", "c2.weight", "fc.weight", "head.weight"):
+                kept = w[k] != 0
+                assert torch.equal(w[k][kept], init[k][kept])  # rewound under the masks
+            assert not optimizer.state  # momentum buffers back to the empty initial state
+        for x, y in BATCHES:  # train this iteration
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+    numel = model.c2.weight.numel()
+    assert got == [round((1 - 0.2 ** (i / 3)) * numel) for i in range(4)]
+    assert abs(sparsity_report(model).sparsity - 0.8) < 1e-2
+    with pytest.raises(InvalidInputError, match="prune_iterations"):
+        LotteryTicketPruner(_chain(), [{"sparsity": 0.8, "op_types": ["default"]}])

@@ -63,7 +63,7 @@ from ..sparsity import DEFAULT_TYPES, unstructured
 log = logging.getLogger(__name__)
 
 _KEYS = {"sparsity", "sparsity_per_layer", "total_sparsity", "max_sparsity_per_layer", "op_types", "op_names",
-         "exclude"}
+         "exclude", "prune_iterations"}
 
 
 def _check_config(config_list: Any) -> list[dict[str, Any]]:
@@ -99,18 +99,21 @@ class _Pruner:
     """The shared machinery; subclasses set the criterion."""
 
     criterion: ClassVar[type[Criterion] | None] = None
+    structured: ClassVar[bool] = True
+    """Channels (traced into an IR; needs ``dummy_input``) or single entries (no IR)."""
 
     def __init__(self, model: nn.Module, config_list: list[dict[str, Any]], optimizer: Any = None,
                  dependency_aware: bool = True, dummy_input: Any = None) -> None:
         if not isinstance(model, nn.Module):
             raise InvalidInputError(f"{type(self).__name__}: expected an nn.Module, got {type(model).__name__}.")
-        if dummy_input is None:
+        if dummy_input is None and self.structured:
             raise InvalidInputError(f"{type(self).__name__}(..., dummy_input=x): pruning_ir traces the model to find "
                                     "coupled channels; give one example input batch.")
         self.model = model
         self.config_list = _check_config(config_list)
         self.optimizer = optimizer
-        self.dummy_input = dummy_input if isinstance(dummy_input, tuple) else (dummy_input,)
+        self.dummy_input = () if dummy_input is None else (
+            dummy_input if isinstance(dummy_input, tuple) else (dummy_input,))
         if not dependency_aware:
             log.info("%s: channels are always aligned across coupled layers (dependency-aware)", type(self).__name__)
         named = dict(model.named_modules())
@@ -118,8 +121,11 @@ class _Pruner:
             missing = [n for n in c.get("op_names") or [] if n not in named]
             if missing:
                 raise InvalidInputError(f"config_list[{i}]: no module named {missing[0]!r} in {type(model).__name__}.")
-        # traced on a copy: compress() puts masks on the user's model, which the tracer refuses
-        self.ir = PruningIR(copy.deepcopy(model), example_inputs=self.dummy_input)
+        # a clean copy (traced for the structured pruners): compress() puts masks on the user's model, which
+        # the tracer refuses and deepcopy cannot copy
+        self._clean = copy.deepcopy(model)
+        if self.structured:
+            self.ir = PruningIR(self._clean, example_inputs=self.dummy_input)
         self.labels: list[Label] = []
         self.max_abs_diff: float | None = None
 
@@ -202,10 +208,10 @@ class _Pruner:
 
     # ------------------------------------------------------------------ NNI's API
     def _load_folded(self) -> None:
-        """The IR's copy of the model takes the masked model's current weights (masks folded)."""
+        """The clean copy of the model takes the masked model's current weights (masks folded)."""
         state = folded_state(self.model)
         with torch.no_grad():
-            for n, t in self.ir.model.state_dict().items():
+            for n, t in self._clean.state_dict().items():
                 t.copy_(state[n])
 
     def _score(self) -> None:
@@ -411,7 +417,9 @@ class AGP_Pruner(_Pruner):
             raise InvalidInputError(f"AGP_Pruner(num_iterations={num_iterations!r}): give an int >= 1.")
         self.inner = algorithms[pruning_algorithm](model, config_list, optimizer, True, dummy_input)
         self.model, self.config_list, self.dummy_input = model, self.inner.config_list, self.inner.dummy_input
-        self.ir, self.labels, self.max_abs_diff = self.inner.ir, self.inner.labels, None
+        self.labels, self.max_abs_diff = self.inner.labels, None
+        if self.inner.structured:
+            self.ir = self.inner.ir
         self.optimizer, self.trainer, self.loss_criterion = optimizer, trainer, criterion
         self.num_iterations, self.epochs_per_iteration = num_iterations, max(1, int(epochs_per_iteration))
         self.history: list[float] = []
@@ -443,7 +451,9 @@ class AGP_Pruner(_Pruner):
 
 class LevelPruner(_Pruner):
     """Single weights with the smallest magnitude go (NNI ``LevelPruner``; fine-grained:
-    ``speedup()`` keeps the shapes and returns the masks folded in)."""
+    ``speedup()`` keeps the shapes and returns the masks folded in; no ``dummy_input`` needed)."""
+
+    structured = False
 
     def compress(self) -> nn.Module:
         ops = self.op_sparsity()
@@ -458,9 +468,88 @@ class LevelPruner(_Pruner):
         shapes; ``benchmarks/sparse_speed.py`` measures when sparse kernels pay on CPU)."""
         self._load_folded()
         self.max_abs_diff = 0.0
-        return copy.deepcopy(self.ir.model)
+        return copy.deepcopy(self._clean)
 
 
-__all__: Sequence[str] = ["AGP_Pruner", "ActivationAPoZRankFilterPruner", "ActivationMeanRankFilterPruner",
-                          "FPGMPruner", "L1FilterPruner", "L2FilterPruner", "LevelPruner", "SlimPruner",
-                          "TaylorFOWeightFilterPruner"]
+class LotteryTicketPruner(LevelPruner):
+    """Iterative magnitude pruning with weight rewinding (Frankle & Carbin 2019; NNI
+    ``LotteryTicketPruner``), driven by your training loop as in NNI::
+
+        pruner = LotteryTicketPruner(model, [{"prune_iterations": 5, "sparsity": 0.8, "op_types": ["default"]}],
+                                     optimizer)
+        pruner.compress()
+        for i in pruner.get_prune_iterations():
+            pruner.prune_iteration_start()
+            train(model)                      # iteration 0 trains the dense model
+
+    At the start of iteration ``i >= 1`` each op's masks grow (by magnitude of the trained weights)
+    to sparsity ``1 - (1 - s) ** (i / n)``, then the weights (under the masks), the optimizer's state
+    and the learning-rate scheduler's go back to what they were at ``compress()`` (``reset_weights``).
+    """
+
+    def __init__(self, model: nn.Module, config_list: list[dict[str, Any]], optimizer: Any = None,
+                 lr_scheduler: Any = None, reset_weights: bool = True, dummy_input: Any = None) -> None:
+        super().__init__(model, config_list, optimizer, True, dummy_input)
+        counts = {c.get("prune_iterations") for c in self.config_list if not c.get("exclude")}
+        first = next(iter(counts))
+        if len(counts) != 1 or not isinstance(first, int) or isinstance(first, bool) or first < 1:
+            raise InvalidInputError("LotteryTicketPruner: give the same int prune_iterations >= 1 in every "
+                                    f"config_list entry (got {sorted(map(str, counts))}).")
+        self.prune_iterations: int = first
+        self.lr_scheduler, self.reset_weights = lr_scheduler, reset_weights
+        self.iteration = -1
+        self._initial: dict[str, Any] = {}
+
+    def compress(self) -> nn.Module:
+        self._initial = {"model": folded_state(self.model),
+                         "optimizer": copy.deepcopy(self.optimizer.state_dict()) if self.optimizer else None,
+                         "scheduler": copy.deepcopy(self.lr_scheduler.state_dict()) if self.lr_scheduler else None}
+        self.iteration = -1
+        return self.model
+
+    def get_prune_iterations(self) -> range:
+        return range(self.prune_iterations + 1)
+
+    def prune_iteration_start(self) -> None:
+        if not self._initial:
+            raise InvalidInputError("LotteryTicketPruner: call compress() before prune_iteration_start().")
+        self.iteration += 1
+        if self.iteration == 0:
+            return
+        if self.iteration > self.prune_iterations:
+            raise InvalidInputError(f"LotteryTicketPruner: only {self.prune_iterations} pruning iterations "
+                                    "(see get_prune_iterations()).")
+        ops = self.op_sparsity()
+        for value in sorted({v for _, v, _ in ops.values()}):
+            names = [n for n, (_, v, _) in ops.items() if v == value]
+            unstructured(self.model, 1 - (1 - value) ** (self.iteration / self.prune_iterations), modules=names)
+        if self.reset_weights:
+            self._rewind()
+
+    def _rewind(self) -> None:
+        """Initial weights into the (masked) model: a masked parameter's ``*_orig`` takes them."""
+        params = dict(self.model.named_parameters())
+        buffers = dict(self.model.named_buffers())
+        with torch.no_grad():
+            for name, value in self._initial["model"].items():
+                target = params.get(name + "_orig", params.get(name, buffers.get(name)))
+                if target is not None:
+                    target.copy_(value)
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(copy.deepcopy(self._initial["optimizer"]))
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.load_state_dict(copy.deepcopy(self._initial["scheduler"]))
+
+
+__all__: Sequence[str] = [
+    "AGP_Pruner",
+    "ActivationAPoZRankFilterPruner",
+    "ActivationMeanRankFilterPruner",
+    "FPGMPruner",
+    "L1FilterPruner",
+    "L2FilterPruner",
+    "LevelPruner",
+    "LotteryTicketPruner",
+    "SlimPruner",
+    "TaylorFOWeightFilterPruner",
+]
