@@ -282,3 +282,68 @@ def test_lottery_ticket_prunes_on_the_schedule_and_rewinds_the_kept_weights() ->
     assert abs(sparsity_report(model).sparsity - 0.8) < 1e-2
     with pytest.raises(InvalidInputError, match="prune_iterations"):
         LotteryTicketPruner(_chain(), [{"sparsity": 0.8, "op_types": ["default"]}])
+
+
+def test_simulated_annealing_hits_the_parameter_target_and_keeps_its_best(tmp_path: Path) -> None:
+    """Oracle: every candidate removes at least the asked fraction of the parameters (the IR's count,
+    checked on the masked model by counting zero entries of whole channels is not needed: ParamsModel
+    equals the slim model's parameter count); the best recorded score is the one masked on the model."""
+    import json
+
+    from pruning_ir.compat.nni import SimulatedAnnealingPruner
+
+    model = _chain(10)
+    x, y = BATCHES[0]
+
+    def evaluator(m: nn.Module) -> float:
+        with torch.no_grad():
+            return -float(nn.functional.cross_entropy(m(x), y))
+
+    p = SimulatedAnnealingPruner(model, [{"sparsity": 0.4, "op_types": ["Conv2d", "Linear"]},
+                                         {"exclude": True, "op_names": ["head"]}], evaluator,
+                                 start_temperature=1.0, stop_temperature=0.3, cool_down_rate=0.7,
+                                 experiment_data_dir=str(tmp_path), dummy_input=X, seed=1)
+    p.compress()
+    hist = json.loads((tmp_path / "search_history.json").read_text())["candidates"]
+    assert len(hist) == 1 + 4  # the start and ceil(log(0.3) / log(0.7)) = 4 steps
+    assert all(c["removed"] >= 0.4 - 1e-9 for c in hist)
+    best = max(hist, key=lambda c: c["score"])
+    assert evaluator(model) == pytest.approx(best["score"], abs=1e-6)
+    slim = p.speedup()
+    full = sum(t.numel() for t in _chain(0).parameters())
+    assert sum(t.numel() for t in slim.parameters()) <= 0.6 * full + 1
+    assert p.max_abs_diff is not None and p.max_abs_diff < 1e-5
+
+
+def test_netadapt_steps_down_to_the_target_with_fine_tuned_candidates() -> None:
+    from pruning_ir.compat.nni import NetAdaptPruner
+
+    model = _chain(11)
+    x, y = BATCHES[1]
+    tuned: list[int] = []
+
+    def fine_tune(m: nn.Module) -> None:
+        opt = torch.optim.SGD(m.parameters(), lr=0.01)
+        for bx, by in BATCHES:
+            opt.zero_grad()
+            nn.functional.cross_entropy(m(bx), by).backward()
+            opt.step()
+        tuned.append(1)
+
+    def evaluator(m: nn.Module) -> float:
+        with torch.no_grad():
+            return -float(nn.functional.cross_entropy(m(x), y))
+
+    p = NetAdaptPruner(model, [{"sparsity": 0.3, "op_types": ["Conv2d", "Linear"]},
+                               {"exclude": True, "op_names": ["head"]}], fine_tune, evaluator,
+                       sparsity_per_iteration=0.1, dummy_input=X)
+    p.compress()
+    goals = sorted(set(c["removed"] for c in p.history))
+    # each iteration asks 0.1 more than the previous one reached (whole channels overshoot a goal), at most 0.3
+    assert goals[0] == pytest.approx(0.1) and goals[-1] <= 0.3 + 1e-9 and len(goals) >= 2
+    assert all(b - a >= 0.1 - 1e-9 or b == pytest.approx(0.3) for a, b in itertools.pairwise(goals))
+    assert len(tuned) == len(p.history)  # every candidate was fine-tuned before evaluation
+    slim = p.speedup()
+    full = sum(t.numel() for t in _chain(0).parameters())
+    assert sum(t.numel() for t in slim.parameters()) <= 0.7 * full + 1
+    assert p.max_abs_diff is not None and p.max_abs_diff < 1e-5

@@ -33,10 +33,13 @@ ticket; the workflows cover AGP and lottery-ticket rewinds).
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
+import random
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -181,17 +184,57 @@ class _Pruner:
             warnings.warn(f"{type(self).__name__}: the output channels of {unprunable[:5]} are not a prunable group "
                           "(the model's output, or a coupling the engine cannot slice: pruner.ir.report() says "
                           "why); they are left whole.", stacklevel=3)
-        out: list[Label] = []
-        groups = {g.gid: g for g in self.ir.prunable_label_groups()}
-        for gid, value in per_group.items():
-            g = groups[gid]
-            n = min(math.floor(value * g.size + 1e-9) // g.step * g.step, g.size - g.step)
-            order = torch.argsort(scores[gid], stable=True)[:n]
-            out += [Label(self.ir.snapshot().owner, gid, int(i)) for i in order]
+        out = self.labels_for(per_group)
         for entry, members in totals.items():
             out += self._total(float(self.config_list[entry]["total_sparsity"]), members, scores,
                                exclude=set(out))
         return out
+
+    def labels_for(self, ratios: dict[int, float]) -> list[Label]:
+        """Per group id, the lowest-scored ``floor(ratio * size)`` labels (whole steps, one step kept)."""
+        scores = self.ir.label_scores()
+        groups = {g.gid: g for g in self.ir.prunable_label_groups()}
+        out: list[Label] = []
+        for gid, value in ratios.items():
+            g = groups[gid]
+            n = min(math.floor(value * g.size + 1e-9) // g.step * g.step, g.size - g.step)
+            order = torch.argsort(scores[gid], stable=True)[:max(n, 0)]
+            out += [Label(self.ir.snapshot().owner, gid, int(i)) for i in order]
+        return out
+
+    def target_groups(self) -> list[LabelGroup]:
+        """The prunable groups of the ops the config selects (excluded ops' groups left out)."""
+        ops = self.op_sparsity()
+        frozen = {g.gid for g in map(self._group_of, self.excluded) if g is not None}
+        found = {g.gid: g for g in map(self._group_of, ops) if g is not None and g.gid not in frozen}
+        if not found:
+            raise InvalidInputError(f"{type(self).__name__}: the ops config_list selects have no prunable output "
+                                    "channels (pruner.ir.report() says why).")
+        return list(found.values())
+
+    def _mask(self, labels: list[Label]) -> nn.Module:
+        """Put the masks of ``labels`` on the user's model (what :meth:`compress` does after selecting)."""
+        self.labels = labels
+        snap = self.ir.snapshot()
+        removed = self.ir.check_labels(labels)
+        for pname, vid in snap.graph.params.items():
+            if snap.graph.values[vid].kind != "param":
+                continue  # a buffer (running statistics): a channel whose scale and shift are zero outputs zero
+            owner, _, leaf = pname.rpartition(".")
+            module = self.model.get_submodule(owner)
+            current = getattr(module, leaf)  # the masked product when an earlier compress() masked it
+            keep = torch.ones(current.shape, dtype=torch.bool, device=current.device)
+            hit = False
+            for d, ax in enumerate(snap.graph.values[vid].axes):
+                m = keep_mask(snap.spaces, ax, removed)
+                if m is not None:
+                    shape = [1] * keep.dim()
+                    shape[d] = -1
+                    keep &= m.to(keep.device).reshape(shape)
+                    hit = True
+            if hit:  # on a masked parameter torch combines the masks (they only grow)
+                prune.custom_from_mask(module, leaf, keep.to(current.dtype))
+        return self.model
 
     def _total(self, total: float, members: list[tuple[LabelGroup, float | None]], scores: dict[int, torch.Tensor],
                exclude: set[Label]) -> list[Label]:
@@ -222,27 +265,7 @@ class _Pruner:
         """Score, select and mask the model in place (``torch.nn.utils.prune`` masks on every parameter
         slice of the removed channels); returns the model."""
         self._score()
-        self.labels = self.select()
-        snap = self.ir.snapshot()
-        removed = self.ir.check_labels(self.labels)
-        for pname, vid in snap.graph.params.items():
-            if snap.graph.values[vid].kind != "param":
-                continue  # a buffer (running statistics): a channel whose scale and shift are zero outputs zero
-            owner, _, leaf = pname.rpartition(".")
-            module = self.model.get_submodule(owner)
-            current = getattr(module, leaf)  # the masked product when an earlier compress() masked it
-            keep = torch.ones(current.shape, dtype=torch.bool, device=current.device)
-            hit = False
-            for d, ax in enumerate(snap.graph.values[vid].axes):
-                m = keep_mask(snap.spaces, ax, removed)
-                if m is not None:
-                    shape = [1] * keep.dim()
-                    shape[d] = -1
-                    keep &= m.to(keep.device).reshape(shape)
-                    hit = True
-            if hit:  # on a masked parameter torch combines the masks (they only grow)
-                prune.custom_from_mask(module, leaf, keep.to(current.dtype))
-        return self.model
+        return self._mask(self.select())
 
     def export_model(self, model_path: str, mask_path: str | None = None) -> None:
         """Save the masked model's weights with the masks folded in (``model_path``) and the masks
@@ -447,6 +470,191 @@ class AGP_Pruner(_Pruner):
         out = self.inner.speedup()
         self.max_abs_diff = self.inner.max_abs_diff
         return out
+
+
+class _SearchPruner(_Pruner):
+    """Allocation search over per-group ratios: the config's ``sparsity`` is the fraction of the
+    model's parameters to remove (the engine's parameter count from the IR, coupled slices included,
+    so a candidate's cost is known without building it); ``base_algo`` ranks the channels within a
+    group; ``evaluator(model) -> float`` (higher = better, as NNI's ``optimize_mode="maximize"``) scores
+    a candidate on a masked copy. The search history goes to ``experiment_data_dir/search_history.json``."""
+
+    BASE: ClassVar[dict[str, type[Criterion]]] = {"l1": L1NormCriterion, "l2": L2NormCriterion,
+                                                  "fpgm": FPGMCriterion}
+
+    def __init__(self, model: nn.Module, config_list: list[dict[str, Any]], evaluator: Any, base_algo: str = "l1",
+                 experiment_data_dir: str | None = None, dummy_input: Any = None, seed: int = 0) -> None:
+        if not callable(evaluator):
+            raise InvalidInputError(f"{type(self).__name__}: give evaluator=function(model) -> float "
+                                    "(higher = better).")
+        if base_algo not in self.BASE:
+            raise InvalidInputError(f"{type(self).__name__}(base_algo={base_algo!r}): give one of "
+                                    f"{sorted(self.BASE)}.")
+        super().__init__(model, config_list, None, True, dummy_input)
+        targets = {float(c[k]) for c in self.config_list if not c.get("exclude")
+                   for k in ("sparsity", "sparsity_per_layer", "total_sparsity") if k in c}
+        if len(targets) != 1:
+            raise InvalidInputError(f"{type(self).__name__}: give one overall sparsity in config_list (got {targets}).")
+        self.sparsity = targets.pop()
+        self.evaluator, self.base_algo = evaluator, base_algo
+        self.experiment_data_dir = experiment_data_dir
+        self.rng = random.Random(seed)
+        self.history: list[dict[str, Any]] = []
+        self.best_ratios: dict[int, float] = {}
+
+    def _setup(self) -> tuple[list[LabelGroup], Any, float]:
+        from ..cost import ParamsModel
+
+        self._load_folded()
+        self.BASE[self.base_algo](self.ir).score()
+        params = ParamsModel(self.ir)
+        return self.target_groups(), params, float(params.baseline())
+
+    def removed(self, params: Any, base: float, ratios: dict[int, float]) -> float:
+        return 1.0 - float(params.cost(self.labels_for(ratios))) / base
+
+    def rescale(self, params: Any, base: float, ratios: dict[int, float]) -> dict[int, float]:
+        """``ratios`` scaled by the smallest factor that removes the target (each capped at 0.95)."""
+        def scaled(a: float) -> dict[int, float]:
+            return {g: min(0.95, max(0.0, a * r)) for g, r in ratios.items()}
+
+        hi = 1.0
+        while self.removed(params, base, scaled(hi)) < self.sparsity and hi < 1e6:
+            hi *= 2
+        lo = 0.0
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            if self.removed(params, base, scaled(mid)) >= self.sparsity:
+                hi = mid
+            else:
+                lo = mid
+        return scaled(hi)
+
+    def evaluate(self, ratios: dict[int, float], params: Any, base: float) -> float:
+        from ..oracle import masked_model
+
+        score = float(self.evaluator(masked_model(self.ir, self.labels_for(ratios))))
+        removed = self.removed(params, base, ratios)
+        self.history.append({"ratios": {str(g): r for g, r in ratios.items()}, "removed": removed, "score": score})
+        return score
+
+    def _write_history(self) -> None:
+        if self.experiment_data_dir is None:
+            return
+        path = Path(self.experiment_data_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "search_history.json").write_text(json.dumps(
+            {"sparsity": self.sparsity, "best": {str(g): r for g, r in self.best_ratios.items()},
+             "candidates": self.history}, indent=1))
+
+
+class SimulatedAnnealingPruner(_SearchPruner):
+    """Simulated annealing over per-group ratios (NNI ``SimulatedAnnealingPruner``): from uniform
+    ratios, each step perturbs every ratio by up to ``perturbation_magnitude``, rescales to the
+    target, evaluates; a worse candidate is accepted with probability ``exp(delta / T)``; ``T``
+    goes from ``start_temperature`` down to ``stop_temperature`` by ``cool_down_rate``. The best
+    candidate is masked onto your model."""
+
+    def __init__(self, model: nn.Module, config_list: list[dict[str, Any]], evaluator: Any, base_algo: str = "l1",
+                 start_temperature: float = 100, stop_temperature: float = 20, cool_down_rate: float = 0.9,
+                 perturbation_magnitude: float = 0.35, experiment_data_dir: str | None = None,
+                 dummy_input: Any = None, seed: int = 0) -> None:
+        if not 0 < cool_down_rate < 1 or not start_temperature > stop_temperature > 0:
+            raise InvalidInputError("SimulatedAnnealingPruner: need start_temperature > stop_temperature > 0 and "
+                                    "0 < cool_down_rate < 1.")
+        super().__init__(model, config_list, evaluator, base_algo, experiment_data_dir, dummy_input, seed)
+        self.t0, self.t1, self.cool, self.magnitude = start_temperature, stop_temperature, cool_down_rate, \
+            perturbation_magnitude
+
+    def compress(self) -> nn.Module:
+        groups, params, base = self._setup()
+        current = self.rescale(params, base, {g.gid: 1.0 for g in groups})
+        cur_score = best_score = self.evaluate(current, params, base)
+        best = current
+        temperature = self.t0
+        while temperature > self.t1:
+            cand = {g: min(0.95, max(0.0, r + self.rng.uniform(-self.magnitude, self.magnitude)))
+                    for g, r in current.items()}
+            cand = self.rescale(params, base, {g: max(r, 1e-3) for g, r in cand.items()})
+            score = self.evaluate(cand, params, base)
+            delta = score - cur_score
+            if delta > 0 or self.rng.random() < math.exp(delta / temperature):
+                current, cur_score = cand, score
+            if score > best_score:
+                best, best_score = cand, score
+            temperature *= self.cool
+        self.best_ratios = best
+        self._write_history()
+        return self._mask(self.labels_for(best))
+
+
+class NetAdaptPruner(_SearchPruner):
+    """NetAdapt (Yang et al. 2018; NNI ``NetAdaptPruner``): each iteration removes
+    ``sparsity_per_iteration`` more of the parameters; for every group a candidate takes all of it
+    from that group, is fine-tuned briefly by ``short_term_fine_tuner(model)`` and evaluated; the
+    best candidate (with its fine-tuned weights) is kept, until the config's ``sparsity``. Your
+    model ends with the best candidate's weights and masks."""
+
+    def __init__(self, model: nn.Module, config_list: list[dict[str, Any]], short_term_fine_tuner: Any,
+                 evaluator: Any, base_algo: str = "l1", sparsity_per_iteration: float = 0.05,
+                 experiment_data_dir: str | None = None, dummy_input: Any = None) -> None:
+        if not callable(short_term_fine_tuner):
+            raise InvalidInputError("NetAdaptPruner: give short_term_fine_tuner=function(model) (a few steps of "
+                                    "training on the masked candidate).")
+        if not 0 < sparsity_per_iteration < 1:
+            raise InvalidInputError(f"NetAdaptPruner(sparsity_per_iteration={sparsity_per_iteration!r}): give a "
+                                    "fraction in (0, 1).")
+        super().__init__(model, config_list, evaluator, base_algo, experiment_data_dir, dummy_input)
+        self.fine_tune, self.step = short_term_fine_tuner, sparsity_per_iteration
+
+    def compress(self) -> nn.Module:
+        from ..oracle import masked_model
+
+        groups, params, base = self._setup()
+        current = {g.gid: 0.0 for g in groups}
+        removed = 0.0
+        while removed < self.sparsity - 1e-9:
+            goal = min(self.sparsity, removed + self.step)
+            best: tuple[float, dict[int, float], dict[str, torch.Tensor]] | None = None
+            for g in groups:
+                lo, hi = current[g.gid], 0.95
+                trial = dict(current)
+                trial[g.gid] = hi
+                if self.removed(params, base, trial) < goal:
+                    continue  # this group alone cannot give the step
+                for _ in range(20):
+                    mid = (lo + hi) / 2
+                    trial[g.gid] = mid
+                    if self.removed(params, base, trial) >= goal:
+                        hi = mid
+                    else:
+                        lo = mid
+                trial[g.gid] = hi
+                cand = masked_model(self.ir, self.labels_for(trial))
+                self.fine_tune(cand)
+                score = float(self.evaluator(cand))
+                self.history.append({"ratios": {str(k): v for k, v in trial.items()}, "removed": goal, "score": score})
+                if best is None or score > best[0]:
+                    best = (score, trial, {k: v.detach().clone() for k, v in cand.state_dict().items()})
+            if best is None:
+                raise InvalidInputError(f"NetAdaptPruner: no single group can remove {self.step} more of the "
+                                        "parameters; lower sparsity_per_iteration.")
+            current = best[1]
+            with torch.no_grad():  # the chosen candidate's fine-tuned weights carry on
+                for k, t in self.ir.model.state_dict().items():
+                    t.copy_(best[2][k])
+            self.BASE[self.base_algo](self.ir).score()
+            removed = self.removed(params, base, current)
+        self.best_ratios = current
+        self._write_history()
+        with torch.no_grad():  # your model takes the final weights (as NNI's), then the masks
+            state = self.ir.model.state_dict()
+            params_now = dict(self.model.named_parameters()) | dict(self.model.named_buffers())
+            for k, t in state.items():
+                target = params_now.get(k + "_orig", params_now.get(k))
+                if target is not None:
+                    target.copy_(t)
+        return self._mask(self.labels_for(current))
 
 
 class LevelPruner(_Pruner):
