@@ -347,3 +347,40 @@ def test_netadapt_steps_down_to_the_target_with_fine_tuned_candidates() -> None:
     full = sum(t.numel() for t in _chain(0).parameters())
     assert sum(t.numel() for t in slim.parameters()) <= 0.7 * full + 1
     assert p.max_abs_diff is not None and p.max_abs_diff < 1e-5
+
+
+def test_admm_pulls_the_pruned_channels_to_zero_then_prunes_by_l1() -> None:
+    from pruning_ir.compat.nni import ADMMPruner
+
+    model = _chain(12)
+    calls: list[int] = []
+
+    def trainer(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: object, epoch: int,
+                callback: object) -> None:
+        calls.append(epoch)
+        for x, y in BATCHES:
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            callback()  # type: ignore[operator]
+            optimizer.step()
+
+    before = model.c2.weight.detach().clone()
+    p = ADMMPruner(model, [{"sparsity": 0.5, "op_names": ["c2"]}], trainer, num_iterations=3, epochs_per_iteration=2,
+                   row=5.0, dummy_input=X, optimizer=torch.optim.SGD(model.parameters(), lr=0.05))
+    p.compress()
+    assert calls == [0, 1] * 3 and p.callbacks == 6 * len(BATCHES)
+    gone = sorted(lab.index for lab in p.labels)
+    assert len(gone) == 6
+    w = model.c2.weight_orig.detach()
+    kept = [i for i in range(12) if i not in gone]
+    shrink = w[gone].abs().mean() / w[kept].abs().mean()
+    assert shrink < before[gone].abs().mean() / before[kept].abs().mean()  # ADMM pulled the pruned filters down
+    # oracle for the final masks: L1 ranking of the ADMM-trained, unmasked weights in an IR of their own
+    import copy
+
+    ref = PruningIR(copy.deepcopy(p._clean), example_inputs=(X,))
+    L1NormCriterion(ref).score()
+    g = next(g for g in ref.prunable_label_groups() if ("c2.weight", 0) in g.members)
+    assert gone == sorted(torch.argsort(ref.snapshot().scores[g.gid], stable=True)[:6].tolist())
+    slim = p.speedup()
+    assert slim.c2.out_channels == 6 and p.max_abs_diff is not None and p.max_abs_diff < 1e-5

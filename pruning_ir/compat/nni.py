@@ -106,10 +106,11 @@ class _Pruner:
     """Channels (traced into an IR; needs ``dummy_input``) or single entries (no IR)."""
 
     def __init__(self, model: nn.Module, config_list: list[dict[str, Any]], optimizer: Any = None,
-                 dependency_aware: bool = True, dummy_input: Any = None) -> None:
+                 dependency_aware: bool = True, dummy_input: Any = None, trace: bool | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise InvalidInputError(f"{type(self).__name__}: expected an nn.Module, got {type(model).__name__}.")
-        if dummy_input is None and self.structured:
+        self.traced = self.structured if trace is None else trace
+        if dummy_input is None and self.traced:
             raise InvalidInputError(f"{type(self).__name__}(..., dummy_input=x): pruning_ir traces the model to find "
                                     "coupled channels; give one example input batch.")
         self.model = model
@@ -127,7 +128,7 @@ class _Pruner:
         # a clean copy (traced for the structured pruners): compress() puts masks on the user's model, which
         # the tracer refuses and deepcopy cannot copy
         self._clean = copy.deepcopy(model)
-        if self.structured:
+        if self.traced:
             self.ir = PruningIR(self._clean, example_inputs=self.dummy_input)
         self.labels: list[Label] = []
         self.max_abs_diff: float | None = None
@@ -441,7 +442,7 @@ class AGP_Pruner(_Pruner):
         self.inner = algorithms[pruning_algorithm](model, config_list, optimizer, True, dummy_input)
         self.model, self.config_list, self.dummy_input = model, self.inner.config_list, self.inner.dummy_input
         self.labels, self.max_abs_diff = self.inner.labels, None
-        if self.inner.structured:
+        if self.inner.traced:
             self.ir = self.inner.ir
         self.optimizer, self.trainer, self.loss_criterion = optimizer, trainer, criterion
         self.num_iterations, self.epochs_per_iteration = num_iterations, max(1, int(epochs_per_iteration))
@@ -655,6 +656,82 @@ class NetAdaptPruner(_SearchPruner):
                 if target is not None:
                     target.copy_(t)
         return self._mask(self.labels_for(current))
+
+
+class ADMMPruner(_Pruner):
+    """ADMM-regularised training toward the config's sparsity (Zhang et al. 2018; NNI ``ADMMPruner``),
+    then a one-shot ``base_algo`` pruning (``"l1"``, ``"l2"``: channels, coupled groups aligned;
+    ``"level"``: single weights). For ``num_iterations`` rounds your ``trainer(model, optimizer=,
+    criterion=, epoch=, callback=)`` trains the model (in place, as NNI) for ``epochs_per_iteration``
+    epochs; the ``callback()`` you call between ``backward()`` and ``step()`` adds
+    ``row * (W - Z + U)`` to each selected weight's gradient; then ``Z`` = the projection of ``W + U``
+    onto the sparse set (per op: its lowest output channels by L1 of ``W + U``, or lowest entries) and
+    ``U += W - Z``. ``optimizer`` defaults to Adam (lr 1e-3) over the model, ``criterion`` to
+    cross-entropy."""
+
+    def __init__(self, model: nn.Module, config_list: list[dict[str, Any]], trainer: Any, num_iterations: int = 30,
+                 epochs_per_iteration: int = 5, row: float = 1e-4, base_algo: str = "l1", dummy_input: Any = None,
+                 optimizer: Any = None, criterion: Any = None) -> None:
+        bases = {"l1": L1NormCriterion, "l2": L2NormCriterion, "level": None}
+        if base_algo not in bases:
+            raise InvalidInputError(f"ADMMPruner(base_algo={base_algo!r}): give one of {sorted(bases)}.")
+        if not callable(trainer):
+            raise InvalidInputError("ADMMPruner: give trainer=function(model, optimizer, criterion, epoch, callback).")
+        super().__init__(model, config_list, optimizer, True, dummy_input, trace=base_algo != "level")
+        self.trainer, self.loss_criterion, self.base_algo = trainer, criterion, base_algo
+        self.base = bases[base_algo]
+        self.num_iterations, self.epochs, self.row = int(num_iterations), int(epochs_per_iteration), float(row)
+        self.callbacks = 0
+
+    def _project(self, t: torch.Tensor, sparsity: float, out_axis: int) -> torch.Tensor:
+        if self.base_algo == "level":
+            k = round(sparsity * t.numel())
+            drop = torch.argsort(t.abs().flatten(), stable=True)[:k]
+            return t.flatten().index_fill(0, drop, 0).reshape(t.shape)
+        norms = t.abs().movedim(out_axis, 0).reshape(t.shape[out_axis], -1)
+        norms = norms.sum(1) if self.base_algo == "l1" else norms.square().sum(1)
+        drop = torch.argsort(norms, stable=True)[: math.floor(sparsity * t.shape[out_axis] + 1e-9)]
+        return t.index_fill(out_axis, drop, 0)
+
+    def compress(self) -> nn.Module:
+        ops = self.op_sparsity()
+        named = dict(self.model.named_modules())
+        weights = {op: named[op].weight for op in ops}
+        axes = {op: 1 if type(named[op]).__name__ == "Conv1D" else 0 for op in ops}
+        z = {op: self._project(w.detach().clone(), ops[op][1], axes[op]) for op, w in weights.items()}
+        u = {op: torch.zeros_like(w) for op, w in weights.items()}
+        optimizer = self.optimizer or torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        criterion = self.loss_criterion or nn.CrossEntropyLoss()
+
+        def callback() -> None:  # the ADMM penalty's gradient, row * (W - Z + U)
+            self.callbacks += 1
+            with torch.no_grad():
+                for op, w in weights.items():
+                    if w.grad is not None:
+                        w.grad.add_(self.row * (w - z[op] + u[op]))
+
+        for _ in range(self.num_iterations):
+            for epoch in range(self.epochs):
+                self.trainer(self.model, optimizer=optimizer, criterion=criterion, epoch=epoch, callback=callback)
+            with torch.no_grad():
+                for op, w in weights.items():
+                    z[op] = self._project(w.detach() + u[op], ops[op][1], axes[op])
+                    u[op] += w.detach() - z[op]
+        if self.base is None:
+            for value in sorted({v for _, v, _ in ops.values()}):
+                unstructured(self.model, value, modules=[n for n, (_, v, _) in ops.items() if v == value])
+            self.labels = []
+            return self.model
+        self._load_folded()
+        self.base(self.ir).score()
+        return self._mask(self.select())
+
+    def speedup(self) -> nn.Module:
+        if self.base is None:
+            self._load_folded()
+            self.max_abs_diff = 0.0
+            return copy.deepcopy(self._clean)
+        return super().speedup()
 
 
 class LevelPruner(_Pruner):
