@@ -384,3 +384,37 @@ def test_admm_pulls_the_pruned_channels_to_zero_then_prunes_by_l1() -> None:
     assert gone == sorted(torch.argsort(ref.snapshot().scores[g.gid], stable=True)[:6].tolist())
     slim = p.speedup()
     assert slim.c2.out_channels == 6 and p.max_abs_diff is not None and p.max_abs_diff < 1e-5
+
+
+def test_autocompress_rounds_reach_the_overall_parameter_target_on_a_slim_model() -> None:
+    from pruning_ir.compat.nni import AutoCompressPruner
+
+    model = _chain(13)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def trainer(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: object, epoch: int,
+                callback: object) -> None:
+        for x, y in BATCHES:
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            callback()  # type: ignore[operator]
+            optimizer.step()
+
+    def evaluator(m: nn.Module) -> float:
+        with torch.no_grad():
+            return -float(nn.functional.cross_entropy(m(BATCHES[0][0]), BATCHES[0][1]))
+
+    p = AutoCompressPruner(model, [{"sparsity": 0.5, "op_types": ["Conv2d", "Linear"]},
+                                   {"exclude": True, "op_names": ["head"]}], trainer, evaluator, X,
+                           num_iterations=2, start_temperature=1.0, stop_temperature=0.5, cool_down_rate=0.5,
+                           admm_num_iterations=1, admm_training_epochs=1)
+    slim = p.compress()
+    full = sum(t.numel() for t in model.parameters())
+    counts = [full] + [r["params"] for r in p.rounds_done]
+    per_round = 1 - 0.5 ** 0.5
+    assert len(p.rounds_done) == 2
+    for a, b in itertools.pairwise(counts):  # each round removes at least its share of the then-current model
+        assert b <= (1 - per_round) * a + 1
+    assert all(r["max_abs_diff"] is not None and r["max_abs_diff"] < 1e-4 for r in p.rounds_done)
+    assert sum(t.numel() for t in slim.parameters()) <= 0.5 * full + 1
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the user's model untouched

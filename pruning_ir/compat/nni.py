@@ -568,6 +568,10 @@ class SimulatedAnnealingPruner(_SearchPruner):
             perturbation_magnitude
 
     def compress(self) -> nn.Module:
+        return self._mask(self.labels_for(self.search()))
+
+    def search(self) -> dict[int, float]:
+        """Run the annealing; returns (and keeps in ``best_ratios``) the best per-group ratios."""
         groups, params, base = self._setup()
         current = self.rescale(params, base, {g.gid: 1.0 for g in groups})
         cur_score = best_score = self.evaluate(current, params, base)
@@ -586,7 +590,7 @@ class SimulatedAnnealingPruner(_SearchPruner):
             temperature *= self.cool
         self.best_ratios = best
         self._write_history()
-        return self._mask(self.labels_for(best))
+        return best
 
 
 class NetAdaptPruner(_SearchPruner):
@@ -732,6 +736,65 @@ class ADMMPruner(_Pruner):
             self.max_abs_diff = 0.0
             return copy.deepcopy(self._clean)
         return super().speedup()
+
+
+class AutoCompressPruner:
+    """AutoCompress (Liu et al. 2020; NNI ``AutoCompressPruner``): ``num_iterations`` rounds, each
+    removing the same fraction ``1 - (1 - s) ** (1 / n)`` of the current model's parameters: simulated
+    annealing finds the per-group ratios (:class:`SimulatedAnnealingPruner`), ADMM training pulls those
+    channels toward zero and prunes them (:class:`ADMMPruner`), and the IR cuts them out; the next
+    round starts from that slim model. ``compress()`` returns the final slim model; your model is
+    not changed (the rounds work on a copy). ``optimize_mode="minimize"`` negates the evaluator."""
+
+    def __init__(self, model: nn.Module, config_list: list[dict[str, Any]], trainer: Any, evaluator: Any,
+                 dummy_input: Any, num_iterations: int = 3, optimize_mode: str = "maximize", base_algo: str = "l1",
+                 start_temperature: float = 100, stop_temperature: float = 20, cool_down_rate: float = 0.9,
+                 perturbation_magnitude: float = 0.35, admm_num_iterations: int = 30, admm_training_epochs: int = 5,
+                 row: float = 1e-4, experiment_data_dir: str | None = None, seed: int = 0) -> None:
+        if optimize_mode not in ("maximize", "minimize"):
+            raise InvalidInputError(f"AutoCompressPruner(optimize_mode={optimize_mode!r}): 'maximize' or 'minimize'.")
+        if not callable(evaluator) or not callable(trainer):
+            raise InvalidInputError("AutoCompressPruner: give trainer=function(model, optimizer, criterion, epoch, "
+                                    "callback) and evaluator=function(model) -> float.")
+        checked = _check_config(config_list)
+        totals = {float(c[k]) for c in checked if not c.get("exclude")
+                  for k in ("sparsity", "sparsity_per_layer", "total_sparsity") if k in c}
+        if len(totals) != 1:
+            raise InvalidInputError(f"AutoCompressPruner: give one overall sparsity in config_list (got {totals}).")
+        self.model, self.config_list, self.sparsity = model, checked, totals.pop()
+        self.trainer, self.dummy_input, self.rounds = trainer, dummy_input, int(num_iterations)
+        sign = 1.0 if optimize_mode == "maximize" else -1.0
+        self.evaluator = lambda m: sign * float(evaluator(m))
+        self.base_algo, self.seed = base_algo, seed
+        self.sa = {"start_temperature": start_temperature, "stop_temperature": stop_temperature,
+                   "cool_down_rate": cool_down_rate, "perturbation_magnitude": perturbation_magnitude}
+        self.admm_iterations, self.admm_epochs, self.row = int(admm_num_iterations), int(admm_training_epochs), row
+        self.experiment_data_dir = experiment_data_dir
+        self.rounds_done: list[dict[str, Any]] = []
+
+    def compress(self) -> nn.Module:
+        current = copy.deepcopy(self.model)
+        per_round = 1 - (1 - self.sparsity) ** (1 / self.rounds)
+        for r in range(self.rounds):
+            config = [{**c, "sparsity": per_round} if not c.get("exclude") else c for c in self.config_list]
+            config = [{k: v for k, v in c.items() if k not in ("sparsity_per_layer", "total_sparsity",
+                                                                 "max_sparsity_per_layer")} | (
+                {"sparsity": per_round} if not c.get("exclude") else {}) for c in config]
+            sa = SimulatedAnnealingPruner(current, config, self.evaluator, self.base_algo, **self.sa,
+                                          experiment_data_dir=None if self.experiment_data_dir is None else
+                                          str(Path(self.experiment_data_dir) / f"round{r}"),
+                                          dummy_input=self.dummy_input, seed=self.seed + r)
+            ratios = sa.search()
+            ops = [op for op in sa.op_sparsity() if (g := sa._group_of(op)) is not None and g.gid in ratios]
+            admm_config = [{"sparsity": ratios[g.gid], "op_names": [op]} for op in ops
+                           if (g := sa._group_of(op)) is not None]
+            admm = ADMMPruner(current, admm_config, self.trainer, self.admm_iterations, self.admm_epochs, self.row,
+                              self.base_algo, self.dummy_input)
+            admm.compress()
+            current = admm.speedup()
+            self.rounds_done.append({"ratios": ratios, "max_abs_diff": admm.max_abs_diff,
+                                     "params": sum(t.numel() for t in current.parameters())})
+        return current
 
 
 class LevelPruner(_Pruner):
