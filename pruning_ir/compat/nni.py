@@ -287,13 +287,15 @@ class _Pruner:
             raise InvalidInputError(f"{type(self).__name__}.speedup(): call compress() first.")
         self._load_folded()
         slim = self.ir.prune(labels=self.labels).model
-        was = self.model.training, slim.training
+        modes = [(m, m.training) for net in (self.model, slim) for m in net.modules()]
         self.model.eval()
         slim.eval()
-        with torch.no_grad():
-            ref, got = self.model(*self.dummy_input), slim(*self.dummy_input)
-        self.model.train(was[0])
-        slim.train(was[1])
+        try:
+            with torch.no_grad():
+                ref, got = self.model(*self.dummy_input), slim(*self.dummy_input)
+        finally:  # every module's own flag back (a model may hold eval submodules under a train root)
+            for m, mode in modes:
+                m.training = mode
         self.max_abs_diff = float((ref - got).abs().max()) if isinstance(ref, torch.Tensor) else None
         return slim
 
