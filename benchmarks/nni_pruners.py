@@ -4,17 +4,19 @@ sensitivity allocation and LossAware + knapsack.
     python benchmarks/nni_pruners.py                  # 2 seeds, half the MACs
     python benchmarks/nni_pruners.py --seeds 3 --target 0.33
 
-Per seed the CNN of examples/digits_cnn.py is trained 10 epochs. Every structured pruner gets the seed's
-``config_list`` form ``[{"sparsity": s, "op_types": ["Conv2d"]}]`` (``BatchNorm2d`` for SlimPruner) with
-``s`` bisected until the slim model's MACs are at most ``--target`` of the original (AGP reuses the
-L1 pruner's ``s``; SimulatedAnnealing, 14 candidates from T=1 to 0.05, bisects its parameter
-sparsity); then ``speedup()``; the slim model is measured right after pruning, after BN
-recalibration and after a 2-epoch fine-tune (the same for every row). Trainer-driven pruners get
-one pass over 8 training batches (AGP's trainer also steps an optimizer: it trains between its
-iterations, so its "pruned" column is after training). Beside them: the Vitis workflow (``ana`` +
-``prune(removal_ratio)``) and ``LossAwareCriterion`` (``fisher_loss``) + ``joint_loss_scores`` +
-``KnapsackLabelSelector`` under the MACs budget. Fine-grained pruners (Level, LotteryTicket) do not
-change MACs and are not in this table.
+Per seed the CNN of examples/digits_cnn.py is trained 10 epochs. Every structured pruner gets the
+seed's ``config_list`` form ``[{"sparsity": s, "op_types": ["Conv2d"]}]`` (``BatchNorm2d`` for
+SlimPruner) with ``s`` bisected until the slim model's MACs are at most ``--target`` of the original
+(AGP reuses the L1 pruner's ``s``; SimulatedAnnealing (14 candidates from T=1 to 0.05), NetAdapt
+(steps of 0.15, each candidate fine-tuned one pass) and AutoCompress (2 rounds) bisect their
+parameter sparsity; ADMM trains 2 x 1 passes with row 1e-2 under an SGD optimizer); then
+``speedup()``; the slim model is measured right after pruning, after BN recalibration and after a
+2-epoch fine-tune (the same for every row). Trainer-driven pruners get one pass over 8 training
+batches (AGP's trainer also steps an optimizer: it trains between its iterations, so its "pruned"
+column is after training). Beside them: the Vitis workflow (``ana`` + ``prune(removal_ratio)``) and
+``LossAwareCriterion`` (``fisher_loss``) + ``joint_loss_scores`` + ``KnapsackLabelSelector`` under
+the MACs budget. Fine-grained pruners (Level, LotteryTicket) do not change MACs and are not in this
+table.
 
 Exit status 1 when a row does not reach the target within 2 % of the MACs.
 """
@@ -141,6 +143,35 @@ def run_seed(setup: Setup, target: float, rows: dict[str, SeedRow]) -> None:
         if name == "L1FilterPruner":
             l1_sparsity = s
     slims["SimulatedAnnealingPruner (l1)"], _ = bisect(sa, base, target, setup.x1, hi=0.9)
+
+    def admm(s: float) -> nn.Module:
+        m = copy.deepcopy(model)
+        p = nni.ADMMPruner(m, config(s), setup.trainer, num_iterations=2, epochs_per_iteration=1, row=1e-2,
+                           dummy_input=x, optimizer=torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9))
+        p.compress()
+        return p.speedup()
+
+    def netadapt(s: float) -> nn.Module:
+        def short_term(mm: nn.Module) -> None:
+            mm.train()
+            setup.trainer(mm, torch.optim.SGD(mm.parameters(), lr=1e-3, momentum=0.9))
+            mm.eval()
+
+        p = nni.NetAdaptPruner(copy.deepcopy(model), [{"sparsity": s, "op_types": ["Conv2d"]}], short_term,
+                               setup.evaluator, sparsity_per_iteration=0.15, dummy_input=x)
+        p.compress()
+        return p.speedup()
+
+    def autocompress(s: float) -> nn.Module:
+        p = nni.AutoCompressPruner(model, [{"sparsity": s, "op_types": ["Conv2d"]}], setup.trainer, setup.evaluator,
+                                   x, num_iterations=2, start_temperature=1.0, stop_temperature=0.3,
+                                   cool_down_rate=0.7, admm_num_iterations=2, admm_training_epochs=1, row=1e-2,
+                                   seed=setup.seed)
+        return p.compress()
+
+    slims["ADMMPruner (l1, 2 x 1 epochs)"], _ = bisect(admm, base, target, setup.x1)
+    slims["NetAdaptPruner (l1, steps of 0.15)"], _ = bisect(netadapt, base, target, setup.x1, hi=0.9)
+    slims["AutoCompressPruner (2 rounds)"], _ = bisect(autocompress, base, target, setup.x1, hi=0.9)
     m = copy.deepcopy(model)
     agp = nni.AGP_Pruner(m, config(l1_sparsity or 0.5), torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9),
                          setup.trainer, num_iterations=3, pruning_algorithm="l1", dummy_input=x)

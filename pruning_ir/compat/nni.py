@@ -596,7 +596,10 @@ class SimulatedAnnealingPruner(_SearchPruner):
 
 
 class NetAdaptPruner(_SearchPruner):
-    """NetAdapt (Yang et al. 2018; NNI ``NetAdaptPruner``): each iteration removes
+    """NetAdapt (Yang et al. 2018; NNI ``NetAdaptPruner``). Under ``torch.distributed`` the candidates
+    of an iteration are split over the ranks (group ``i`` on rank ``i % world``), the scores gathered
+    and the winner's fine-tuned weights sent to every rank, so all ranks end with one result: the
+    one-process result when fine-tuning is deterministic. Each iteration removes
     ``sparsity_per_iteration`` more of the parameters; for every group a candidate takes all of it
     from that group, is fine-tuned briefly by ``short_term_fine_tuner(model)`` and evaluated; the
     best candidate (with its fine-tuned weights) is kept, until the config's ``sparsity``. Your
@@ -618,12 +621,15 @@ class NetAdaptPruner(_SearchPruner):
         from ..oracle import masked_model
 
         groups, params, base = self._setup()
+        rank, world = _dist()
         current = {g.gid: 0.0 for g in groups}
         removed = 0.0
         while removed < self.sparsity - 1e-9:
             goal = min(self.sparsity, removed + self.step)
-            best: tuple[float, dict[int, float], dict[str, torch.Tensor]] | None = None
-            for g in groups:
+            mine: list[tuple[float, int, dict[int, float], dict[str, torch.Tensor]]] = []
+            for i, g in enumerate(groups):
+                if i % world != rank:
+                    continue  # another rank's candidate
                 lo, hi = current[g.gid], 0.95
                 trial = dict(current)
                 trial[g.gid] = hi
@@ -640,16 +646,18 @@ class NetAdaptPruner(_SearchPruner):
                 cand = masked_model(self.ir, self.labels_for(trial))
                 self.fine_tune(cand)
                 score = float(self.evaluator(cand))
-                self.history.append({"ratios": {str(k): v for k, v in trial.items()}, "removed": goal, "score": score})
-                if best is None or score > best[0]:
-                    best = (score, trial, {k: v.detach().clone() for k, v in cand.state_dict().items()})
-            if best is None:
+                mine.append((score, i, trial, {k: v.detach().cpu().clone() for k, v in cand.state_dict().items()}))
+            chosen, state, entries = _best_candidate(mine, rank, world)
+            for score, _i, trial in entries:
+                self.history.append({"ratios": {str(k): v for k, v in trial.items()}, "removed": goal,
+                                     "score": score})
+            if chosen is None:
                 raise InvalidInputError(f"NetAdaptPruner: no single group can remove {self.step} more of the "
                                         "parameters; lower sparsity_per_iteration.")
-            current = best[1]
+            current = chosen
             with torch.no_grad():  # the chosen candidate's fine-tuned weights carry on
                 for k, t in self.ir.model.state_dict().items():
-                    t.copy_(best[2][k])
+                    t.copy_(state[k])
             self.BASE[self.base_algo](self.ir).score()
             removed = self.removed(params, base, current)
         self.best_ratios = current
@@ -662,6 +670,39 @@ class NetAdaptPruner(_SearchPruner):
                 if target is not None:
                     target.copy_(t)
         return self._mask(self.labels_for(current))
+
+
+def _dist() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _best_candidate(mine: list[tuple[float, int, dict[int, float], dict[str, torch.Tensor]]], rank: int, world: int
+                    ) -> tuple[Any, Any, list[tuple[float, int, dict[int, float]]]]:
+    """The best candidate over every rank's (highest score; the lowest group index on ties): its
+    ratios and fine-tuned state (sent by the rank that made it), and every candidate in group order."""
+    entries = [(score, i, trial) for score, i, trial, _ in mine]
+    if world > 1:
+        import torch.distributed as dist
+
+        parts: list[Any] = [None] * world
+        dist.all_gather_object(parts, entries)
+        entries = [e for part in parts for e in part]
+    entries.sort(key=lambda e: e[1])
+    if not entries:
+        return None, None, []
+    top = max(entries, key=lambda e: (e[0], -e[1]))
+    state = next((st for score, i, _t, st in mine if i == top[1]), None)
+    if world > 1:
+        import torch.distributed as dist
+
+        box = [state]
+        dist.broadcast_object_list(box, src=top[1] % world)
+        state = box[0]
+    return top[2], state, entries
 
 
 class ADMMPruner(_Pruner):
