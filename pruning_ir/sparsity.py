@@ -201,21 +201,28 @@ def unstructured(model: nn.Module, sparsity: float, *, scope: str = "local", cri
     return sparsity_report(model, [n for n, _ in targets])
 
 
-def _grouped(w: torch.Tensor, m: int, name: str) -> torch.Tensor:
-    """``w`` with its input dim (1, the last for a linear) last, in rows of ``m`` consecutive entries."""
+def _in_dim(mod: nn.Module) -> int:
+    """The weight dim a module reads its input along: 0 for HF ``Conv1D`` (``[in, out]``) and
+    transposed convolutions (``[in, out / groups, *k]``), else 1."""
+    return 0 if type(mod).__name__ == "Conv1D" or getattr(mod, "transposed", False) else 1
+
+
+def _grouped(w: torch.Tensor, m: int, name: str, dim: int) -> torch.Tensor:
+    """``w`` with its input dim ``dim`` last, in rows of ``m`` consecutive entries."""
     if w.dim() < 2:
         raise InvalidInputError(f"{name!r}: N:M sparsity needs a weight of 2 or more dims, got {tuple(w.shape)}.")
-    if w.shape[1] % m:
-        raise InvalidInputError(f"{name!r}: its input dim ({w.shape[1]}) is not a multiple of M={m}; exclude it or "
-                                "prune its input channels to a multiple first.")
-    return w.movedim(1, -1).reshape(-1, m)
+    if w.shape[dim] % m:
+        raise InvalidInputError(f"{name!r}: its input dim ({w.shape[dim]}) is not a multiple of M={m}; exclude it "
+                                "or prune its input channels to a multiple first.")
+    return w.movedim(dim, -1).reshape(-1, m)
 
 
 def n_m(model: nn.Module, n: int = 2, m: int = 4, *, criterion: str | Scorer = "l1",
         modules: Iterable[str | type[nn.Module]] | None = None, exclude: Iterable[str] = (),
         generator: torch.Generator | None = None) -> SparsityReport:
     """N:M sparsity: in every run of ``m`` consecutive weights along the input dim (in-channels for a
-    convolution), keep the ``n`` highest-scored (2:4 is what sparse tensor cores run). Every
+    convolution; dim 0 for HF ``Conv1D`` and transposed convolutions), keep the ``n`` highest-scored
+    (2:4 is what sparse tensor cores run). Every
     targeted weight ends at sparsity ``1 - n/m`` exactly; a weight whose input dim is not a multiple
     of ``m`` is refused with its name."""
     if not (isinstance(n, int) and isinstance(m, int) and 0 < n <= m):
@@ -224,10 +231,11 @@ def n_m(model: nn.Module, n: int = 2, m: int = 4, *, criterion: str | Scorer = "
     keeps = []
     for name, mod in targets:  # every mask first: a refused weight leaves the model untouched
         sc = _scores(name, mod, criterion, generator)
-        rows = _grouped(sc, m, name)
+        dim = _in_dim(mod)
+        rows = _grouped(sc, m, name, dim)
         order = torch.argsort(rows, dim=1, stable=True)
         keep_rows = torch.ones_like(rows, dtype=torch.bool).scatter(1, order[:, : m - n], False)
-        keeps.append(keep_rows.reshape(sc.movedim(1, -1).shape).movedim(-1, 1))
+        keeps.append(keep_rows.reshape(sc.movedim(dim, -1).shape).movedim(-1, dim))
     for (_name, mod), keep in zip(targets, keeps, strict=True):
         _apply(mod, keep)
     return sparsity_report(model, [nm for nm, _ in targets])

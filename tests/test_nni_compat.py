@@ -533,3 +533,45 @@ def test_netadapt_over_two_gloo_ranks_equals_one_process(tmp_path: Path) -> None
         two = torch.load(tmp_path / f"two.{r}.pt")
         assert two["ratios"] == one["ratios"] and two["history"] == one["history"]
         assert all(torch.equal(two["state"][k], v) for k, v in one["state"].items())
+
+
+def test_review_regressions_current_weights_transposed_convs_masked_models_and_unreachable_targets() -> None:
+    """From a review: compress() ranks the model's current weights (not those at construction); a
+    transposed convolution's output channels are its axis 1; a model already carrying masks is
+    refused with the fix; an unreachable search target is an error; total_sparsity is refused where
+    it would silently be per layer."""
+    from pruning_ir.compat.nni import SimulatedAnnealingPruner
+
+    model = _chain(14)
+    p = L1FilterPruner(model, [{"sparsity": 0.5, "op_names": ["c2"]}], dummy_input=X)
+    with torch.no_grad():
+        model.c2.weight[6:] *= 1e-3  # after construction: these are now the smallest filters
+    p.compress()
+    assert sorted(lab.index for lab in p.labels) == list(range(6, 12))
+
+    torch.manual_seed(0)
+    tnet = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.ConvTranspose2d(8, 6, 3), nn.ReLU(), nn.Conv2d(6, 2, 1))
+    pt = L1FilterPruner(tnet, [{"sparsity": 0.5, "op_types": ["ConvTranspose2d"]}], dummy_input=X)
+    pt.compress()
+    slim = pt.speedup()
+    assert slim[2].out_channels == 3 and slim[0].out_channels == 8 and pt.max_abs_diff < 1e-5
+
+    with pytest.raises(InvalidInputError, match=r"already carries torch\.nn\.utils\.prune masks"):
+        LevelPruner(model, [{"sparsity": 0.5, "op_types": ["default"]}])
+    with pytest.raises(InvalidInputError, match=r"cannot remove 0\.9"):
+        SimulatedAnnealingPruner(_chain(), [{"sparsity": 0.9, "op_names": ["c2"]}], lambda m: 0.0,
+                                 dummy_input=X).compress()
+    with pytest.raises(InvalidInputError, match="total_sparsity is not supported"):
+        LevelPruner(_chain(), [{"total_sparsity": 0.5, "op_types": ["default"]}])
+
+
+def test_n_m_runs_along_the_input_dim_of_an_hf_conv1d() -> None:
+    from transformers.pytorch_utils import Conv1D
+
+    from pruning_ir.sparsity import n_m
+
+    torch.manual_seed(0)
+    layer = nn.Sequential(Conv1D(6, 8))  # weight [in=8, out=6]
+    n_m(layer, 2, 4, modules=["0"])
+    w = layer[0].weight.detach()
+    assert bool(((w.T.reshape(-1, 4) == 0).sum(1) == 2).all())  # every 4 inputs of each output keep 2

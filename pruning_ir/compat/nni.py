@@ -25,9 +25,10 @@ slice of the removed channels as a ``torch.nn.utils.prune`` reparametrisation. `
 the masks (with whatever training happened since), removes the channels with the IR, checks the
 slim model against the masked one on the dummy input and returns it (``max_abs_diff`` on the
 pruner). The activation and Taylor pruners take NNI's ``trainer(model, optimizer, criterion,
-epoch)`` and read its first ``statistics_batch_num`` batches. Not yet here: the pruners that
-search or train toward sparsity (AGP, NetAdapt, simulated annealing, AutoCompress, ADMM, lottery
-ticket; the workflows cover AGP and lottery-ticket rewinds).
+epoch)`` and read its first ``statistics_batch_num`` batches. AGP, lottery ticket, simulated
+annealing, NetAdapt, ADMM and AutoCompress follow; see each class. A model that already carries
+``torch.nn.utils.prune`` masks is refused (fold them first with
+:func:`pruning_ir.sparsity.make_permanent`).
 """
 
 from __future__ import annotations
@@ -89,6 +90,12 @@ def _check_config(config_list: Any) -> list[dict[str, Any]]:
     return config_list
 
 
+def _out_axis(module: nn.Module) -> int:
+    """The weight axis of a module's output channels: 1 for HF ``Conv1D`` (``[in, out]``) and transposed
+    convolutions (``[in, out / groups, *k]``), else 0."""
+    return 1 if type(module).__name__ == "Conv1D" or getattr(module, "transposed", False) else 0
+
+
 def _matches(config: dict[str, Any], name: str, module: nn.Module) -> bool:
     types = config.get("op_types")
     names = config.get("op_names")
@@ -113,6 +120,9 @@ class _Pruner:
         if dummy_input is None and self.traced:
             raise InvalidInputError(f"{type(self).__name__}(..., dummy_input=x): pruning_ir traces the model to find "
                                     "coupled channels; give one example input batch.")
+        if prune.is_pruned(model):
+            raise InvalidInputError(f"{type(self).__name__}: the model already carries torch.nn.utils.prune masks; "
+                                    "fold them first (pruning_ir.sparsity.make_permanent(model)) and prune again.")
         self.model = model
         self.config_list = _check_config(config_list)
         self.optimizer = optimizer
@@ -156,8 +166,7 @@ class _Pruner:
 
     def _group_of(self, op: str) -> LabelGroup | None:
         for g in self.ir.prunable_label_groups():
-            if any(m == f"{op}.weight" and ax == (1 if type(self.model.get_submodule(op)).__name__ == "Conv1D" else 0)
-                   for m, ax in g.members):
+            if any(m == f"{op}.weight" and ax == _out_axis(self.model.get_submodule(op)) for m, ax in g.members):
                 return g
         return None
 
@@ -216,13 +225,18 @@ class _Pruner:
     def _mask(self, labels: list[Label]) -> nn.Module:
         """Put the masks of ``labels`` on the user's model (what :meth:`compress` does after selecting)."""
         self.labels = labels
+        return self._mask_on(self.model, labels)
+
+    def _mask_on(self, model: nn.Module, labels: list[Label]) -> nn.Module:
+        """``torch.nn.utils.prune`` masks on every parameter slice of ``labels`` in ``model`` (the user's
+        model or a copy of the same architecture)."""
         snap = self.ir.snapshot()
         removed = self.ir.check_labels(labels)
         for pname, vid in snap.graph.params.items():
             if snap.graph.values[vid].kind != "param":
                 continue  # a buffer (running statistics): a channel whose scale and shift are zero outputs zero
             owner, _, leaf = pname.rpartition(".")
-            module = self.model.get_submodule(owner)
+            module = model.get_submodule(owner)
             current = getattr(module, leaf)  # the masked product when an earlier compress() masked it
             keep = torch.ones(current.shape, dtype=torch.bool, device=current.device)
             hit = False
@@ -235,7 +249,7 @@ class _Pruner:
                     hit = True
             if hit:  # on a masked parameter torch combines the masks (they only grow)
                 prune.custom_from_mask(module, leaf, keep.to(current.dtype))
-        return self.model
+        return model
 
     def _total(self, total: float, members: list[tuple[LabelGroup, float | None]], scores: dict[int, torch.Tensor],
                exclude: set[Label]) -> list[Label]:
@@ -264,7 +278,8 @@ class _Pruner:
 
     def compress(self) -> nn.Module:
         """Score, select and mask the model in place (``torch.nn.utils.prune`` masks on every parameter
-        slice of the removed channels); returns the model."""
+        slice of the removed channels); returns the model. Scores the model's current weights."""
+        self._load_folded()
         self._score()
         return self._mask(self.select())
 
@@ -373,6 +388,7 @@ class _TrainerPruner(_Pruner):
 
     def _score(self) -> None:
         assert self.criterion is not None
+        self._load_folded()
         work = self.ir.model
         seen = {"calls": 0, "inside": False}
         records = issubclass(self.criterion, _ActivationCriterion)
@@ -424,15 +440,15 @@ class AGP_Pruner(_Pruner):
     """Automated gradual pruning (Zhu & Gupta 2017; NNI ``AGP_Pruner``): over ``num_iterations``
     iterations every op's sparsity rises as ``s * (1 - (1 - t / n)^3)`` (the AGP schedule of
     :func:`pruning_ir.workflows.schedule_fractions`); each iteration re-scores the masked model's
-    current weights with ``pruning_algorithm`` (``"level"``, ``"l1"``, ``"l2"``, ``"fpgm"``,
-    ``"slim"``), grows the masks, and runs your ``trainer`` for ``epochs_per_iteration`` epochs on
+    current weights with ``pruning_algorithm`` (``"level"``, ``"l1"``, ``"l2"``, ``"slim"``: norms, so
+    what is masked stays lowest), grows the masks, and runs your ``trainer`` for ``epochs_per_iteration`` epochs on
     your model (masked, so the removed weights stay zero)."""
 
     def __init__(self, model: nn.Module, config_list: list[dict[str, Any]], optimizer: Any = None,
                  trainer: Any = None, criterion: Any = None, num_iterations: int = 10, epochs_per_iteration: int = 1,
                  pruning_algorithm: str = "level", dummy_input: Any = None) -> None:
-        algorithms = {"level": LevelPruner, "l1": L1FilterPruner, "l2": L2FilterPruner, "fpgm": FPGMPruner,
-                      "slim": SlimPruner}
+        # norm-based only: a masked (zero) channel must stay the lowest-ranked round after round
+        algorithms = {"level": LevelPruner, "l1": L1FilterPruner, "l2": L2FilterPruner, "slim": SlimPruner}
         if pruning_algorithm not in algorithms:
             raise InvalidInputError(f"AGP_Pruner(pruning_algorithm={pruning_algorithm!r}): give one of "
                                     f"{sorted(algorithms)}.")
@@ -482,8 +498,8 @@ class _SearchPruner(_Pruner):
     group; ``evaluator(model) -> float`` (higher = better, as NNI's ``optimize_mode="maximize"``) scores
     a candidate on a masked copy. The search history goes to ``experiment_data_dir/search_history.json``."""
 
-    BASE: ClassVar[dict[str, type[Criterion]]] = {"l1": L1NormCriterion, "l2": L2NormCriterion,
-                                                  "fpgm": FPGMCriterion}
+    BASE: ClassVar[dict[str, type[Criterion]]] = {"l1": L1NormCriterion, "l2": L2NormCriterion}
+    """Norm criteria only: a removed (zero) channel must stay the lowest-ranked as weights change."""
 
     def __init__(self, model: nn.Module, config_list: list[dict[str, Any]], evaluator: Any, base_algo: str = "l1",
                  experiment_data_dir: str | None = None, dummy_input: Any = None, seed: int = 0) -> None:
@@ -524,6 +540,10 @@ class _SearchPruner(_Pruner):
         hi = 1.0
         while self.removed(params, base, scaled(hi)) < self.sparsity and hi < 1e6:
             hi *= 2
+        if self.removed(params, base, scaled(hi)) < self.sparsity:
+            raise InvalidInputError(f"{type(self).__name__}: the selected ops cannot remove {self.sparsity} of the "
+                                    f"parameters (at most {self.removed(params, base, scaled(hi)):.3f} with every "
+                                    "group at 0.95); select more ops or lower sparsity.")
         lo = 0.0
         for _ in range(30):
             mid = (lo + hi) / 2
@@ -599,7 +619,9 @@ class NetAdaptPruner(_SearchPruner):
     """NetAdapt (Yang et al. 2018; NNI ``NetAdaptPruner``). Under ``torch.distributed`` the candidates
     of an iteration are split over the ranks (group ``i`` on rank ``i % world``), the scores gathered
     and the winner's fine-tuned weights sent to every rank, so all ranks end with one result: the
-    one-process result when fine-tuning is deterministic. Each iteration removes
+    one-process result when fine-tuning is deterministic. The fine-tuner and the evaluator then run
+    a different number of times on each rank, so they must be rank-local (no collective calls
+    inside) and see the same data on every rank. Each iteration removes
     ``sparsity_per_iteration`` more of the parameters; for every group a candidate takes all of it
     from that group, is fine-tuned briefly by ``short_term_fine_tuner(model)`` and evaluated; the
     best candidate (with its fine-tuned weights) is kept, until the config's ``sparsity``. Your
@@ -618,8 +640,6 @@ class NetAdaptPruner(_SearchPruner):
         self.fine_tune, self.step = short_term_fine_tuner, sparsity_per_iteration
 
     def compress(self) -> nn.Module:
-        from ..oracle import masked_model
-
         groups, params, base = self._setup()
         rank, world = _dist()
         current = {g.gid: 0.0 for g in groups}
@@ -643,10 +663,11 @@ class NetAdaptPruner(_SearchPruner):
                     else:
                         lo = mid
                 trial[g.gid] = hi
-                cand = masked_model(self.ir, self.labels_for(trial))
+                # a copy with real masks: fine-tuning cannot regrow what the candidate removes
+                cand = self._mask_on(copy.deepcopy(self.ir.model), self.labels_for(trial))
                 self.fine_tune(cand)
                 score = float(self.evaluator(cand))
-                mine.append((score, i, trial, {k: v.detach().cpu().clone() for k, v in cand.state_dict().items()}))
+                mine.append((score, i, trial, {k: v.cpu() for k, v in folded_state(cand).items()}))
             chosen, state, entries = _best_candidate(mine, rank, world)
             for score, _i, trial in entries:
                 self.history.append({"ratios": {str(k): v for k, v in trial.items()}, "removed": goal,
@@ -670,6 +691,12 @@ class NetAdaptPruner(_SearchPruner):
                 if target is not None:
                     target.copy_(t)
         return self._mask(self.labels_for(current))
+
+
+def _per_op_only(config_list: Any, owner: str) -> None:
+    if isinstance(config_list, list) and any(isinstance(c, dict) and "total_sparsity" in c for c in config_list):
+        raise InvalidInputError(f"{owner}: total_sparsity is not supported for single-weight masks here; give "
+                                "sparsity per op, or use pruning_ir.sparsity.unstructured(model, s, scope='global').")
 
 
 def _dist() -> tuple[int, int]:
@@ -724,6 +751,8 @@ class ADMMPruner(_Pruner):
             raise InvalidInputError(f"ADMMPruner(base_algo={base_algo!r}): give one of {sorted(bases)}.")
         if not callable(trainer):
             raise InvalidInputError("ADMMPruner: give trainer=function(model, optimizer, criterion, epoch, callback).")
+        if base_algo == "level":
+            _per_op_only(config_list, "ADMMPruner(base_algo='level')")
         super().__init__(model, config_list, optimizer, True, dummy_input, trace=base_algo != "level")
         self.trainer, self.loss_criterion, self.base_algo = trainer, criterion, base_algo
         self.base = bases[base_algo]
@@ -744,7 +773,7 @@ class ADMMPruner(_Pruner):
         ops = self.op_sparsity()
         named = dict(self.model.named_modules())
         weights = {op: named[op].weight for op in ops}
-        axes = {op: 1 if type(named[op]).__name__ == "Conv1D" else 0 for op in ops}
+        axes = {op: _out_axis(named[op]) for op in ops}
         z = {op: self._project(w.detach().clone(), ops[op][1], axes[op]) for op, w in weights.items()}
         u = {op: torch.zeros_like(w) for op, w in weights.items()}
         optimizer = self.optimizer or torch.optim.Adam(self.model.parameters(), lr=1e-3)
@@ -796,6 +825,8 @@ class AutoCompressPruner:
                  row: float = 1e-4, experiment_data_dir: str | None = None, seed: int = 0) -> None:
         if optimize_mode not in ("maximize", "minimize"):
             raise InvalidInputError(f"AutoCompressPruner(optimize_mode={optimize_mode!r}): 'maximize' or 'minimize'.")
+        if base_algo not in ("l1", "l2"):
+            raise InvalidInputError(f"AutoCompressPruner(base_algo={base_algo!r}): give 'l1' or 'l2'.")
         if not callable(evaluator) or not callable(trainer):
             raise InvalidInputError("AutoCompressPruner: give trainer=function(model, optimizer, criterion, epoch, "
                                     "callback) and evaluator=function(model) -> float.")
@@ -842,9 +873,16 @@ class AutoCompressPruner:
 
 class LevelPruner(_Pruner):
     """Single weights with the smallest magnitude go (NNI ``LevelPruner``; fine-grained:
-    ``speedup()`` keeps the shapes and returns the masks folded in; no ``dummy_input`` needed)."""
+    ``speedup()`` keeps the shapes and returns the masks folded in; no ``dummy_input`` needed).
+    ``sparsity`` per op only: for one threshold over several weights use
+    :func:`pruning_ir.sparsity.unstructured` with ``scope="global"``."""
 
     structured = False
+
+    def __init__(self, model: nn.Module, config_list: list[dict[str, Any]], optimizer: Any = None,
+                 dependency_aware: bool = True, dummy_input: Any = None) -> None:
+        _per_op_only(config_list, type(self).__name__)
+        super().__init__(model, config_list, optimizer, dependency_aware, dummy_input)
 
     def compress(self) -> nn.Module:
         ops = self.op_sparsity()
@@ -933,14 +971,18 @@ class LotteryTicketPruner(LevelPruner):
 
 
 __all__: Sequence[str] = [
+    "ADMMPruner",
     "AGP_Pruner",
     "ActivationAPoZRankFilterPruner",
     "ActivationMeanRankFilterPruner",
+    "AutoCompressPruner",
     "FPGMPruner",
     "L1FilterPruner",
     "L2FilterPruner",
     "LevelPruner",
     "LotteryTicketPruner",
+    "NetAdaptPruner",
+    "SimulatedAnnealingPruner",
     "SlimPruner",
     "TaylorFOWeightFilterPruner",
 ]
