@@ -8,6 +8,7 @@ import sys
 import warnings
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -575,3 +576,33 @@ def test_n_m_runs_along_the_input_dim_of_an_hf_conv1d() -> None:
     n_m(layer, 2, 4, modules=["0"])
     w = layer[0].weight.detach()
     assert bool(((w.T.reshape(-1, 4) == 0).sum(1) == 2).all())  # every 4 inputs of each output keep 2
+
+
+def test_slim_pruner_sparsity_training_shrinks_the_scales_then_prunes_the_smallest() -> None:
+    """Oracle: the same training without the penalty (scale 0) leaves larger BN scales; the channels
+    pruned are the smallest |gamma| of the trained model."""
+    def run(scale: float) -> tuple[SlimPruner, nn.Module]:
+        model = _chain(15)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+
+        def trainer(m: nn.Module, optimizer: torch.optim.Optimizer, criterion: Any, epoch: int) -> None:
+            for x, y in BATCHES:
+                optimizer.zero_grad()
+                criterion(m(x), y).backward()
+                optimizer.step()
+
+        p = SlimPruner(model, [{"sparsity": 0.5, "op_types": ["BatchNorm2d"]}], opt, trainer,
+                       nn.functional.cross_entropy, sparsity_training_epochs=3, scale=scale, dummy_input=X)
+        p.compress()
+        return p, model
+
+    p0, _ = run(0.0)
+    p1, _ = run(0.5)
+    assert float(p1._clean.b2.weight.abs().sum()) < float(p0._clean.b2.weight.abs().sum())
+    g = p1._group_of("b2")
+    assert g is not None
+    gone = sorted(lab.index for lab in p1.labels if lab.group == g.gid)
+    want = sorted(torch.argsort(p1._clean.b2.weight.detach().abs(), stable=True)[:6].tolist())
+    assert gone == want
+    with pytest.raises(InvalidInputError, match="sparsity training"):
+        SlimPruner(_chain(), [{"sparsity": 0.5, "op_types": ["BatchNorm2d"]}], trainer=lambda *a: None, dummy_input=X)

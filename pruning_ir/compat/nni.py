@@ -352,10 +352,36 @@ class FPGMPruner(_Pruner):
 
 class SlimPruner(_Pruner):
     """Channels with the smallest BatchNorm scale go (NNI ``SlimPruner``; ranked globally over the
-    selected BN layers when the config says ``total_sparsity``). Train with an L1 penalty on the
-    scales first (network slimming) for the ranking to mean much."""
+    selected BN layers when the config says ``total_sparsity``). With a ``trainer(model, optimizer,
+    criterion, epoch)``, ``compress()`` first runs network slimming's sparsity training on your model
+    (in place, as NNI): ``sparsity_training_epochs`` epochs whose criterion adds
+    ``scale * sum |gamma|`` over the selected BN layers to your ``criterion``; without one, the scales
+    are ranked as they are."""
 
     criterion = BNScaleCriterion
+
+    def __init__(self, model: nn.Module, config_list: list[dict[str, Any]], optimizer: Any = None,
+                 trainer: Any = None, criterion: Any = None, sparsity_training_epochs: int = 10,
+                 scale: float = 1e-4, dependency_aware: bool = True, dummy_input: Any = None) -> None:
+        if trainer is not None and (not callable(trainer) or optimizer is None or not callable(criterion)):
+            raise InvalidInputError("SlimPruner: sparsity training needs trainer=function(model, optimizer, "
+                                    "criterion, epoch), an optimizer and a criterion(output, target).")
+        super().__init__(model, config_list, optimizer, dependency_aware, dummy_input)
+        self.trainer, self.loss_criterion = trainer, criterion
+        self.epochs, self.scale = int(sparsity_training_epochs), float(scale)
+
+    def compress(self) -> nn.Module:
+        if self.trainer is not None:
+            named = dict(self.model.named_modules())
+            gammas = [named[op].weight for op in self.op_sparsity() if isinstance(
+                getattr(named[op], "weight", None), torch.Tensor)]
+
+            def slimming(output: Any, target: Any) -> torch.Tensor:
+                return self.loss_criterion(output, target) + self.scale * sum(g.abs().sum() for g in gammas)
+
+            for epoch in range(self.epochs):
+                self.trainer(self.model, self.optimizer, slimming, epoch)
+        return super().compress()
 
     def _group_of(self, op: str) -> LabelGroup | None:
         for g in self.ir.prunable_label_groups():  # a BN layer: the group of its scale
