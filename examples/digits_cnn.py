@@ -163,32 +163,17 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return correct / max(len(y), 1)
 
 
-@torch.no_grad()
 def recalibrate_bn(model: nn.Module, loader_batches: Iterable[torch.Tensor | Sequence[torch.Tensor]],
                    progress: bool = False) -> int:
-    """BN recalibration: re-estimate every BatchNorm's running statistics on ``loader_batches``.
+    """BN recalibration (:func:`pruning_ir.recovery.recalibrate_bn`): every BatchNorm's running
+    statistics reset and re-estimated as a plain average over ``loader_batches``, only the norms in
+    train mode. A batch is an input tensor or a sequence whose first item is the input. Returns the
+    number of batches seen; the model is left in eval mode."""
+    from pruning_ir.recovery import recalibrate_bn as recalibrate
 
-    Running statistics are reset and then accumulated as a plain average over the batches
-    (``momentum=None``), with only the BatchNorm layers in train mode (dropout and the like
-    stay in eval mode). A batch is an input tensor or a sequence whose first item is the input.
-    Returns the number of batches seen; the model is left in eval mode.
-    """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
+    bar = tqdm(loader_batches, desc="BN recalibration", unit="batch", disable=not progress, leave=False)
+    n = recalibrate(model, bar)
     model.eval()
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-        m.train()
-    n = 0
-    try:
-        for b in tqdm(loader_batches, desc="BN recalibration", unit="batch", disable=not progress, leave=False):
-            model(b if isinstance(b, torch.Tensor) else b[0])
-            n += 1
-    finally:
-        for m, mom in zip(norms, momenta):
-            m.momentum = mom
-        model.eval()
     return n
 
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils import _pytree as pytree
 
-from ._ir.axes import keep_mask
+from ._ir.axes import keep_mask, removed_axes
 from ._ir.measure import named_tensors
 from ._trace.conditions import batch_size, other_batch
 from ._trace.run import call_modes, flat_tensors
@@ -87,13 +87,9 @@ def masked_model(ir: PruningIR, labels: Sequence[Label], name: str = "main") -> 
     model = copy.deepcopy(ir.model)
     tensors = named_tensors(model)
     with torch.no_grad():
-        for pname, vid in snap.graph.params.items():
+        for pname, d, m in removed_axes(snap, removed):
             t = tensors[pname]
-            for d, ax in enumerate(snap.graph.values[vid].axes):
-                m = keep_mask(snap.spaces, ax, removed)
-                if m is not None:
-                    idx = (~m).nonzero().squeeze(1).to(t.device)
-                    t.index_fill_(d, idx, 0)
+            t.index_fill_(d, (~m).nonzero().squeeze(1).to(t.device), 0)
     return model
 
 

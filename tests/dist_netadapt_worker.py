@@ -19,27 +19,13 @@ def main() -> None:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
         dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
-    from test_nni_compat import BATCHES, X, _chain
-    from torch import nn
+    from test_nni_compat import NETADAPT_CONFIG, X, _chain, netadapt_evaluator, netadapt_fine_tune
 
     from pruning_ir.compat.nni import NetAdaptPruner, folded_state
 
     model = _chain(11)
-
-    def fine_tune(m: nn.Module) -> None:
-        opt = torch.optim.SGD(m.parameters(), lr=0.01)
-        for bx, by in BATCHES:
-            opt.zero_grad()
-            nn.functional.cross_entropy(m(bx), by).backward()
-            opt.step()
-
-    def evaluator(m: nn.Module) -> float:
-        with torch.no_grad():
-            return -float(nn.functional.cross_entropy(m(BATCHES[1][0]), BATCHES[1][1]))
-
-    p = NetAdaptPruner(model, [{"sparsity": 0.3, "op_types": ["Conv2d", "Linear"]},
-                               {"exclude": True, "op_names": ["head"]}], fine_tune, evaluator,
-                       sparsity_per_iteration=0.1, dummy_input=X)
+    p = NetAdaptPruner(model, NETADAPT_CONFIG, netadapt_fine_tune, netadapt_evaluator, sparsity_per_iteration=0.1,
+                       dummy_input=X)
     p.compress()
     torch.save({"ratios": p.best_ratios, "history": p.history, "state": folded_state(model)}, f"{out}.{rank}.pt")
     if world > 1:

@@ -317,28 +317,35 @@ def test_simulated_annealing_hits_the_parameter_target_and_keeps_its_best(tmp_pa
     assert p.max_abs_diff is not None and p.max_abs_diff < 1e-5
 
 
+NETADAPT_CONFIG = [{"sparsity": 0.3, "op_types": ["Conv2d", "Linear"]}, {"exclude": True, "op_names": ["head"]}]
+
+
+def netadapt_fine_tune(m: nn.Module) -> None:
+    """The NetAdapt tests' short-term fine-tune (also run by tests/dist_netadapt_worker.py)."""
+    opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    for bx, by in BATCHES:
+        opt.zero_grad()
+        nn.functional.cross_entropy(m(bx), by).backward()
+        opt.step()
+
+
+def netadapt_evaluator(m: nn.Module) -> float:
+    with torch.no_grad():
+        return -float(nn.functional.cross_entropy(m(BATCHES[1][0]), BATCHES[1][1]))
+
+
 def test_netadapt_steps_down_to_the_target_with_fine_tuned_candidates() -> None:
     from pruning_ir.compat.nni import NetAdaptPruner
 
     model = _chain(11)
-    x, y = BATCHES[1]
     tuned: list[int] = []
 
     def fine_tune(m: nn.Module) -> None:
-        opt = torch.optim.SGD(m.parameters(), lr=0.01)
-        for bx, by in BATCHES:
-            opt.zero_grad()
-            nn.functional.cross_entropy(m(bx), by).backward()
-            opt.step()
+        netadapt_fine_tune(m)
         tuned.append(1)
 
-    def evaluator(m: nn.Module) -> float:
-        with torch.no_grad():
-            return -float(nn.functional.cross_entropy(m(x), y))
-
-    p = NetAdaptPruner(model, [{"sparsity": 0.3, "op_types": ["Conv2d", "Linear"]},
-                               {"exclude": True, "op_names": ["head"]}], fine_tune, evaluator,
-                       sparsity_per_iteration=0.1, dummy_input=X)
+    p = NetAdaptPruner(model, NETADAPT_CONFIG, fine_tune, netadapt_evaluator, sparsity_per_iteration=0.1,
+                       dummy_input=X)
     p.compress()
     goals = sorted(set(c["removed"] for c in p.history))
     # each iteration asks 0.1 more than the previous one reached (whole channels overshoot a goal), at most 0.3

@@ -3,6 +3,7 @@ group each entry belongs to. Used by scoring, slicing and the masking oracle."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -19,6 +20,16 @@ def keep_mask(sp: SpaceTable, layout: Layout, removed: dict[int, torch.Tensor]) 
     if not any(leaf in removed for t in norm for leaf, _, _ in t):
         return None
     return normalized_keep_mask(norm, removed)
+
+
+def removed_axes(snap: Any, removed: dict[int, torch.Tensor]) -> Iterator[tuple[str, int, torch.Tensor]]:
+    """``(tensor name, axis, keep mask)`` for every parameter or buffer axis of the snapshot that loses
+    entries under ``removed`` (group leaf -> removed slots), in the graph's order."""
+    for pname, vid in snap.graph.params.items():
+        for d, ax in enumerate(snap.graph.values[vid].axes):
+            m = keep_mask(snap.spaces, ax, removed)
+            if m is not None:
+                yield pname, d, m
 
 
 def normalized_keep_mask(norm: Layout, removed: dict[int, torch.Tensor]) -> torch.Tensor | None:

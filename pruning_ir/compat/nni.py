@@ -47,7 +47,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from .._ir.axes import keep_mask
+from .._ir.axes import removed_axes
 from .._ir.labels import Label, LabelGroup
 from ..criteria import (
     APoZCriterion,
@@ -94,6 +94,15 @@ def _out_axis(module: nn.Module) -> int:
     """The weight axis of a module's output channels: 1 for HF ``Conv1D`` (``[in, out]``) and transposed
     convolutions (``[in, out / groups, *k]``), else 0."""
     return 1 if type(module).__name__ == "Conv1D" or getattr(module, "transposed", False) else 0
+
+
+def _overall_sparsity(config_list: list[dict[str, Any]], owner: str) -> float:
+    """The one sparsity a search pruner's config_list asks for (over all its non-excluded entries)."""
+    values = {float(c[k]) for c in config_list if not c.get("exclude")
+              for k in ("sparsity", "sparsity_per_layer", "total_sparsity") if k in c}
+    if len(values) != 1:
+        raise InvalidInputError(f"{owner}: give one overall sparsity in config_list (got {values}).")
+    return values.pop()
 
 
 def _matches(config: dict[str, Any], name: str, module: nn.Module) -> bool:
@@ -231,24 +240,21 @@ class _Pruner:
         """``torch.nn.utils.prune`` masks on every parameter slice of ``labels`` in ``model`` (the user's
         model or a copy of the same architecture)."""
         snap = self.ir.snapshot()
-        removed = self.ir.check_labels(labels)
-        for pname, vid in snap.graph.params.items():
-            if snap.graph.values[vid].kind != "param":
+        keeps: dict[str, tuple[nn.Module, str, torch.Tensor]] = {}
+        for pname, d, m in removed_axes(snap, self.ir.check_labels(labels)):
+            if snap.graph.values[snap.graph.params[pname]].kind != "param":
                 continue  # a buffer (running statistics): a channel whose scale and shift are zero outputs zero
             owner, _, leaf = pname.rpartition(".")
-            module = model.get_submodule(owner)
-            current = getattr(module, leaf)  # the masked product when an earlier compress() masked it
-            keep = torch.ones(current.shape, dtype=torch.bool, device=current.device)
-            hit = False
-            for d, ax in enumerate(snap.graph.values[vid].axes):
-                m = keep_mask(snap.spaces, ax, removed)
-                if m is not None:
-                    shape = [1] * keep.dim()
-                    shape[d] = -1
-                    keep &= m.to(keep.device).reshape(shape)
-                    hit = True
-            if hit:  # on a masked parameter torch combines the masks (they only grow)
-                prune.custom_from_mask(module, leaf, keep.to(current.dtype))
+            if pname not in keeps:
+                module = model.get_submodule(owner)
+                current = getattr(module, leaf)  # the masked product when an earlier compress() masked it
+                keeps[pname] = (module, leaf, torch.ones(current.shape, dtype=torch.bool, device=current.device))
+            keep = keeps[pname][2]
+            shape = [1] * keep.dim()
+            shape[d] = -1
+            keep &= m.to(keep.device).reshape(shape)
+        for module, leaf, keep in keeps.values():  # on a masked parameter torch combines the masks (they only grow)
+            prune.custom_from_mask(module, leaf, keep.to(getattr(module, leaf).dtype))
         return model
 
     def _total(self, total: float, members: list[tuple[LabelGroup, float | None]], scores: dict[int, torch.Tensor],
@@ -412,9 +418,8 @@ class _TrainerPruner(_Pruner):
         self.statistics_batch_num = statistics_batch_num
         self.nni_options = nni_options  # e.g. activation='relu': the IR finds the nonlinearities itself
 
-    def _score(self) -> None:
+    def _score(self) -> None:  # compress() has loaded the current weights into the copy
         assert self.criterion is not None
-        self._load_folded()
         work = self.ir.model
         seen = {"calls": 0, "inside": False}
         records = issubclass(self.criterion, _ActivationCriterion)
@@ -501,8 +506,7 @@ class AGP_Pruner(_Pruner):
             scaled = ("sparsity", "sparsity_per_layer", "total_sparsity")
             self.inner.config_list = [{k: (v * rise if k in scaled else v) for k, v in c.items()}
                                       for c in self.config_list]
-            self.inner._load_folded()
-            self.inner.compress()
+            self.inner.compress()  # ranks the model's current (trained, masked) weights
             self.history.append(rise)
             for _ in range(self.epochs_per_iteration):
                 self.trainer(self.model, self.optimizer, self.loss_criterion, epoch)
@@ -536,11 +540,7 @@ class _SearchPruner(_Pruner):
             raise InvalidInputError(f"{type(self).__name__}(base_algo={base_algo!r}): give one of "
                                     f"{sorted(self.BASE)}.")
         super().__init__(model, config_list, None, True, dummy_input)
-        targets = {float(c[k]) for c in self.config_list if not c.get("exclude")
-                   for k in ("sparsity", "sparsity_per_layer", "total_sparsity") if k in c}
-        if len(targets) != 1:
-            raise InvalidInputError(f"{type(self).__name__}: give one overall sparsity in config_list (got {targets}).")
-        self.sparsity = targets.pop()
+        self.sparsity = _overall_sparsity(self.config_list, type(self).__name__)
         self.evaluator, self.base_algo = evaluator, base_algo
         self.experiment_data_dir = experiment_data_dir
         self.rng = random.Random(seed)
@@ -857,11 +857,8 @@ class AutoCompressPruner:
             raise InvalidInputError("AutoCompressPruner: give trainer=function(model, optimizer, criterion, epoch, "
                                     "callback) and evaluator=function(model) -> float.")
         checked = _check_config(config_list)
-        totals = {float(c[k]) for c in checked if not c.get("exclude")
-                  for k in ("sparsity", "sparsity_per_layer", "total_sparsity") if k in c}
-        if len(totals) != 1:
-            raise InvalidInputError(f"AutoCompressPruner: give one overall sparsity in config_list (got {totals}).")
-        self.model, self.config_list, self.sparsity = model, checked, totals.pop()
+        self.model, self.config_list = model, checked
+        self.sparsity = _overall_sparsity(checked, "AutoCompressPruner")
         self.trainer, self.dummy_input, self.rounds = trainer, dummy_input, int(num_iterations)
         sign = 1.0 if optimize_mode == "maximize" else -1.0
         self.evaluator = lambda m: sign * float(evaluator(m))

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._ir.axes import keep_mask
+from .._ir.axes import removed_axes
 from .._ir.labels import Label, LabelGroup
 from .._progress import progress_bar
 from ..errors import CalibrationError, InvalidInputError
@@ -108,16 +108,13 @@ class MaskedEvaluator:
         removed = self.ir.check_labels(labels, self.snapshot_name)
         saved: list[tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]] = []
         with torch.no_grad():
-            for pname, vid in self.snap.graph.params.items():
+            for pname, d, m in removed_axes(self.snap, removed):
                 t = self.tensors.get(pname)
                 if t is None:
                     continue
-                for d, ax in enumerate(self.snap.graph.values[vid].axes):
-                    m = keep_mask(self.snap.spaces, ax, removed)
-                    if m is not None:
-                        idx = (~m).nonzero().squeeze(1).to(t.device)
-                        saved.append((t, d, idx, t.index_select(d, idx).clone()))
-                        t.index_fill_(d, idx, 0)
+                idx = (~m).nonzero().squeeze(1).to(t.device)
+                saved.append((t, d, idx, t.index_select(d, idx).clone()))
+                t.index_fill_(d, idx, 0)
         try:
             yield self.model
         finally:
