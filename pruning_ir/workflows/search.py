@@ -30,12 +30,13 @@ from typing import Any
 
 from torch import nn
 
+from .._distributed import barrier, gather_objects, rank_world
 from .._ir.labels import Label, LabelGroup
 from .._progress import progress_bar
 from ..cost import MacsModel
 from ..errors import InvalidInputError
 from ..ir import PruningIR
-from .sensitivity import _barrier, _dist, _score
+from .sensitivity import _score
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ def run_search(ir: PruningIR, order: dict[int, list[int]], gids: list[int], stor
                eval_args: Sequence[Any], num_subnet: int, removal_ratio: float, channel_divisible: int, seed: int,
                strategy: str, progress: bool, meta: dict[str, Any]) -> list[dict[str, Any]]:
     """Evaluate ``num_subnet`` candidates (resuming what ``store`` holds); all results, in order."""
-    rank, world = _dist()
+    rank, world = rank_world()
     groups = [g for g in ir.prunable_label_groups() if g.gid in gids]
     macs = MacsModel(ir)
     found = store.load()[:num_subnet]
@@ -167,11 +168,7 @@ def run_search(ir: PruningIR, order: dict[int, list[int]], gids: list[int], stor
                                   eval_fn, eval_args)
             mine.append(c)
         if world > 1:
-            import torch.distributed as dist
-
-            parts: list[Any] = [None] * world
-            dist.all_gather_object(parts, mine)
-            mine = sorted((c for p in parts for c in p), key=lambda c: c["index"])
+            mine = sorted((c for p in gather_objects(mine, world) for c in p), key=lambda c: c["index"])
         found += mine
         if rank == 0:
             store.save(found, False, meta)
@@ -181,7 +178,7 @@ def run_search(ir: PruningIR, order: dict[int, list[int]], gids: list[int], stor
         bar.close()
     if rank == 0:
         store.save(found, True, meta)
-    _barrier(world)
+    barrier(world)
     return found
 
 

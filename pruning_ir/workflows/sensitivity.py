@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from .._distributed import barrier, gather_objects, rank_world
 from .._progress import progress_bar
 from ..criteria.joint import MaskedEvaluator, Task, counts
 from ..errors import CalibrationError, InvalidInputError
@@ -87,14 +88,6 @@ class SensitivityStore:
         return out
 
 
-def _dist() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def analyse(ir: PruningIR, eval_fn: Callable[..., Any], args: Sequence[Any], ratios: Sequence[float],
             gids: Sequence[int], store: SensitivityStore, order: dict[int, list[int]], progress: bool
             ) -> dict[str, Any]:
@@ -102,7 +95,7 @@ def analyse(ir: PruningIR, eval_fn: Callable[..., Any], args: Sequence[Any], rat
     finished = store.finished()
     if finished is not None:
         return finished
-    rank, world = _dist()
+    rank, world = rank_world()
     groups = {g.gid: g for g in ir.prunable_label_groups()}
     tasks = [Task(gid, n) for gid in gids for n in counts(groups[gid], ratios)]
     results = store.done()
@@ -125,7 +118,7 @@ def analyse(ir: PruningIR, eval_fn: Callable[..., Any], args: Sequence[Any], rat
     finally:
         if bar is not None:
             bar.close()
-    merged = _gather(own, world)
+    merged = {k: v for part in gather_objects(own, world) for k, v in part.items()}
     data = {"format": SENS_FORMAT, "key": store.key, "complete": True, "baseline": merged.pop("baseline"),
             "ratios": list(ratios), "order": {str(k): v for k, v in order.items() if k in gids},
             "groups": {str(gid): {"size": groups[gid].size, "describe": groups[gid].describe(),
@@ -135,7 +128,7 @@ def analyse(ir: PruningIR, eval_fn: Callable[..., Any], args: Sequence[Any], rat
         _atomic_write(store.path, data)
         for f in store.directory.glob(f"{store.name}.sens.part*"):
             f.unlink(missing_ok=True)
-    _barrier(world)
+    barrier(world)
     return data
 
 
@@ -147,26 +140,6 @@ def _score(value: Any) -> float:
     if out != out:
         raise CalibrationError("eval_fn returned NaN.")
     return out
-
-
-def _gather(own: dict[str, float], world: int) -> dict[str, float]:
-    if world == 1:
-        return dict(own)
-    import torch.distributed as dist
-
-    parts: list[Any] = [None] * world
-    dist.all_gather_object(parts, own)
-    merged: dict[str, float] = {}
-    for p in parts:
-        merged.update(p)
-    return merged
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
 
 
 def check_ratios(ratios: Sequence[float]) -> list[float]:
