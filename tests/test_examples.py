@@ -71,3 +71,22 @@ def test_vitis_one_step_example_finds_a_subnetwork_at_the_target(tmp_path: Path)
     assert float(line.split("adaptive BN ")[1].split("%")[0]) >= 80.0, line  # adaptive BN alone recovers most
     assert float(line.split("fine-tuned ")[1].split("%")[0]) >= 95.0, line
     assert len(list(tmp_path.glob("*.search"))) == 1
+
+
+def test_compose_example_reaches_its_objectives() -> None:
+    """The README's composition on the digits CNN: each pruner within half the MACs (counted on the slim
+    model), the AGP steps on the schedule, the fine-grained step at exactly 0.7, accuracy recovered."""
+    pytest.importorskip("sklearn")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "compose_digits.py"), "--quiet"],
+                         capture_output=True, text=True, timeout=600, check=True, env=env,
+                         cwd=ROOT / "examples").stdout
+    rows = [line for line in out.splitlines() if "MACs " in line and "of the original" in line]
+    assert len(rows) == 2, out
+    for line in rows:
+        assert float(line.split("MACs ")[1].split()[0]) <= 0.5, line
+    agp = [float(v) for v in rows[1].split("after each step: ")[1].split(")")[0].split(", ")]
+    assert agp[0] >= 0.5 * (1 - (2 / 3) ** 3) and agp[1] >= 0.5 * (1 - (1 / 3) ** 3) and agp[2] >= 0.5, rows[1]
+    assert float(rows[1].split("test accuracy ")[1].rstrip("%")) >= 95.0, rows[1]
+    fine = next(line for line in out.splitlines() if line.startswith("then fine-grained"))
+    assert "sparsity 0.700" in fine and float(fine.split("test accuracy ")[1].rstrip("%")) >= 95.0, fine
