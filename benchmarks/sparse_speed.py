@@ -8,6 +8,8 @@ sparsity is multiplied with ``x`` three ways, timed in interleaved rounds (media
 
 * dense: ``F.linear(x, W)`` with the zeros in place (what a masked or ``make_permanent`` model runs);
 * CSR: ``W.to_sparse_csr() @ x.T`` (``torch.sparse``'s compressed-row kernel);
+* ``SparseLinear``: the module :func:`pruning_ir.sparsity.to_sparse` puts in place of such a layer (the
+  same kernel, plus the transposes of ``x`` and of the result);
 * 2:4 semi-structured (``torch.sparse.to_sparse_semi_structured`` on a 2:4 mask from ``n_m``): tried, and its
   error reported where the platform has no kernel for it (it needs a CUDA GPU with sparse tensor cores).
 
@@ -30,7 +32,7 @@ import torch.nn.functional as F
 from _common import busy_warning, environment, markdown_table, write_result
 from torch import nn
 
-from pruning_ir.sparsity import make_permanent, n_m, unstructured
+from pruning_ir.sparsity import SparseLinear, make_permanent, n_m, unstructured
 
 SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 
@@ -55,25 +57,28 @@ def masked_weight(size: int, sparsity: float, seed: int) -> torch.Tensor:
     return layer.weight.detach()
 
 
-def measure(size: int, tokens: list[int], repeats: int) -> dict[tuple[int, float], tuple[float, float]]:
-    out: dict[tuple[int, float], tuple[float, float]] = {}
+def measure(size: int, tokens: list[int], repeats: int) -> dict[tuple[int, float], tuple[float, float, float]]:
+    out: dict[tuple[int, float], tuple[float, float, float]] = {}
     for s in SPARSITIES:
         w = masked_weight(size, s, 0)
         csr = w.to_sparse_csr()
+        module = SparseLinear(w, None)
         for n in tokens:
             x = torch.randn(n, size)
             xt = x.T.contiguous()
             dense = timed(lambda w=w, x=x: F.linear(x, w), repeats)
             sparse = timed(lambda csr=csr, xt=xt: csr @ xt, repeats)
-            out[(n, s)] = (dense, sparse)
+            with torch.no_grad():
+                layer = timed(lambda module=module, x=x: module(x), repeats)
+            out[(n, s)] = (dense, sparse, layer)
     return out
 
 
-def pays_from(res: dict[tuple[int, float], tuple[float, float]], n: int) -> float | None:
+def pays_from(res: dict[tuple[int, float], tuple[float, float, float]], n: int) -> float | None:
     """The lowest sparsity from which CSR beats dense at every higher sparsity measured."""
     best = None
     for s in reversed(SPARSITIES):
-        dense, sparse = res[(n, s)]
+        dense, sparse, _ = res[(n, s)]
         if sparse < dense:
             best = s
         else:
@@ -110,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         for s in SPARSITIES:
             d = statistics.fmean(r[(n, s)][0] for r in passes)
             c = statistics.fmean(r[(n, s)][1] for r in passes)
-            rows.append([n, f"{s:.2f}", f"{1e3 * d:.2f}", f"{1e3 * c:.2f}", f"{d / c:.2f}"])
+            m = statistics.fmean(r[(n, s)][2] for r in passes)
+            rows.append([n, f"{s:.2f}", f"{1e3 * d:.2f}", f"{1e3 * c:.2f}", f"{d / c:.2f}", f"{1e3 * m:.2f}",
+                         f"{d / m:.2f}"])
     verdict = []
     misses = []
     steps = list(SPARSITIES)
@@ -129,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     warn = busy_warning()
     if warn:
         doc += [f"> {warn}", ""]
-    doc += [markdown_table(["tokens", "sparsity", "dense ms", "CSR ms", "dense / CSR"], rows), "", *verdict, "",
+    doc += [markdown_table(["tokens", "sparsity", "dense ms", "CSR ms", "dense / CSR", "SparseLinear ms",
+                                "dense / SparseLinear"], rows), "", *verdict, "",
             f"- 2:4 semi-structured: {semi_structured(args.size)}", "", "## Target", "",
             *([f"- MISSED {m}" for m in misses] or ["- the two passes agree on where CSR pays (within one step)"])]
     text = "\n".join(doc) + "\n"

@@ -25,6 +25,8 @@ then sparsify what is left of the slim model.
 
 from __future__ import annotations
 
+import copy
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -304,3 +306,78 @@ def make_permanent(model: nn.Module) -> list[str]:
             done.append(n)
     return done
 
+
+
+def copy_masked(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` that works with ``torch.nn.utils.prune`` masks on it (their computed
+    ``weight`` holds an autograd graph, which ``copy.deepcopy`` refuses): the copy gets the masks,
+    the ``*_orig`` parameters and a detached computed weight, recomputed by the mask's hook at the
+    next forward as usual."""
+    memo: dict[int, object] = {}
+    for mod in model.modules():
+        for value in vars(mod).values():
+            if isinstance(value, torch.Tensor) and value.grad_fn is not None:
+                memo[id(value)] = value.detach().clone()
+    return copy.deepcopy(model, memo)
+
+
+class SparseLinear(nn.Module):
+    """An inference-only ``nn.Linear`` whose weight is a ``torch.sparse`` CSR tensor: ``y = x W^T + b``
+    computed as ``(W @ x^T)^T`` by the compressed-row kernel, which beats the dense matmul on CPU
+    only at high sparsity (``benchmarks/sparse_speed.py``: from about 0.9; 0.7 at 32 tokens). The
+    weight is a buffer: nothing here trains (keep the masks to fine-tune). Built by :func:`to_sparse`."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.out_features, self.in_features = int(weight.shape[0]), int(weight.shape[1])
+        with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            self.register_buffer("weight", weight.detach().to_sparse_csr())
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features)
+        y = (self.weight @ flat.T.contiguous()).T
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        nnz = int(self.weight.values().numel())
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"sparsity={1 - nnz / (self.in_features * self.out_features):.3f}")
+
+
+def to_sparse(model: nn.Module, min_sparsity: float = 0.9, *, inplace: bool = False) -> tuple[nn.Module, list[str]]:
+    """Every ``nn.Linear`` whose effective weight has at least ``min_sparsity`` zeros replaced by a
+    :class:`SparseLinear` (masks folded in); returns the model (a copy unless ``inplace``) and the names
+    replaced. For inference: measure first (``benchmarks/sparse_speed.py``); below about 0.9 the dense
+    layer is faster on CPU.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))
+        >>> _ = unstructured(model, 0.95, modules=["0"])
+        >>> fast, names = to_sparse(model)
+        >>> names, bool(torch.allclose(fast(torch.ones(2, 64)), model(torch.ones(2, 64)), atol=1e-5))
+        (['0'], True)
+    """
+    s = _check_fraction(min_sparsity, "to_sparse")
+    if not inplace:
+        model = copy_masked(model)
+    named = dict(model.named_modules())
+    done = []
+    for name, mod in list(named.items()):
+        if not isinstance(mod, nn.Linear) or not name:
+            continue
+        w = mod.weight.detach()
+        if float((w == 0).float().mean()) < s:
+            continue
+        parent_name, _, leaf = name.rpartition(".")
+        setattr(named[parent_name] if parent_name else model, leaf, SparseLinear(w, mod.bias))
+        done.append(name)
+    return model, done

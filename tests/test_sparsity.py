@@ -162,3 +162,26 @@ def test_bad_input_names_the_problem() -> None:
     with pytest.raises(InvalidInputError, match="expected a tensor of shape"):
         unstructured(model, 0.5, criterion=lambda _n, w: torch.zeros(3))
     assert not prune.is_pruned(model)  # a refused call changes nothing
+
+
+def test_to_sparse_swaps_only_sparse_enough_linears_and_keeps_the_outputs() -> None:
+    """Oracle: the masked model's own outputs (3D inputs too); the dense-enough layer stays nn.Linear;
+    the user's masked model is copied, not changed, and its copy still trains under the masks."""
+    from pruning_ir.sparsity import SparseLinear, copy_masked, to_sparse
+
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
+    unstructured(model, 0.92, modules=["0"])
+    unstructured(model, 0.5, modules=["2"])
+    x = torch.randn(2, 5, 16)
+    fast, names = to_sparse(model, 0.9)
+    assert names == ["0"] and isinstance(fast[0], SparseLinear) and isinstance(fast[2], nn.Linear)
+    assert fast[0].weight.layout == torch.sparse_csr
+    assert torch.allclose(fast(x), model(x), atol=1e-6)
+    assert isinstance(model[0], nn.Linear) and prune.is_pruned(model)  # the user's model untouched
+    twin = copy_masked(model)
+    with torch.no_grad():
+        twin[0].weight_orig.add_(1.0)  # a copy: the original's parameters do not move
+    assert not torch.equal(twin[0].weight_orig, model[0].weight_orig)
+    twin(x)  # the mask's hook recomputes the copy's weight
+    assert int((twin[0].weight == 0).sum()) == int((model[0].weight == 0).sum())  # same masks, recomputed

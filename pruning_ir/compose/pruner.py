@@ -18,13 +18,12 @@ from typing import Any, TypeAlias, cast
 
 import torch
 from torch import nn
-from torch.nn.utils import prune as torch_prune
 
 from .._ir.labels import Label
 from ..criteria import Criterion
 from ..errors import InvalidInputError
 from ..ir import PruningIR, _as_call
-from ..sparsity import Scorer, SparsityReport, blocks, n_m, unstructured
+from ..sparsity import Scorer, SparsityReport, blocks, copy_masked, n_m, unstructured
 from .allocation import Allocation, Global, Problem, Uniform
 from .objectives import Objective, Ratio
 from .schedules import OneShot, Schedule
@@ -190,7 +189,7 @@ class Pruner:
             raise InvalidInputError(f"Pruner.run: expected an nn.Module, got {type(model).__name__}.")
         self.history = []
         if not self.target.structured:
-            return self._run_fine(model if inplace else _copy(model))
+            return self._run_fine(model if inplace else copy_masked(model))
         if example_inputs is None:
             raise InvalidInputError("Pruner.run(model, example_inputs): channel targets trace the model; give one "
                                     "example input batch.")
@@ -255,12 +254,3 @@ def _name(metric: Any) -> str:
     if metric is None or isinstance(metric, str):
         return repr(metric)
     return getattr(metric, "__qualname__", None) or repr(metric)
-
-
-def _copy(model: nn.Module) -> nn.Module:
-    if torch_prune.is_pruned(model):
-        raise InvalidInputError("Pruner.run: the model carries torch.nn.utils.prune masks, which cannot be copied; "
-                                "pass inplace=True (masks only grow) or fold them first "
-                                "(pruning_ir.sparsity.make_permanent).")
-    return copy.deepcopy(model)
-

@@ -22,7 +22,7 @@ from ...criteria import (
 )
 from ...criteria.activation import _ActivationCriterion
 from ...errors import InvalidInputError
-from ...sparsity import unstructured
+from ...sparsity import to_sparse, unstructured
 from .base import _per_op_only, _Pruner, folded_state
 
 
@@ -222,12 +222,17 @@ class LevelPruner(_Pruner):
         self.labels = []
         return self.model
 
-    def speedup(self) -> nn.Module:
+    def speedup(self, min_sparsity: float | None = None) -> nn.Module:
         """A model of the same shapes with the masks folded in (fine-grained sparsity does not change
-        shapes; ``benchmarks/sparse_speed.py`` measures when sparse kernels pay on CPU)."""
+        shapes); with ``min_sparsity`` (e.g. 0.9), every ``nn.Linear`` at least that sparse becomes a
+        :class:`~pruning_ir.sparsity.SparseLinear` (CSR weight, inference only), which
+        ``benchmarks/sparse_speed.py`` measures faster than dense on CPU from about 0.9."""
         self._load_folded()
         self.max_abs_diff = 0.0
-        return copy.deepcopy(self._clean)
+        out = copy.deepcopy(self._clean)
+        if min_sparsity is not None:
+            out, _ = to_sparse(out, min_sparsity, inplace=True)
+        return out
 
 
 class LotteryTicketPruner(LevelPruner):
