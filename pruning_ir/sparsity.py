@@ -338,6 +338,13 @@ class SparseLinear(nn.Module):
             self.register_buffer("weight", weight.detach().to_sparse_csr())
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
 
+    def __deepcopy__(self, memo: dict[int, object]) -> SparseLinear:
+        # a CSR tensor has no storage to copy: rebuild it (deepcopy of a model, .to(...) on a copy)
+        out = SparseLinear(self.weight.to_dense(), None if self.bias is None else self.bias.clone())
+        out.train(self.training)
+        memo[id(self)] = out
+        return out
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
         y = (self.weight @ flat.T.contiguous()).T
@@ -351,11 +358,21 @@ class SparseLinear(nn.Module):
                 f"sparsity={1 - nnz / (self.in_features * self.out_features):.3f}")
 
 
-def to_sparse(model: nn.Module, min_sparsity: float = 0.9, *, inplace: bool = False) -> tuple[nn.Module, list[str]]:
+_READS_CHILD_WEIGHTS = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+
+
+def to_sparse(model: nn.Module, min_sparsity: float = 0.9, *, inplace: bool = False,
+              example_inputs: torch.Tensor | tuple[object, ...] | None = None) -> tuple[nn.Module, list[str]]:
     """Every ``nn.Linear`` whose effective weight has at least ``min_sparsity`` zeros replaced by a
     :class:`SparseLinear` (masks folded in); returns the model (a copy unless ``inplace``) and the names
-    replaced. For inference: measure first (``benchmarks/sparse_speed.py``); below about 0.9 the dense
-    layer is faster on CPU.
+    replaced. Only plain ``nn.Linear`` modules are replaced, and not those whose parent reads their
+    weight itself (``nn.MultiheadAttention`` and the ``nn.Transformer*Layer`` fast paths): subclasses
+    and those stay dense, and so does a model that is itself one linear layer. With
+    ``example_inputs`` (a tensor or a tuple) the new model is run on them and must give the old
+    model's outputs (else :class:`~pruning_ir.InvalidInputError` names the layers replaced: code
+    elsewhere reads their weights). float32 / float64 only (the CPU kernel has no half precision).
+    For inference: measure first (``benchmarks/sparse_speed.py``); below about 0.9 the dense layer
+    is faster on CPU.
 
     Example:
         >>> import torch
@@ -367,17 +384,50 @@ def to_sparse(model: nn.Module, min_sparsity: float = 0.9, *, inplace: bool = Fa
         (['0'], True)
     """
     s = _check_fraction(min_sparsity, "to_sparse")
+    original = model
+    reference = None
+    if example_inputs is not None:
+        args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+        with torch.no_grad():
+            reference = original(*args)
     if not inplace:
         model = copy_masked(model)
     named = dict(model.named_modules())
-    done = []
+    done: list[str] = []
+    swapped: list[tuple[nn.Module, str, nn.Module]] = []
     for name, mod in list(named.items()):
-        if not isinstance(mod, nn.Linear) or not name:
+        if type(mod) is not nn.Linear or not name:
+            continue
+        if isinstance(named[name.rpartition(".")[0]], _READS_CHILD_WEIGHTS):
             continue
         w = mod.weight.detach()
         if float((w == 0).float().mean()) < s:
             continue
         parent_name, _, leaf = name.rpartition(".")
-        setattr(named[parent_name] if parent_name else model, leaf, SparseLinear(w, mod.bias))
+        parent = named[parent_name] if parent_name else model
+        swapped.append((parent, leaf, mod))
+        setattr(parent, leaf, SparseLinear(w, mod.bias))
         done.append(name)
+    if reference is not None:
+        problem = None
+        with torch.no_grad():
+            try:
+                got = model(*args)
+                if not all(torch.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(
+                        _tensors(reference), _tensors(got), strict=True)):
+                    problem = "gives other outputs"
+            except Exception as exc:  # reported below, with the layers replaced
+                problem = f"does not run ({type(exc).__name__}: {exc})"
+        if problem is not None:
+            for parent, leaf, mod in swapped:  # nothing lost: the layers go back (inplace)
+                setattr(parent, leaf, mod)
+            raise InvalidInputError(f"to_sparse: the model with {done} as SparseLinear {problem}; something reads "
+                                    "their weights directly: leave them dense (a higher min_sparsity) or keep the "
+                                    "masks.")
     return model, done
+
+
+def _tensors(out: object) -> list[torch.Tensor]:
+    from torch.utils import _pytree as pytree
+
+    return [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]

@@ -36,6 +36,7 @@ from pruning_ir.compose import (
     Fixed,
     Global,
     Knapsack,
+    Latency,
     Linear,
     Macs,
     Params,
@@ -347,3 +348,98 @@ def test_iterative_pruning_is_the_knapsack_composition() -> None:
 
     assert key(job.history) == key(pruner.history) and _same(a, b)
 
+
+
+# ---------------------------------------------------------------------------- review regressions
+def test_ratio_over_steps_counts_what_earlier_steps_removed() -> None:
+    """A group that shrinks to its kernel step stops being prunable on the next step's IR; its kept
+    labels must still count as kept (they were counted as removed, over-reporting the objective).
+    Oracle: the widths of the final slim model."""
+    from test_probe import GroupedExperts
+
+    x = torch.randn(10, 6, generator=torch.Generator().manual_seed(0))
+
+    def widths(m: nn.Module) -> int:
+        return int(m.inp.out_features + m.w1.shape[2] + m.w2.shape[2])
+
+    for schedule in (Linear(2), AGP(3)):
+        torch.manual_seed(0)
+        model = GroupedExperts().eval()
+        pruner = Pruner(Channels(), L1NormCriterion, Uniform(), schedule, Ratio(0.5))
+        slim = pruner.run(model, x)
+        real = 1 - widths(slim) / widths(model)
+        assert real >= 0.5 and pruner.history[-1].reached == pytest.approx(real), (schedule, real)
+
+
+def test_floors_and_fixed_fractions_are_of_the_original_sizes_across_steps() -> None:
+    model = _res(11)
+    capped = Pruner(Channels(max_ratio=0.5), L1NormCriterion, Global(per_cost=False), Linear(2), Ratio(0.45))
+    slim = capped.run(model, XR)
+    assert slim.c1.out_channels >= 6 and slim.stem.out_channels >= 4  # half of 12 and of 8, not compounded
+    fixed = Pruner(Channels(), L1NormCriterion, Fixed({"c1": 0.5}), Linear(2)).run(model, XR)
+    assert fixed.c1.out_channels == 6  # 0.5 of the original 12 over two steps, not 0.5 twice
+
+
+def test_excluding_a_product_axis_freezes_every_factor() -> None:
+    """A query projection's output is heads x head width: two groups. Excluding the attention keeps both,
+    and a Linear target holds both."""
+    pytest.importorskip("transformers")
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                intermediate_size=48, attn_implementation="eager")).eval()
+    ids = torch.randint(0, 50, (2, 6), generator=torch.Generator().manual_seed(0))
+    ir = PruningIR(bert, example_inputs=(ids,))
+    q = "encoder.layer.0.attention.self.query"
+    from pruning_ir.compose import output_groups
+
+    heads, width = output_groups(ir, q)
+    assert (heads.size, width.size) == (4, 8)  # outer factor first
+    attention = [q, q.replace("query", "key"), q.replace("query", "value"), "encoder.layer.0.attention.output.dense"]
+    target = Channels(exclude=attention)
+    assert {heads.gid, width.gid}.isdisjoint(g.gid for g in target.groups(ir))
+    slim = Pruner(target, L1NormCriterion, Uniform(), objective=Ratio(0.4)).run(bert, ids)
+    assert slim.encoder.layer[0].attention.self.query.out_features == 32
+    assert {heads.gid, width.gid} <= {g.gid for g in Channels([nn.Linear]).groups(ir)}
+    assert {g.gid for g in Channels([nn.Linear], outer=True).groups(ir)} >= {heads.gid}
+    assert width.gid not in {g.gid for g in Channels([q], outer=True).groups(ir)}
+
+
+def test_unreachable_and_empty_targets_are_errors_for_every_allocation() -> None:
+    for allocation in (Uniform(), Global(), Knapsack()):
+        with pytest.raises(InvalidInputError, match="cannot remove"):
+            Pruner(Channels(max_ratio=0.25), None, allocation, objective=Macs(0.9)).run(_res(), XR)
+    with pytest.raises(InvalidInputError, match="selects no prunable group"):
+        Pruner(Channels([nn.BatchNorm1d]), None, Uniform(), objective=Macs(0.3)).run(_res(), XR)
+    with pytest.raises(InvalidInputError, match="neither a module name"):
+        Pruner(Channels(), None, Fixed({12345: 0.5})).run(_res(), XR)
+    with pytest.raises(InvalidInputError, match="inplace"):
+        Pruner(Channels()).run(_res(), XR, inplace=True)
+    with pytest.raises(InvalidInputError, match="single weights"):
+        Pruner(Elements(), L1NormCriterion)
+    with pytest.raises(InvalidInputError, match="come from the target"):
+        Knapsack({"constraint": None})
+
+
+def test_calibration_leaves_the_users_buffers_and_gradients_alone() -> None:
+    model = _res(12).train()
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 0.5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batches = [(torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(i)), torch.tensor([0, 1, 2, 3]))
+               for i in range(2)]
+    Pruner(Channels(), calibrated(LossAwareCriterion, batches, nn.functional.cross_entropy), Uniform(),
+           objective=Ratio(0.25)).run(model, XR)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # BN statistics too
+    assert all(p.grad is not None and bool((p.grad == 0.5).all()) for p in model.parameters())
+
+
+def test_latency_objective_without_a_cost_model_for_this_ir() -> None:
+    """MacsLatency on other inputs than the trace's has no cost model: Global ranks by score and
+    measures candidates."""
+    fn = MacsLatency((torch.randn(3, 3, 8, 8),))
+    for allocation in (Uniform(), Global()):
+        pruner = Pruner(Channels(), L1NormCriterion, allocation, objective=Latency(0.4, fn))
+        slim = pruner.run(_res(13), XR)
+        assert fn(slim) <= 0.6 * fn(_res(13))

@@ -185,3 +185,39 @@ def test_to_sparse_swaps_only_sparse_enough_linears_and_keeps_the_outputs() -> N
     assert not torch.equal(twin[0].weight_orig, model[0].weight_orig)
     twin(x)  # the mask's hook recomputes the copy's weight
     assert int((twin[0].weight == 0).sum()) == int((model[0].weight == 0).sum())  # same masks, recomputed
+
+
+def test_to_sparse_leaves_layers_read_directly_and_restores_on_a_failed_check() -> None:
+    """nn.TransformerEncoderLayer's fast path reads linear1/linear2 weights itself: they stay dense.
+    A module that reads a child's weight in its own forward is caught by the example check, and the
+    layers go back (inplace): nothing is lost. A converted model deep-copies."""
+    import copy as _copy
+
+    from pruning_ir.sparsity import SparseLinear, to_sparse
+
+    torch.manual_seed(4)
+    enc = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True).eval()
+    unstructured(enc, 0.95, modules=[nn.Linear])
+    x = torch.randn(2, 5, 16)
+    fast, names = to_sparse(enc, 0.9, example_inputs=x)
+    assert names == [] and torch.allclose(fast(x), enc(x))
+
+    class ReadsWeight(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+
+        def forward(self, h: torch.Tensor) -> torch.Tensor:
+            return self.fc(h) + self.fc.weight.view(-1)[:8]  # reads the child's weight as a dense tensor
+
+    model = ReadsWeight()
+    unstructured(model, 0.95)
+    make_permanent(model)
+    with pytest.raises(InvalidInputError, match=r"\['fc'\] as SparseLinear"):
+        to_sparse(model, 0.9, inplace=True, example_inputs=torch.randn(3, 8))
+    assert type(model.fc) is nn.Linear  # put back
+    ok = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    unstructured(ok, 0.95, modules=["0"])
+    fast, _ = to_sparse(ok, 0.9)
+    twin = _copy.deepcopy(fast)
+    assert isinstance(twin[0], SparseLinear) and torch.equal(twin(torch.ones(1, 8)), fast(torch.ones(1, 8)))

@@ -31,13 +31,24 @@ are compositions of these parts.
 
 from __future__ import annotations
 
-from .allocation import Allocation, Annealing, Fixed, Global, Knapsack, Problem, Uniform, at_ratios, scale_to_budget
+from .allocation import (
+    Allocation,
+    Annealing,
+    Fixed,
+    Global,
+    Knapsack,
+    Problem,
+    Uniform,
+    at_counts,
+    at_ratios,
+    scale_to_budget,
+)
 from .objectives import Latency, Macs, Measure, Objective, Params, Ratio
 from .pruner import Metric, Pruner, Step, calibrated
 from .schedules import AGP, SCHEDULES, Linear, OneShot, Schedule, schedule_fractions
-from .targets import NM, Blocks, Channels, Elements, Target, out_axis, output_group
+from .targets import NM, Blocks, Channels, Elements, Target, group_key, out_axis, output_group, output_groups
 
 __all__ = ["AGP", "NM", "SCHEDULES", "Allocation", "Annealing", "Blocks", "Channels", "Elements", "Fixed", "Global",
            "Knapsack", "Latency", "Linear", "Macs", "Measure", "Metric", "Objective", "OneShot", "Params", "Problem",
-           "Pruner", "Ratio", "Schedule", "Step", "Target", "Uniform", "at_ratios", "calibrated", "out_axis",
-           "output_group", "scale_to_budget", "schedule_fractions"]
+           "Pruner", "Ratio", "Schedule", "Step", "Target", "Uniform", "at_counts", "at_ratios", "calibrated",
+           "group_key", "out_axis", "output_group", "output_groups", "scale_to_budget", "schedule_fractions"]

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -46,7 +47,10 @@ if TYPE_CHECKING:
 @dataclass
 class Problem:
     """One allocation problem: the IR, the target's groups, the objective, its measure of a
-    selection (absolute units) and the cost the selection must not exceed."""
+    selection (absolute units) and the cost the selection must not exceed. In a schedule's later
+    steps ``origin`` holds the groups' sizes in the original model (by
+    :func:`~pruning_ir.compose.targets.group_key`: floors and fixed fractions stay fractions of
+    those) and ``share`` the part of the final objective this step reaches."""
 
     ir: PruningIR
     target: Channels
@@ -54,9 +58,19 @@ class Problem:
     objective: Objective
     measure: Measure
     budget: float
+    origin: dict[int, int] = field(default_factory=dict)
+    """Group id (in this IR) -> its size in the original model."""
+    share: float = 1.0
 
     def met(self, labels: list[Label]) -> bool:
         return self.measure(labels) <= self.budget * (1 + 1e-12)
+
+    def original(self, g: LabelGroup) -> int:
+        return self.origin.get(g.gid, g.size)
+
+    def floor(self, g: LabelGroup) -> int:
+        """Labels ``g`` keeps at least (the target's floor of its original size)."""
+        return self.target.floor(g, self.original(g))
 
     def unreachable(self, owner: str, most: list[Label]) -> InvalidInputError:
         base = self.measure([])
@@ -68,28 +82,34 @@ class Problem:
             "a larger max_ratio) or lower the fraction.")
 
 
-def at_ratios(ir: PruningIR, ratios: Mapping[int, float], floor: Callable[[LabelGroup], int]) -> list[Label]:
-    """Per group id, its ``floor(ratio * size)`` lowest-scored labels (whole steps; the group keeps at
-    least ``floor(group)`` labels), aligned so that no parameter axis is emptied."""
+def at_counts(ir: PruningIR, counts: Mapping[int, int], floor: Callable[[LabelGroup], int]) -> list[Label]:
+    """Per group id, its ``count`` lowest-scored labels (whole steps; the group keeps at least
+    ``floor(group)`` labels), aligned so that no parameter axis is emptied."""
     from ..selectors.base import align_selection, aligned_removal
 
     ordered = {labs[0].group: labs for labs in ir.selector_label_groups() if labs}
     groups = {g.gid: g for g in ir.prunable_label_groups()}
     out: list[Label] = []
-    for gid, r in ratios.items():
+    for gid, k in counts.items():
         g = groups[gid]
-        n = min(math.floor(r * g.size + 1e-9), g.size - floor(g))
+        n = max(0, min(int(k), g.size - floor(g)))
         out += ordered[gid][:aligned_removal(n, g.size, g.step)]
     return align_selection(ir, out)
+
+
+def at_ratios(ir: PruningIR, ratios: Mapping[int, float], floor: Callable[[LabelGroup], int]) -> list[Label]:
+    """Per group id, its ``floor(ratio * size)`` lowest-scored labels (see :func:`at_counts`)."""
+    sizes = {g.gid: g.size for g in ir.prunable_label_groups()}
+    return at_counts(ir, {gid: math.floor(r * sizes[gid] + 1e-9) for gid, r in ratios.items()}, floor)
 
 
 def scale_to_budget(p: Problem, ratios: Mapping[int, float], owner: str) -> tuple[float, list[Label]]:
     """The smallest factor ``a`` for which ``min(cap, a * ratios)`` reaches the budget, and its labels
     (bisection: removal grows with ``a``)."""
-    caps = {g.gid: 1 - p.target.floor(g) / g.size for g in p.groups}
+    caps = {g.gid: 1 - p.floor(g) / g.size for g in p.groups}
 
     def labels(a: float) -> list[Label]:
-        return at_ratios(p.ir, {g: min(caps[g], max(0.0, a * r)) for g, r in ratios.items()}, p.target.floor)
+        return at_ratios(p.ir, {g: min(caps[g], max(0.0, a * r)) for g, r in ratios.items()}, p.floor)
 
     hi = 1.0
     while not p.met(labels(hi)):
@@ -129,14 +149,15 @@ class Uniform(Allocation):
 
 def cost_factory(objective: Objective, ir: PruningIR) -> Any:
     """The objective as a cost-model factory ``(ir, snapshot_name) -> CostModel`` for score-per-cost
-    ranking, or ``None`` (a ratio, or a latency function without a cost model)."""
+    ranking, or ``None`` (a ratio, or a latency function without a cost model for this IR)."""
     if isinstance(objective, Macs):
         return "macs"
     if isinstance(objective, Params):
         return "params"
     if isinstance(objective, Latency):
         make = getattr(objective.fn, "cost_model", None)
-        return make if callable(make) else None
+        model = make(ir, "main") if callable(make) else None
+        return None if model is None else (lambda _ir, _name: model)
     return None
 
 
@@ -154,7 +175,7 @@ class Global(Allocation):
         inside = {g.gid for g in p.groups}
         factory = cost_factory(p.objective, p.ir) if self.per_cost else None
         costs = label_costs(p.ir, "main", factory, "Global") if factory is not None else None
-        ranking = ranked_units(p.ir, "main", lambda g: p.target.floor(g) if g.gid in inside else g.size,
+        ranking = ranked_units(p.ir, "main", lambda g: p.floor(g) if g.gid in inside else g.size,
                                self.tie_attention_head_dims, costs)
 
         def labels(n: int) -> list[Label]:
@@ -182,6 +203,13 @@ class Knapsack(Allocation):
 
     options: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        taken = {"constraint", "channels_constraint", "target_latency", "latency_calculation_function"} & set(
+            self.options)
+        if taken:
+            raise InvalidInputError(f"Knapsack(options={sorted(taken)}): these come from the target and the objective "
+                                    "(Channels(min_kept, max_ratio), Macs / Params / Latency); give the others only.")
+
     def allocate(self, p: Problem) -> list[Label]:
         from ..selectors import KnapsackLabelSelector
         from ..selectors.budget import GroupConstraint
@@ -191,42 +219,66 @@ class Knapsack(Allocation):
             raise InvalidInputError("Knapsack allocates a cost: give objective=Macs(f), Params(f) or Latency(f, fn) "
                                     "(for a fraction of the labels use Uniform or Global).")
         inside = {g.gid: g for g in p.groups}
-        constraint = {g.gid: GroupConstraint(low=p.target.floor(inside[g.gid]) if g.gid in inside else g.size)
+        constraint = {g.gid: GroupConstraint(low=p.floor(inside[g.gid]) if g.gid in inside else g.size)
                       for g in p.ir.prunable_label_groups()}
         if p.met([]):
             return []
         options = {"verbose": False, **self.options}
-        labels = KnapsackLabelSelector(p.budget, fn, constraint=constraint, **options).select(p.ir)
-        return list(labels)
+        labels = list(KnapsackLabelSelector(p.budget, fn, constraint=constraint, **options).select(p.ir))
+        if not p.met(labels):
+            raise p.unreachable("Knapsack", labels)
+        return labels
 
 
 @dataclass
 class Fixed(Allocation):
-    """Given fractions per group: keys are module names (the group of the module's output
-    channels) or group ids; groups of the target not named keep everything."""
+    """Given fractions per group, of its size in the original model: keys are module names (the
+    outer group of the module's output channels: whole heads of a query projection) or group ids;
+    groups of the target not named keep everything. In a schedule, a step reaches its share of
+    each fraction."""
 
     ratios: Mapping[str, float] | Mapping[int, float]
 
     def resolve(self, ir: PruningIR) -> dict[int, float]:
         """Group id -> fraction (the smallest when several modules name one group)."""
+        named = dict(ir.model.named_modules())
+        known = {g.gid for g in ir.prunable_label_groups()}
         out: dict[int, float] = {}
         for key, r in self.ratios.items():
             if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 <= r < 1:
                 raise InvalidInputError(f"Fixed: {key!r}: {r!r}: give a fraction in [0, 1).")
             if isinstance(key, str):
+                if key not in named:
+                    raise InvalidInputError(f"Fixed: no module named {key!r} in {type(ir.model).__name__}; see "
+                                            "model.named_modules().")
                 g = output_group(ir, key)
                 if g is None:
                     raise InvalidInputError(f"Fixed: the output channels of {key!r} are not a prunable group "
                                             "(ir.report() says why).")
                 gid = g.gid
+            elif isinstance(key, int) and not isinstance(key, bool) and key in known:
+                gid = key
             else:
-                gid = int(key)
+                raise InvalidInputError(f"Fixed: {key!r} is neither a module name nor a prunable group id of this IR.")
             out[gid] = min(float(r), out.get(gid, float(r)))
         return out
 
     def allocate(self, p: Problem) -> list[Label]:
-        inside = {g.gid for g in p.groups}
-        return at_ratios(p.ir, {g: r for g, r in self.resolve(p.ir).items() if g in inside}, p.target.floor)
+        inside = {g.gid: g for g in p.groups}
+        wanted = self.resolve(p.ir)
+        groups = {g.gid: g for g in p.ir.prunable_label_groups()}
+        outside = [groups[gid].describe() for gid in wanted if gid not in inside]
+        if outside:
+            warnings.warn(f"Fixed: groups {outside[:3]} are outside the target (excluded, or not its modules); "
+                          "they keep everything.", stacklevel=3)
+        counts = {}
+        for gid, r in wanted.items():
+            if gid not in inside:
+                continue
+            g, size = inside[gid], p.original(inside[gid])
+            # this step's share of the fraction of the original size, less what earlier steps removed
+            counts[gid] = math.floor(r * p.share * size + 1e-9) - (size - g.size)
+        return at_counts(p.ir, counts, p.floor)
 
 
 @dataclass
@@ -269,13 +321,20 @@ class Annealing(Allocation):
             raise InvalidInputError(f"Annealing: the evaluator returned {type(value).__name__}; give a function "
                                     "model -> float (higher = better).") from None
 
+    def _scores(self, p: Problem, selections: list[list[Label]]) -> list[float]:
+        """Every selection's score, candidate ``i`` evaluated on rank ``i % world``, the same list on
+        every rank (each score comes from one rank: decisions agree even if ranks see other data)."""
+        rank, world = rank_world()
+        mine = {i: self._score(p, labels) for i, labels in enumerate(selections) if i % world == rank}
+        got = {i: s for part in gather_objects(mine, world) for i, s in part.items()}
+        return [got[i] for i in range(len(selections))]
+
     def allocate(self, p: Problem) -> list[Label]:
         rng = random.Random(self.seed)
-        rank, world = rank_world()
         self.history = []
         _, current_labels = scale_to_budget(p, {g.gid: 1.0 for g in p.groups}, "Annealing")
         current = self._fractions(p, current_labels)
-        cur_score = best_score = self._score(p, current_labels)
+        cur_score = best_score = self._scores(p, [current_labels])[0]
         self.history.append({"fractions": current, "cost": p.measure(current_labels), "score": cur_score})
         best, best_labels = current, current_labels
         temperature = self.start_temperature
@@ -287,8 +346,7 @@ class Annealing(Allocation):
                          for g, r in current.items()}
                 _, labels = scale_to_budget(p, drawn, "Annealing")
                 cands.append((self._fractions(p, labels), labels))
-            mine = {i: self._score(p, labels) for i, (_, labels) in enumerate(cands) if i % world == rank}
-            scores = {i: s for part in gather_objects(mine, world) for i, s in part.items()}
+            scores = self._scores(p, [labels for _, labels in cands])
             for i, (fr, labels) in enumerate(cands):
                 self.history.append({"fractions": fr, "cost": p.measure(labels), "score": scores[i]})
             top = max(range(len(cands)), key=lambda i: (scores[i], -i))

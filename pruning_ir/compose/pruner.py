@@ -10,7 +10,6 @@ with ``torch.nn.utils.prune`` masks that only grow, on one model.
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 
 from .._ir.labels import Label
+from .._trace.run import kept_buffers
 from ..criteria import Criterion
 from ..errors import InvalidInputError
 from ..ir import PruningIR, _as_call
@@ -27,7 +27,7 @@ from ..sparsity import Scorer, SparsityReport, blocks, copy_masked, n_m, unstruc
 from .allocation import Allocation, Global, Problem, Uniform
 from .objectives import Objective, Ratio
 from .schedules import OneShot, Schedule
-from .targets import NM, Blocks, Channels, Elements, Target
+from .targets import NM, Blocks, Channels, Elements, Target, group_key
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +52,23 @@ def calibrated(criterion: type[Criterion], batches: Sequence[Any], loss: Callabl
                                 "at every step of a schedule).")
 
     def metric(ir: PruningIR) -> None:
-        with criterion(ir, **options) as collect:
-            for batch in batches:
-                inputs, targets = (batch[0], batch[1]) if loss is not None else (batch, None)
-                args = inputs if isinstance(inputs, tuple) else (inputs,)
-                out = collect(*args)
-                if loss is not None:
-                    loss(out, targets).backward()
-        ir.model.zero_grad(set_to_none=True)
+        # the model is the user's at a schedule's first step: its buffers (BatchNorm statistics in
+        # training mode) and gradients are as they were afterwards
+        grads = {p: None if p.grad is None else p.grad.detach().clone() for p in ir.model.parameters()}
+        try:
+            with kept_buffers(ir.model), criterion(ir, **options) as collect:
+                for batch in batches:
+                    inputs, targets = (batch[0], batch[1]) if loss is not None else (batch, None)
+                    args = inputs if isinstance(inputs, tuple) else (inputs,)
+                    out = collect(*args)
+                    if loss is not None:
+                        loss(out, targets).backward()
+        finally:
+            for p, g in grads.items():
+                p.grad = g
 
     metric.__qualname__ = f"calibrated({criterion.__name__})"
+    metric.scores_an_ir = True  # type: ignore[attr-defined]  # not a fine-grained scorer
     return metric
 
 
@@ -133,6 +140,11 @@ class Pruner:
                 raise InvalidInputError(f"Pruner(metric={self.metric!r}): channel targets take a criterion class "
                                         "(L1NormCriterion...) or fn(ir); 'l1'/'random' are for fine-grained targets.")
             return
+        m = self.metric
+        if (isinstance(m, type) and issubclass(m, Criterion)) or getattr(m, "scores_an_ir", False) or (
+                isinstance(m, str) and m not in ("l1", "random")):
+            raise InvalidInputError(f"Pruner(metric={_name(m)}): a fine-grained target ranks single weights: give "
+                                    "'l1', 'random' or scorer(name, weight) -> scores of the weight's shape.")
         if not isinstance(self.allocation, (Uniform, Global)):
             raise InvalidInputError(f"Pruner: a fine-grained target takes Uniform() (per weight) or Global() (one "
                                     f"threshold), not {type(self.allocation).__name__}.")
@@ -162,14 +174,22 @@ class Pruner:
         else:
             raise InvalidInputError(f"Pruner(metric={m!r}): give a Criterion class, fn(ir) or None.")
 
-    def problem(self, ir: PruningIR, fraction: float, base: float | None = None) -> Problem:
+    def problem(self, ir: PruningIR, fraction: float, base: float | None = None,
+                origin: dict[tuple[object, ...], int] | None = None, removed: int = 0) -> Problem:
         """The allocation problem of one step on ``ir``: remove ``fraction`` of ``base`` (default: the
-        cost of ``ir``'s model)."""
+        cost of ``ir``'s model). In a schedule's later steps ``origin`` gives the groups' original
+        sizes (by :func:`~pruning_ir.compose.targets.group_key`) and ``removed`` the target's labels
+        earlier steps removed (a :class:`Ratio` counts them)."""
         assert isinstance(self.target, Channels)
         groups = self.target.groups(ir)
         measure = self.objective.measure(ir, groups)
+        if isinstance(self.objective, Ratio) and origin is not None:
+            now = measure
+            measure = lambda labels: sum(origin.values()) - removed - (now([]) - now(labels))  # noqa: E731
         base = measure([]) if base is None else base
-        return Problem(ir, self.target, groups, self.objective, measure, (1 - fraction) * base)
+        sizes = {} if origin is None else {g.gid: origin.get(group_key(ir, g), g.size) for g in groups}
+        share = fraction / self.objective.fraction
+        return Problem(ir, self.target, groups, self.objective, measure, (1 - fraction) * base, sizes, share)
 
     def select(self, ir: PruningIR, fraction: float | None = None) -> list[Label]:
         """Score ``ir`` with the metric and allocate one step (default: the whole objective) on it."""
@@ -177,7 +197,16 @@ class Pruner:
             raise InvalidInputError("Pruner.select: fine-grained targets have no labels; use run().")
         self.score(ir)
         p = self.problem(ir, self.objective.fraction if fraction is None else fraction)
-        return self.allocation.allocate(p) if p.groups else []
+        return self._allocate(p)
+
+    def _allocate(self, p: Problem) -> list[Label]:
+        if p.met([]):
+            return []
+        if not p.groups:
+            raise InvalidInputError(f"Pruner: {self.target!r} selects no prunable group of {type(p.ir.model).__name__}"
+                                    " (excluded, not prunable: ir.report() says why), so nothing can reach "
+                                    f"{self.objective!r}; widen the target.")
+        return self.allocation.allocate(p)
 
     # ------------------------------------------------------------------ the loop
     def run(self, model: nn.Module, example_inputs: Any = None, example_kwargs: dict[str, Any] | None = None,
@@ -190,26 +219,36 @@ class Pruner:
         self.history = []
         if not self.target.structured:
             return self._run_fine(model if inplace else copy_masked(model))
+        if inplace:
+            raise InvalidInputError("Pruner.run(..., inplace=True): a channel target builds a new, smaller model "
+                                    "(your model is never changed); inplace is for fine-grained masks.")
         if example_inputs is None:
             raise InvalidInputError("Pruner.run(model, example_inputs): channel targets trace the model; give one "
                                     "example input batch.")
         example = _as_call(example_inputs, example_kwargs)
         ticket = None
         if self.rewind is not None:
-            ticket = copy.deepcopy(model)
+            ticket = copy_masked(model)
             try:
                 ticket.load_state_dict(self.rewind)
             except RuntimeError as exc:
                 raise InvalidInputError(f"rewind: the state dict does not fit {type(model).__name__} ({exc}); give "
                                         "model.state_dict() saved at initialisation or early in training.") from exc
         base: float | None = None
+        origin: dict[tuple[object, ...], int] | None = None
+        removed = 0
         current = model
         for t, frac in enumerate(self.schedule.fractions(self.objective.fraction)):
             ir = PruningIR(current, example_inputs=example[0], example_kwargs=example[1])
             self.score(ir)
-            p = self.problem(ir, frac, base)
+            if origin is None:  # the original model's groups: floors and fractions stay of their sizes
+                assert isinstance(self.target, Channels)
+                origin = {group_key(ir, g): g.size for g in self.target.groups(ir)}
+            p = self.problem(ir, frac, base, origin, removed)
             base = base if base is not None else p.measure([])
-            labels = self.allocation.allocate(p) if p.groups and not p.met([]) else []
+            labels = self._allocate(p)
+            inside = {g.gid for g in p.groups}
+            removed += sum(1 for lab in labels if lab.group in inside)
             current = ir.prune(labels=labels).model
             if ticket is not None:  # the same labels removed from the rewind weights: same shapes
                 ticket = PruningIR._from_snapshot(ticket, ir.snapshot(), ir).prune(labels=labels, verify=False).model

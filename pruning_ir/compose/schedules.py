@@ -43,6 +43,9 @@ class Schedule:
     kind: str = "one_shot"
     steps: int = 1
 
+    def __post_init__(self) -> None:
+        schedule_fractions(self.kind, 0.5, self.steps)  # a kind or step count that cannot work fails here
+
     def fractions(self, final: float) -> list[float]:
         """The fraction of the original cost removed after each step."""
         return schedule_fractions(self.kind, final, self.steps)

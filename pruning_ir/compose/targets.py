@@ -39,17 +39,55 @@ def out_axis(module: nn.Module) -> int:
     return 1 if type(module).__name__ == "Conv1D" or getattr(module, "transposed", False) else 0
 
 
-def output_group(ir: PruningIR, path: str) -> LabelGroup | None:
-    """The prunable group holding the output channels of module ``path`` (its weight along
-    :func:`out_axis`, or its bias), or ``None`` when they are not prunable (the model's output, or
-    a coupling the engine cannot slice: ``ir.report()`` says why)."""
+def _outerness(ir: PruningIR, g: LabelGroup, name: str, axis: int) -> int:
+    """How often ``g``'s slot changes along ``name``'s axis ``axis``: few for the outer factor of a
+    product axis (heads: ``[0, 0, .., 1, 1, ..]``), many for the inner one (the width inside a head)."""
+    from .._ir.axes import slot_map
+
+    snap = ir.snapshot()
+    vid = snap.graph.params.get(name)
+    if vid is None:
+        return 0
+    slots = slot_map(snap.spaces, snap.graph.values[vid].axes[axis], g.leaf)
+    slots = slots[slots >= 0]
+    return int((slots[1:] != slots[:-1]).sum()) if slots.numel() > 1 else 0
+
+
+def output_groups(ir: PruningIR, path: str) -> list[LabelGroup]:
+    """The prunable groups holding the output channels of module ``path`` (its weight along
+    :func:`out_axis`, or its bias), outer factor first: one group for a plain layer; for a product
+    axis (a query projection's heads x head width, a grouped convolution's groups x channels per
+    group) one per prunable factor. Empty when none is prunable (the model's output, or a coupling
+    the engine cannot slice: ``ir.report()`` says why)."""
     module = ir.model.get_submodule(path)
     prefix = f"{path}." if path else ""
-    wanted = {(f"{prefix}weight", out_axis(module)), (f"{prefix}bias", 0)}
+    wanted = [(f"{prefix}weight", out_axis(module)), (f"{prefix}bias", 0)]
+    found = []
     for g in ir.prunable_label_groups():
-        if any(m in wanted for m in g.members):
-            return g
-    return None
+        hit = next((m for m in wanted if m in g.members), None)
+        if hit is not None:
+            found.append((_outerness(ir, g, *hit), g.gid, g))
+    return [g for _, _, g in sorted(found, key=lambda t: (t[0], t[1]))]
+
+
+def output_group(ir: PruningIR, path: str) -> LabelGroup | None:
+    """The outer group of :func:`output_groups` (the one a per-layer fraction of output channels
+    applies to: whole heads, whole convolution groups), or ``None``."""
+    found = output_groups(ir, path)
+    return found[0] if found else None
+
+
+def group_key(ir: PruningIR, g: LabelGroup) -> tuple[object, ...]:
+    """Identify ``g`` across the IRs of successive slim models (a schedule's steps): the parameter
+    axes it slices (module names survive pruning) and its rank among the groups slicing the same
+    axes, outer factor first."""
+    members = tuple(sorted(g.members))
+    if not members:
+        return (members, g.gid)
+    twins = [h for h in ir.label_groups() if tuple(sorted(h.members)) == members]
+    name, axis = members[0]
+    order = sorted(twins, key=lambda h: (_outerness(ir, h, name, axis), h.gid))
+    return (members, [h.gid for h in order].index(g.gid))
 
 
 def _matched(model: nn.Module, spec: ModuleSpec | None, owner: str) -> list[str]:
@@ -80,14 +118,22 @@ def _excluded(model: nn.Module, exclude: Sequence[str], owner: str) -> list[str]
 class Channels:
     """Label groups of the IR: the output channels of ``modules`` (default: every prunable group),
     minus those of ``exclude``. Each group keeps at least ``min_kept`` labels and loses at most
-    ``max_ratio`` of them (NNI's ``max_sparsity_per_layer``)."""
+    ``max_ratio`` of them, of its size in the original model (NNI's ``max_sparsity_per_layer``). A
+    module whose output axis is a product (a query projection: heads x head width) contributes every
+    prunable factor, or with ``outer=True`` only the outer one (whole heads, whole convolution
+    groups: NNI's filters of that op); an excluded module freezes every factor."""
 
     modules: ModuleSpec | None = None
     exclude: Sequence[str] = ()
     min_kept: int = 1
     max_ratio: float = 1.0
+    outer: bool = False
 
     def __post_init__(self) -> None:
+        if isinstance(self.modules, (str, type)):  # one module: not a sequence of its characters
+            object.__setattr__(self, "modules", (self.modules,))
+        if isinstance(self.exclude, str):
+            object.__setattr__(self, "exclude", (self.exclude,))
         if not isinstance(self.min_kept, int) or isinstance(self.min_kept, bool) or self.min_kept < 1:
             raise InvalidInputError(f"Channels(min_kept={self.min_kept!r}): give an int >= 1.")
         if isinstance(self.max_ratio, bool) or not isinstance(self.max_ratio, (int, float)) or \
@@ -99,8 +145,7 @@ class Channels:
     def groups(self, ir: PruningIR) -> list[LabelGroup]:
         """The prunable groups of the target, in the IR's order; selected modules whose output
         channels are not prunable are named in a warning (never silently skipped)."""
-        frozen = {g.gid for p in _excluded(ir.model, self.exclude, "Channels")
-                  if (g := output_group(ir, p)) is not None}
+        frozen = {g.gid for p in _excluded(ir.model, self.exclude, "Channels") for g in output_groups(ir, p)}
         if self.modules is None:
             return [g for g in ir.prunable_label_groups() if g.gid not in frozen]
         chosen: dict[int, LabelGroup] = {}
@@ -108,21 +153,23 @@ class Channels:
         for path in _matched(ir.model, self.modules, "Channels"):
             if not any(True for _ in ir.model.get_submodule(path).parameters(recurse=False)):
                 continue  # a container: its children are matched on their own
-            g = output_group(ir, path)
-            if g is None:
+            found = output_groups(ir, path)
+            if not found:
                 lost.append(path)
-            elif g.gid not in frozen:
-                chosen[g.gid] = g
+            found = found[:1] if self.outer else found
+            chosen.update((g.gid, g) for g in found if g.gid not in frozen)
         if lost:
             warnings.warn(f"Channels: the output channels of {lost[:5]} are not a prunable group (the model's "
                           "output, or a coupling the engine cannot slice: ir.report() says why); they stay whole.",
                           stacklevel=3)
         return [g for g in ir.prunable_label_groups() if g.gid in chosen]
 
-    def floor(self, g: LabelGroup) -> int:
-        """Labels group ``g`` keeps at least."""
-        most = math.floor(self.max_ratio * g.size + 1e-9)
-        return min(g.size, max(self.min_kept, g.size - most))
+    def floor(self, g: LabelGroup, original: int | None = None) -> int:
+        """Labels group ``g`` keeps at least: ``min_kept``, and ``1 - max_ratio`` of its size in the
+        original model (``original``; default: its size now)."""
+        size = g.size if original is None else original
+        most = math.floor(self.max_ratio * size + 1e-9)
+        return min(g.size, max(self.min_kept, size - most))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -131,6 +178,12 @@ class _Fine:
     exclude: Sequence[str] = ()
 
     structured = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.modules, (str, type)):
+            object.__setattr__(self, "modules", (self.modules,))
+        if isinstance(self.exclude, str):
+            object.__setattr__(self, "exclude", (self.exclude,))
 
     def weights(self, model: nn.Module) -> list[str]:
         """Names of the modules whose ``weight`` is masked."""

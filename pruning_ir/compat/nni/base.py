@@ -139,14 +139,15 @@ class _Pruner:
         out: list[Label] = []
         if per_layer:
             prunable = {op: v for op, v in per_layer.items() if self._group_of(op) is not None}
-            out += Pruner(Channels(list(per_layer), excluded), allocation=Fixed(prunable)).select(self.ir)
+            out += Pruner(Channels(list(per_layer), excluded, outer=True), allocation=Fixed(prunable)).select(self.ir)
         for entry, c in enumerate(self.config_list):
             members = [op for op, (e, _, _) in ops.items() if e == entry and "total_sparsity" in c]
             if not members:
                 continue
             cap = c.get("max_sparsity_per_layer")
             # a group a per-layer entry already set is not ranked again
-            target = Channels(members, excluded + list(per_layer), max_ratio=1.0 if cap is None else float(cap))
+            target = Channels(members, excluded + list(per_layer), max_ratio=1.0 if cap is None else float(cap),
+                              outer=True)
             groups = target.groups(self.ir)
             total = sum(g.size for g in groups)
             count = math.floor(float(c["total_sparsity"]) * total + 1e-9)  # NNI: whole labels, rounded down
@@ -159,8 +160,9 @@ class _Pruner:
         return Pruner(Channels(), allocation=Fixed(ratios)).select(self.ir)
 
     def target(self) -> Channels:
-        """The config's ops (excluded ones left out) as a :class:`~pruning_ir.compose.Channels` target."""
-        return Channels(list(self.op_sparsity()), sorted(self.excluded))
+        """The config's ops (excluded ones left out) as a :class:`~pruning_ir.compose.Channels` target:
+        each op's filters are the outer group of its output (whole heads of a query projection)."""
+        return Channels(list(self.op_sparsity()), sorted(self.excluded), outer=True)
 
     def _mask(self, labels: list[Label]) -> nn.Module:
         """Put the masks of ``labels`` on the user's model (what :meth:`compress` does after selecting)."""
