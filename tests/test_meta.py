@@ -29,3 +29,41 @@ def test_llama_on_meta_device_gets_the_same_groups_as_on_cpu() -> None:
     shape = [(g.size, g.prunable, g.structured) for g in ir_cpu.label_groups()]
     assert [(g.size, g.prunable, g.structured) for g in ir_meta.label_groups()] == shape
     assert all(p.device.type == "meta" for p in meta.parameters())
+
+
+def test_fast_meta_rules_equal_the_meta_kernels_and_decline_what_they_would_refuse() -> None:
+    """Oracle: each op's own meta kernel (shape, strides, dtype; the input itself for in-place ops),
+    on contiguous, channels-last and float64 inputs; sizes the kernel refuses are left to it."""
+    from pruning_ir._trace.meta import _UNARY, _UNARY_INPLACE, _fast_meta
+
+    aten = torch.ops.aten
+    xs = [torch.empty(2, 6, 5, 5, device="meta"),
+          torch.empty(2, 6, 5, 5, device="meta").to(memory_format=torch.channels_last),
+          torch.empty(3, 7, device="meta", dtype=torch.float64)]
+
+    def same(a: torch.Tensor, b: torch.Tensor) -> bool:
+        return a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype
+
+    for f in _UNARY | _UNARY_INPLACE:
+        for x in xs:
+            a, b = f(x), _fast_meta(f, (x,), {})
+            assert same(a, b) and (a is x) == (b is x), (f, x.stride())
+    w = torch.empty(6, device="meta")
+    for x in xs[:2]:
+        for f, args in ((aten.native_batch_norm.default, (x, w, w, w, w, False, 0.1, 1e-5)),
+                        (aten.native_batch_norm.default, (x, w, None, w, w, True, 0.1, 1e-5)),
+                        (aten._native_batch_norm_legit_no_training.default, (x, w, w, w, w, 0.1, 1e-5))):
+            assert all(same(a, b) for a, b in zip(f(*args), _fast_meta(f, args, {}), strict=True)), f
+    s = torch.empty(2, 7, 16, device="meta")
+    ln = aten.native_layer_norm.default
+    for args in ((s, [16], torch.empty(16, device="meta"), torch.empty(16, device="meta"), 1e-5),
+                 (s, [7, 16], torch.empty(7, 16, device="meta"), None, 1e-5), (s, [16], None, None, 1e-5)):
+        assert all(same(a, b) for a, b in zip(ln(*args), _fast_meta(ln, args, {}), strict=True))
+    # a pruned weight that no longer fits: the rule declines, the kernel raises
+    bad_bn = (xs[0], torch.empty(5, device="meta"), None, w, w, False, 0.1, 1e-5)
+    assert _fast_meta(aten.native_batch_norm.default, bad_bn, {}) is None
+    with pytest.raises(RuntimeError):
+        aten.native_batch_norm.default(*bad_bn)
+    no_stats = (xs[0], w, w, None, None, False, 0.1, 1e-5)  # eval without running statistics
+    assert _fast_meta(aten.native_batch_norm.default, no_stats, {}) is None
+    assert _fast_meta(ln, (s, [16], torch.empty(15, device="meta"), None, 1e-5), {}) is None

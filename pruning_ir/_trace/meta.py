@@ -62,12 +62,80 @@ def _fresh_meta(outputs: list[Any], inputs: Any) -> bool:
                              and o.untyped_storage()._cdata not in shared) for o in outputs)
 
 
+_A = torch.ops.aten
+_UNARY = {getattr(_A, n).default for n in ("relu", "hardtanh", "gelu", "silu", "sigmoid", "tanh", "hardswish",
+                                             "hardsigmoid", "leaky_relu", "elu", "mish", "neg", "abs")}
+"""Pointwise ops of one tensor (the other arguments scalars): the output has the input's metadata."""
+_UNARY_INPLACE = {getattr(_A, n).default for n in ("relu_", "hardtanh_", "gelu_", "silu_", "sigmoid_", "tanh_",
+                                                     "hardswish_", "hardsigmoid_", "leaky_relu_", "elu_",
+                                                     "mish_")}
+"""The same, in place: they return their input, and on ``meta`` write nothing."""
+
+
+def _dense(t: Any) -> bool:
+    return (isinstance(t, torch.Tensor) and t.is_meta and t.layout == torch.strided and t.is_floating_point()
+            and (t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last)))
+
+
+def _is_vector(t: Any, n: int) -> bool:
+    return t is None or (isinstance(t, torch.Tensor) and t.is_meta and t.dim() == 1 and t.shape[0] == n)
+
+
+def _fast_meta(func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
+    """The outputs of a few common ops on ``meta`` tensors, from their shape rules, where the meta
+    kernel runs a long Python decomposition (a millisecond each: ``hardtanh``, batch and layer norm)
+    and a probe's new shapes miss the cache; ``None`` for anything unusual (the meta kernel then runs
+    and raises what it raises). Each rule returns exactly what the meta kernel returns."""
+    if func in _UNARY_INPLACE:
+        x = args[0]
+        if _dense(x) and not any(isinstance(a, torch.Tensor) for a in (*args[1:], *kwargs.values())):
+            return x
+        return None
+    if func in _UNARY:
+        x = args[0]
+        if _dense(x) and not any(isinstance(a, torch.Tensor) for a in (*args[1:], *kwargs.values())):
+            return torch.empty_like(x)
+        return None
+    if kwargs:
+        return None
+    if func in (_A.native_batch_norm.default, _A._native_batch_norm_legit_no_training.default):
+        x = args[0]
+        if not _dense(x) or x.dim() < 2 or not all(_is_vector(t, x.shape[1]) for t in args[1:5]):
+            return None
+        if any(t is not None and t.dtype != x.dtype for t in args[1:5]):
+            return None
+        training = args[5] if func is _A.native_batch_norm.default else False
+        if not training and (args[3] is None or args[4] is None):
+            return None  # eval needs running statistics: the kernel says so
+        stats = x.new_empty((x.shape[1],))
+        return torch.empty_like(x), stats, torch.empty_like(stats)
+    if func is _A.native_layer_norm.default:
+        x, shape, weight, bias = args[0], list(args[1]), args[2], args[3]
+        k = len(shape)
+        if not _dense(x) or not x.is_contiguous() or k == 0 or list(x.shape[x.dim() - k:]) != shape:
+            return None
+        if any(t is not None and (list(t.shape) != shape or t.dtype != x.dtype or not t.is_meta)
+               for t in (weight, bias)):
+            return None
+        stat = x.new_empty((*x.shape[: x.dim() - k], *([1] * k)))
+        return torch.empty_like(x), stat, torch.empty_like(stat)
+    return None
+
+
+_FAST = _UNARY | _UNARY_INPLACE | {_A.native_batch_norm.default, _A._native_batch_norm_legit_no_training.default,
+                                   _A.native_layer_norm.default}
+
+
 def meta_call(func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
     """``func(*args, **kwargs)``; on ``meta`` tensors, functional ops answer from a cache of the
     output metadata the meta kernel gave for the same input metadata (meta kernels of some ops,
     batch norm above all, run long Python decompositions, and a build traces the same calls
     again and again: the probe's copy, verification's re-traces)."""
     first = args[0] if args else None
+    if isinstance(first, torch.Tensor) and first.is_meta and func in _FAST:
+        fast = _fast_meta(func, args, kwargs)
+        if fast is not None:
+            return fast
     if (isinstance(first, torch.Tensor) and not first.is_meta) or not _functional(func):
         return func(*args, **kwargs)  # the common case on a real model: one attribute read
     tensors = [0]
