@@ -310,7 +310,8 @@ class Annealing(Allocation):
     candidate ``i`` runs on rank ``i % world``), and moves to the best with Metropolis' rule
     (a worse one with probability ``exp(delta / T)``); ``T`` falls from ``start_temperature`` to
     ``stop_temperature`` by ``cool_down_rate``. ``history`` lists every candidate (fractions by
-    group id, cost in the objective's units, score); ``best`` the best fractions."""
+    group id, cost in the objective's units, score); ``best`` the best fractions (both of the last
+    :meth:`allocate`: a schedule's last step)."""
 
     evaluator: Callable[[nn.Module], float]
     start_temperature: float = 100.0
