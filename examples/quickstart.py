@@ -20,11 +20,9 @@ Needs the ``examples`` extra (scikit-learn, tqdm); the data is scikit-learn's bu
 from __future__ import annotations
 
 import argparse
-import functools
 import itertools
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -38,27 +36,19 @@ from digits_cnn import (
     make_model,
     n_params,
     recalibrate_bn,
-    select_for_macs,
     train,
 )
 
 from pruning_ir import (
-    GlobalScoreLabelSelector,
     LossAwareCriterion,
     PruningIR,
-    UniformLabelSelector,
     fisher_loss,
     joint_loss_scores,
     load_pruned,
     save_pruned,
     verify_pruning,
 )
-
-# The selector, as a function of its ratio: the labels of the whole model with the lowest score per MAC
-# saved (scores in units of loss, comparable across layers). UniformLabelSelector removes the same
-# fraction of every group instead (lowest score first within each group).
-SELECTOR: Callable[[float], GlobalScoreLabelSelector | UniformLabelSelector] = functools.partial(
-    GlobalScoreLabelSelector, cost="macs")
+from pruning_ir.compose import Channels, Global, Macs, Pruner
 
 
 def main() -> None:
@@ -114,16 +104,18 @@ def main() -> None:
     curves = joint_loss_scores(ir, calibration_loss)
     print(f"joint loss curves: {sum(len(c) for c in curves.curves.values())} masked evaluations")
 
-    #    and pick the lowest-scored labels for half the MACs (bisection over the selector's ratio)
+    #    and pick labels for half the MACs: one ranking of every label by its score per MAC saved (scores in
+    #    units of loss, comparable across layers), the shortest prefix that reaches the objective
+    #    (pruning_ir.compose: target x metric x allocation x schedule x objective; the IR is scored already)
     x1 = data.x_test[:1]
-    sel = select_for_macs(ir, SELECTOR, args.target, x1)
-    print(f"GlobalScoreLabelSelector(ratio={sel.ratio:.3f}, cost='macs'): {len(sel.labels)} of "
-          f"{sum(g.size for g in ir.prunable_label_groups())} prunable labels, MACs {sel.fraction:.3f} of the original")
+    pruner = Pruner(Channels(), None, Global(), objective=Macs(1 - args.target))
+    labels = pruner.select(ir)
+    print(f"{pruner!r}: {len(labels)} of {sum(g.size for g in ir.prunable_label_groups())} prunable labels")
 
     # 4. prune, and check slim == masked original
-    pruned = ir.prune(labels=sel.labels)
+    pruned = ir.prune(labels=labels)
     slim = pruned.model
-    report = verify_pruning(ir, sel.labels)
+    report = verify_pruning(ir, labels)
     print(f"slim == masked original: exact={report.exact} (max |diff| {report.max_abs_diff:.2e})")
     print(f"{type(slim).__name__} kept its classes: layers[1].conv1 = {slim.get_submodule('layers.1.conv1')}")
 
