@@ -143,8 +143,10 @@ class Channels:
     structured = True
 
     def groups(self, ir: PruningIR) -> list[LabelGroup]:
-        """The prunable groups of the target, in the IR's order; selected modules whose output
-        channels are not prunable are named in a warning (never silently skipped)."""
+        """The prunable groups of the target: in the IR's order, or with ``modules``, in the order
+        of the matching modules (``model.named_modules()``), which a search visits them in (its
+        choice among equally scored candidates follows it). Selected modules whose output channels
+        are not prunable are named in a warning (never silently skipped)."""
         frozen = {g.gid for p in _excluded(ir.model, self.exclude, "Channels") for g in output_groups(ir, p)}
         if self.modules is None:
             return [g for g in ir.prunable_label_groups() if g.gid not in frozen]
@@ -162,7 +164,7 @@ class Channels:
             warnings.warn(f"Channels: the output channels of {lost[:5]} are not a prunable group (the model's "
                           "output, or a coupling the engine cannot slice: ir.report() says why); they stay whole.",
                           stacklevel=3)
-        return [g for g in ir.prunable_label_groups() if g.gid in chosen]
+        return list(chosen.values())  # in the modules' order (NNI's search pruners visit layers so)
 
     def floor(self, g: LabelGroup, original: int | None = None) -> int:
         """Labels group ``g`` keeps at least: ``min_kept``, and ``1 - max_ratio`` of its size in the
