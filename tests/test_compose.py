@@ -6,9 +6,6 @@ from __future__ import annotations
 import copy
 import functools
 import itertools
-import socket
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -180,16 +177,9 @@ def test_annealing_candidates_all_meet_the_budget_and_the_best_is_returned() -> 
 def test_annealing_over_two_gloo_ranks_equals_one_process(tmp_path: Path) -> None:
     """Oracle: the one-process run. Two ranks split each temperature's candidates and both end with the
     same history, best fractions and slim weights as one process."""
-    worker = str(Path(__file__).resolve().parent / "dist_annealing_worker.py")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
-    procs = [subprocess.Popen([sys.executable, worker, str(tmp_path / "two"), str(r), "2", port],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
-    for proc in procs:
-        out, _ = proc.communicate(timeout=300)
-        assert proc.returncode == 0, out
-    subprocess.run([sys.executable, worker, str(tmp_path / "one"), "0", "1", port], check=True, timeout=300)
+    from gloo import two_ranks_and_one
+
+    two_ranks_and_one("dist_annealing_worker.py", tmp_path)
     one = torch.load(tmp_path / "one.0.pt")
     assert len(one["history"]) == 1 + 3 * 4
     for r in range(2):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from checks import roundtrip
 from criteria_models import ConvBNNet, ResidualMLP, TwoLayer
+from gloo import free_port
 
 from pruning_ir import (
     APoZCriterion,
@@ -341,16 +341,10 @@ def test_loss_aware_on_cuda_matches_cpu() -> None:
 
 
 # ---------------------------------------------------------------------------- distributed
-def _free_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
 @pytest.mark.parametrize("which", ["loss_aware", "apoz"])
 def test_two_gloo_processes_equal_one_process_over_the_union(tmp_path: Path, which: str) -> None:
     worker = str(HERE / "dist_calibration_worker.py")
-    port = _free_port()
+    port = free_port()
     procs = [subprocess.Popen([sys.executable, worker, str(tmp_path / f"r{r}.pt"), str(r), "2", port, which],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
     for p in procs:

@@ -546,19 +546,9 @@ def test_every_pruner_runs_with_a_seed_config(kind: str, name: str) -> None:
 def test_netadapt_over_two_gloo_ranks_equals_one_process(tmp_path: Path) -> None:
     """Oracle: the one-process run. Two ranks split each iteration's candidates, and both end with the
     same ratios, history and weights as one process."""
-    import socket
-    import subprocess
+    from gloo import two_ranks_and_one
 
-    worker = str(Path(__file__).resolve().parent / "dist_netadapt_worker.py")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
-    procs = [subprocess.Popen([sys.executable, worker, str(tmp_path / "two"), str(r), "2", port],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
-    for proc in procs:
-        out, _ = proc.communicate(timeout=300)
-        assert proc.returncode == 0, out
-    subprocess.run([sys.executable, worker, str(tmp_path / "one"), "0", "1", port], check=True, timeout=300)
+    two_ranks_and_one("dist_netadapt_worker.py", tmp_path)
     one = torch.load(tmp_path / "one.0.pt")
     for r in range(2):
         two = torch.load(tmp_path / f"two.{r}.pt")

@@ -10,13 +10,13 @@ direct evaluation of the slim model for a plain group.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from gloo import free_port
 from workflow_models import Fidelity, data, make_model
 
 from pruning_ir import InvalidInputError, MacsLatency
@@ -116,15 +116,9 @@ def test_excludes_and_errors(tmp_path: Path) -> None:
         get_pruning_runner(make_model(), (x,), "two_step")
 
 
-def _free_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
 def test_two_gloo_ranks_write_the_one_process_file(tmp_path: Path) -> None:
     worker = str(HERE / "dist_workflow_worker.py")
-    port = _free_port()
+    port = free_port()
     procs = [subprocess.Popen([sys.executable, worker, str(tmp_path / "two"), str(r), "2", port],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
     calls = []
@@ -212,7 +206,7 @@ def test_interrupted_evolution_search_resumes_to_the_same_file(tmp_path: Path) -
 
 def test_two_gloo_ranks_search_to_the_one_process_file(tmp_path: Path) -> None:
     worker = str(HERE / "dist_workflow_worker.py")
-    port = _free_port()
+    port = free_port()
     procs = [subprocess.Popen([sys.executable, worker, str(tmp_path / "two"), str(r), "2", port, "search"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
     for p in procs:
