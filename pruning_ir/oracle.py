@@ -231,13 +231,8 @@ def _with_noise(snap: Any, removed: dict[int, torch.Tensor], ref_model: torch.nn
             out.append(check)
             continue
         noise, _ = _diff(ref, got)
-        grad_noise = 0.0
-        for pname, g in ref_grads.items():
-            other = got_grads.get(pname)
-            if other is not None and other.shape == g.shape and g.numel():
-                a, b = _kept_entries(snap, removed, pname, g), _kept_entries(snap, removed, pname, other)
-                if a.numel():
-                    grad_noise = max(grad_noise, float((a.double() - b.double()).abs().max()))
+        kept = {n: _kept_entries(snap, removed, n, g) for n, g in got_grads.items()}
+        grad_noise, _ = _kept_grads(snap, removed, ref_grads, kept, set())
         out.append(replace(check, noise=noise, grad_noise=grad_noise))
     return out
 

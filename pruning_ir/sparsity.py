@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from ._trace.run import flat_tensors
 from .errors import InvalidInputError
 
 Scorer = Callable[[str, torch.Tensor], torch.Tensor]
@@ -414,7 +415,7 @@ def to_sparse(model: nn.Module, min_sparsity: float = 0.9, *, inplace: bool = Fa
             try:
                 got = model(*args)
                 if not all(torch.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(
-                        _tensors(reference), _tensors(got), strict=True)):
+                        flat_tensors(reference), flat_tensors(got), strict=True)):
                     problem = "gives other outputs"
             except Exception as exc:  # reported below, with the layers replaced
                 problem = f"does not run ({type(exc).__name__}: {exc})"
@@ -426,8 +427,3 @@ def to_sparse(model: nn.Module, min_sparsity: float = 0.9, *, inplace: bool = Fa
                                     "masks.")
     return model, done
 
-
-def _tensors(out: object) -> list[torch.Tensor]:
-    from torch.utils import _pytree as pytree
-
-    return [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]

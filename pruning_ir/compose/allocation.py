@@ -66,9 +66,8 @@ class Problem:
         """Whether removing ``labels`` reaches the budget; a measured latency (no cost model) must
         reach it in two readings (the worse counts), so a lucky reading on a noisy machine does
         not accept a candidate."""
-        m = self.measure
-        confirm = getattr(m, "confirm", None)
-        value = confirm(labels) if callable(confirm) and getattr(m, "exact", True) is None else m(labels)
+        confirm = getattr(self.measure, "confirm", None)  # an Evaluator: one reading where the cost is exact
+        value = confirm(labels) if callable(confirm) else self.measure(labels)
         return value <= self.budget * (1 + 1e-12)
 
     def original(self, g: LabelGroup) -> int:
@@ -90,17 +89,11 @@ class Problem:
 
 def at_counts(ir: PruningIR, counts: Mapping[int, int], floor: Callable[[LabelGroup], int]) -> list[Label]:
     """Per group id, its ``count`` lowest-scored labels (whole steps; the group keeps at least
-    ``floor(group)`` labels), aligned so that no parameter axis is emptied."""
-    from ..selectors.base import align_selection, aligned_removal
+    ``floor(group)`` labels), aligned so that no parameter axis is emptied (the selectors' own
+    :func:`~pruning_ir.selectors.base.lowest_labels`)."""
+    from ..selectors.base import lowest_labels
 
-    ordered = {labs[0].group: labs for labs in ir.selector_label_groups() if labs}
-    groups = {g.gid: g for g in ir.prunable_label_groups()}
-    out: list[Label] = []
-    for gid, k in counts.items():
-        g = groups[gid]
-        n = max(0, min(int(k), g.size - floor(g)))
-        out += ordered[gid][:aligned_removal(n, g.size, g.step)]
-    return align_selection(ir, out)
+    return lowest_labels(ir, counts, floor)
 
 
 def at_ratios(ir: PruningIR, ratios: Mapping[int, float], floor: Callable[[LabelGroup], int]) -> list[Label]:

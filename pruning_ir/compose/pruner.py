@@ -18,7 +18,7 @@ from typing import Any, TypeAlias, cast
 import torch
 from torch import nn
 
-from .._ir.labels import Label
+from .._ir.labels import Label, LabelGroup
 from .._trace.run import kept_buffers
 from ..criteria import Criterion
 from ..errors import InvalidInputError
@@ -175,13 +175,15 @@ class Pruner:
             raise InvalidInputError(f"Pruner(metric={m!r}): give a Criterion class, fn(ir) or None.")
 
     def problem(self, ir: PruningIR, fraction: float, base: float | None = None,
-                origin: dict[tuple[object, ...], int] | None = None, removed: int = 0) -> Problem:
+                origin: dict[tuple[object, ...], int] | None = None, removed: int = 0,
+                groups: list[LabelGroup] | None = None) -> Problem:
         """The allocation problem of one step on ``ir``: remove ``fraction`` of ``base`` (default: the
         cost of ``ir``'s model). In a schedule's later steps ``origin`` gives the groups' original
         sizes (by :func:`~pruning_ir.compose.targets.group_key`) and ``removed`` the target's labels
-        earlier steps removed (a :class:`Ratio` counts them)."""
+        earlier steps removed (a :class:`Ratio` counts them); ``groups``: the target's groups of ``ir``
+        when already known."""
         assert isinstance(self.target, Channels)
-        groups = self.target.groups(ir)
+        groups = self.target.groups(ir) if groups is None else groups
         measure = self.objective.measure(ir, groups)
         if isinstance(self.objective, Ratio) and origin is not None:
             now = measure
@@ -241,10 +243,11 @@ class Pruner:
         for t, frac in enumerate(self.schedule.fractions(self.objective.fraction)):
             ir = PruningIR(current, example_inputs=example[0], example_kwargs=example[1])
             self.score(ir)
+            assert isinstance(self.target, Channels)
+            groups = self.target.groups(ir)
             if origin is None:  # the original model's groups: floors and fractions stay of their sizes
-                assert isinstance(self.target, Channels)
-                origin = {group_key(ir, g): g.size for g in self.target.groups(ir)}
-            p = self.problem(ir, frac, base, origin, removed)
+                origin = {group_key(ir, g): g.size for g in groups}
+            p = self.problem(ir, frac, base, origin, removed, groups)
             base = base if base is not None else p.measure([])
             labels = self._allocate(p)
             inside = {g.gid for g in p.groups}

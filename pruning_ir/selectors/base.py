@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 import torch
 
 if TYPE_CHECKING:
-    from .._ir.labels import Label
+    from .._ir.labels import Label, LabelGroup
     from ..ir import PruningIR
 
 
@@ -26,6 +27,20 @@ def aligned_removal(n_remove: int, size: int, step: int) -> int:
         return max(0, n_remove)
     kept = -(-(size - n_remove) // step) * step  # round the kept count up
     return max(0, size - kept)
+
+
+def lowest_labels(ir: PruningIR, counts: Mapping[int, int], floor: Callable[[LabelGroup], int],
+                  snapshot_name: str = "main") -> list[Label]:
+    """Per group id, its ``count`` lowest-scored labels (lowered to whole steps; the group keeps at
+    least ``floor(group)`` labels), aligned by :func:`align_selection` (no parameter axis emptied)."""
+    ordered = {labs[0].group: labs for labs in ir.selector_label_groups(snapshot_name) if labs}
+    groups = {g.gid: g for g in ir.snapshot(snapshot_name).prunable_groups}
+    out: list[Label] = []
+    for gid, k in counts.items():
+        g = groups[gid]
+        n = max(0, min(int(k), g.size - floor(g)))
+        out += ordered[gid][:aligned_removal(n, g.size, g.step)]
+    return align_selection(ir, out, snapshot_name)
 
 
 def keep_axes_nonempty(ir: PruningIR, labels: list[Label], snapshot_name: str = "main") -> list[Label]:

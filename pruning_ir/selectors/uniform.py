@@ -6,7 +6,7 @@ import math
 from typing import TYPE_CHECKING
 
 from ..errors import InvalidInputError
-from .base import LabelSelector, align_selection, aligned_removal
+from .base import LabelSelector, lowest_labels
 
 if TYPE_CHECKING:
     from .._ir.labels import Label
@@ -37,14 +37,9 @@ class UniformLabelSelector(LabelSelector):
         self.pruning_ratio = float(pruning_ratio)
 
     def select(self, ir: PruningIR, snapshot_name: str = "main") -> list[Label]:
-        groups = ir.snapshot(snapshot_name).groups
-        out: list[Label] = []
-        for ordered in ir.selector_label_groups(snapshot_name):
-            n = min(math.floor(self.pruning_ratio * len(ordered) + 1e-9), len(ordered) - 1)
-            if ordered:
-                n = aligned_removal(n, len(ordered), groups[ordered[0].group].step)
-            out.extend(ordered[:n])
-        return align_selection(ir, out, snapshot_name)  # no emptied axis, kept counts on the step grid
+        counts = {g.gid: math.floor(self.pruning_ratio * g.size + 1e-9)
+                  for g in ir.snapshot(snapshot_name).prunable_groups}
+        return lowest_labels(ir, counts, lambda g: 1, snapshot_name)  # one label kept, steps, no emptied axis
 
     def __repr__(self) -> str:
         return f"UniformLabelSelector(pruning_ratio={self.pruning_ratio})"

@@ -15,7 +15,7 @@ from torch.nn.utils import prune
 
 from ..._ir.axes import removed_axes
 from ..._ir.labels import Label, LabelGroup
-from ...compose import Channels, Fixed, Global, Pruner, Ratio, output_group
+from ...compose import Channels, Fixed, Global, Pruner, Ratio, at_ratios, output_group
 from ...criteria import Criterion
 from ...errors import InvalidInputError
 from ...ir import PruningIR
@@ -157,7 +157,7 @@ class _Pruner:
 
     def labels_for(self, ratios: dict[int, float]) -> list[Label]:
         """Per group id, the lowest-scored ``floor(ratio * size)`` labels (whole steps, one label kept)."""
-        return Pruner(Channels(), allocation=Fixed(ratios)).select(self.ir)
+        return at_ratios(self.ir, ratios, lambda g: 1)
 
     def target(self) -> Channels:
         """The config's ops (excluded ones left out) as a :class:`~pruning_ir.compose.Channels` target:

@@ -309,18 +309,16 @@ class AutoCompressPruner:
         current = copy.deepcopy(self.model)
         per_round = 1 - (1 - self.sparsity) ** (1 / self.rounds)
         for r in range(self.rounds):
-            config = [{**c, "sparsity": per_round} if not c.get("exclude") else c for c in self.config_list]
             config = [{k: v for k, v in c.items() if k not in ("sparsity_per_layer", "total_sparsity",
                                                                  "max_sparsity_per_layer")} | (
-                {"sparsity": per_round} if not c.get("exclude") else {}) for c in config]
+                {"sparsity": per_round} if not c.get("exclude") else {}) for c in self.config_list]
             sa = SimulatedAnnealingPruner(current, config, self.evaluator, self.base_algo, **self.sa,
                                           experiment_data_dir=None if self.experiment_data_dir is None else
                                           str(Path(self.experiment_data_dir) / f"round{r}"),
                                           dummy_input=self.dummy_input, seed=self.seed + r)
             ratios = sa.search()
-            ops = [op for op in sa.op_sparsity() if (g := sa._group_of(op)) is not None and g.gid in ratios]
-            admm_config = [{"sparsity": ratios[g.gid], "op_names": [op]} for op in ops
-                           if (g := sa._group_of(op)) is not None]
+            admm_config = [{"sparsity": ratios[g.gid], "op_names": [op]} for op in sa.op_sparsity()
+                           if (g := sa._group_of(op)) is not None and g.gid in ratios]
             admm = ADMMPruner(current, admm_config, self.trainer, self.admm_iterations, self.admm_epochs, self.row,
                               self.base_algo, self.dummy_input)
             admm.compress()
