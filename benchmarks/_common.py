@@ -358,6 +358,18 @@ def write_result(name: str, text: str) -> Path:
     return path
 
 
+def finish(name: str, doc: Sequence[str], misses: Sequence[str], met: str, *, heading: str = "## Target",
+           intro: Sequence[str] = (), echo: bool = True) -> int:
+    """End a benchmark: append the target section (``heading``, ``intro`` lines, then ``- MISSED ...``
+    for each miss or ``- <met>``), write the result file ``name``, print the text (``echo``) and where
+    it went; returns the exit status (1 when a target was missed)."""
+    text = "\n".join([*doc, heading, "", *intro, *([f"- MISSED {m}" for m in misses] or [f"- {met}"])]) + "\n"
+    if echo:
+        print(text)
+    print(f"written to {write_result(name, text)}")
+    return 1 if misses else 0
+
+
 def fmt_s(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds:.3f}"
 

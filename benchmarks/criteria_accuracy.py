@@ -43,7 +43,7 @@ from typing import Any
 import _common  # noqa: F401  (puts the repository root on sys.path)
 import torch
 import torch.nn.functional as F
-from _common import REPO, SeedRow, busy_warning, seed_table, write_result
+from _common import REPO, SeedRow, busy_warning, finish, seed_table
 
 sys.path.insert(0, str(REPO / "examples"))
 
@@ -456,11 +456,7 @@ def main(argv: list[str] | None = None) -> int:
 
         doc += run_minilm(args)
         all_misses += [f"minilm: {m}" for m in minilm_misses()]
-    doc += ["## Targets", ""] + ([f"- MISSED {m}" for m in all_misses] or ["- all met"])
-    text = "\n".join(doc) + "\n"
-    print(text)
-    print(f"written to {write_result(args.out, text)}")
-    return 1 if all_misses else 0
+    return finish(args.out, doc, all_misses, "all met", heading="## Targets")
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ from typing import Any
 import _common  # noqa: F401  (puts the repository root on sys.path)
 import torch
 import torch.nn.functional as F
-from _common import REPO, busy_warning, environment, markdown_table, write_result
+from _common import REPO, busy_warning, environment, finish, markdown_table
 from torch import nn
 
 sys.path.insert(0, str(REPO / "examples"))
@@ -365,12 +365,9 @@ def main(argv: list[str] | None = None) -> int:
         ours = RECOMMENDED[m]
         if ours in regret and regret[ours] > JOINT_SLACK:
             misses.append(f"{m}: {ours} joint regret {regret[ours]:.2f} > {JOINT_SLACK}")
-    doc += ["## Target", "", f"The recommended loss-aware calibration (fisher_loss for class logits, "
-            f"output_energy_loss else) within {JOINT_SLACK}x of the best joint removal on every model.", "",
-            *([f"- MISSED {m}" for m in misses] or ["- met on every model"])]
-    text = "\n".join(doc) + "\n"
-    print(f"written to {write_result(args.out, text)}")
-    return 1 if misses else 0
+    intro = [f"The recommended loss-aware calibration (fisher_loss for class logits, output_energy_loss else) "
+             f"within {JOINT_SLACK}x of the best joint removal on every model.", ""]
+    return finish(args.out, doc, misses, "met on every model", intro=intro, echo=False)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import _common  # noqa: F401  (puts the repository root on sys.path)
 import torch
-from _common import environment, markdown_table, write_result
+from _common import environment, finish, markdown_table
 
 from pruning_ir import FLAPCriterion, GlobalScoreLabelSelector, LossAwareCriterion, PruningIR, WandaCriterion
 
@@ -153,11 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{time.perf_counter() - t0:.0f} s; slim {kept / 1e9:.2f} B parameters")
     doc = ["# Forward-only criteria: memory on a 1B random GQA LLaMA", "",
            f"`python benchmarks/forward_criteria_memory.py {' '.join(argv or sys.argv[1:])}` ({environment()})", "",
-           markdown_table(["what", "GiB", "notes"], rows), "", "## Target", "",
-           *([f"- MISSED {m}" for m in misses] or [f"- met: forward-only peaks within {args.limit} x a plain "
-                                                   "inference forward's + the statistics"])]
-    print(f"written to {write_result(args.out, chr(10).join(doc) + chr(10))}")
-    return 1 if misses else 0
+           markdown_table(["what", "GiB", "notes"], rows), ""]
+    return finish(args.out, doc, misses, f"met: forward-only peaks within {args.limit} x a plain inference "
+                  "forward's + the statistics", echo=False)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from typing import Any
 import _common  # noqa: F401  (puts the repository root on sys.path)
 import torch
 import torch.nn.functional as F
-from _common import REPO, SeedRow, busy_warning, environment, seed_table, write_result
+from _common import REPO, SeedRow, busy_warning, environment, finish, seed_table
 from torch import nn
 
 sys.path.insert(0, str(REPO / "examples"))
@@ -231,13 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     warn = busy_warning()
     if warn:
         doc += [f"> {warn}", ""]
-    doc += seed_table(rows, [args.target], STAGES, None) + ["", "## Target", "",
-                                                            *([f"- MISSED {m}" for m in misses]
-                                                              or ["- every row within 2 % of the MACs target"])]
-    text = "\n".join(doc) + "\n"
-    print(text)
-    print(f"written to {write_result(args.out, text)}")
-    return 1 if misses else 0
+    doc += [*seed_table(rows, [args.target], STAGES, None), ""]
+    return finish(args.out, doc, misses, "every row within 2 % of the MACs target")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from typing import Any
 
 import _common  # noqa: F401  (puts the repository root on sys.path)
 import torch
-from _common import REPO, environment, markdown_table, write_result
+from _common import REPO, environment, finish, markdown_table
 from torch import nn
 
 sys.path.insert(0, str(REPO / "examples"))
@@ -193,11 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         doc += section("conv+BN chain on digits", digits_rows("bn_cnn", bn_chain, args), "accuracy %", misses)
     if "minilm" in models:
         doc += section("MiniLM (heads and FFN)", minilm_rows(args), "cosine", misses)
-    doc += ["## Target", "", *([f"- MISSED {m}" for m in misses] or ["- a repair helps at every model and target"])]
-    text = "\n".join(doc) + "\n"
-    print(text)
-    print(f"written to {write_result(args.out, text)}")
-    return 1 if misses else 0
+    return finish(args.out, doc, misses, "a repair helps at every model and target")
 
 
 if __name__ == "__main__":
