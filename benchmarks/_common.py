@@ -79,7 +79,7 @@ def _try_import(name: str) -> tuple[Any, str]:
         return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:120]
 
 
-def _image_case(name: str, build: Callable[[], nn.Module]) -> CaseFactory:
+def image_case(name: str, build: Callable[[], nn.Module]) -> CaseFactory:
     def factory() -> ZooCase:
         torch.manual_seed(0)
         model = build()
@@ -105,7 +105,7 @@ def optional_cases() -> tuple[dict[str, CaseFactory], list[str]]:
             if arch not in available:
                 skipped.append(f"tv_{arch}: not in torchvision {tv.__version__}")
                 continue
-            cases[f"tv_{arch}"] = _image_case(f"tv_{arch}", lambda a=arch: tvm.get_model(a, weights=None))
+            cases[f"tv_{arch}"] = image_case(f"tv_{arch}", lambda a=arch: tvm.get_model(a, weights=None))
     timm, why = _try_import("timm")
     if timm is None:
         skipped.append(f"timm ({', '.join(TIMM_MODELS)}): not importable: {why}")
@@ -114,7 +114,7 @@ def optional_cases() -> tuple[dict[str, CaseFactory], list[str]]:
             if not timm.list_models(arch):
                 skipped.append(f"timm_{arch}: not in timm {timm.__version__}")
                 continue
-            cases[f"timm_{arch}"] = _image_case(
+            cases[f"timm_{arch}"] = image_case(
                 f"timm_{arch}", lambda a=arch: timm.create_model(a, pretrained=False)
             )
     return cases, skipped

@@ -67,3 +67,37 @@ def test_fast_meta_rules_equal_the_meta_kernels_and_decline_what_they_would_refu
     no_stats = (xs[0], w, w, None, None, False, 0.1, 1e-5)  # eval without running statistics
     assert _fast_meta(aten.native_batch_norm.default, no_stats, {}) is None
     assert _fast_meta(ln, (s, [16], torch.empty(15, device="meta"), None, 1e-5), {}) is None
+
+
+def test_fast_attention_rule_equals_the_meta_path_and_declines_what_it_would_refuse() -> None:
+    """Oracle: ``scaled_dot_product_attention`` on meta tensors (its math decomposition), for
+    contiguous and transposed layouts, masks that broadcast, causal, scale, dropout and 3-d inputs;
+    inputs the kernel refuses or that the rule does not cover give ``None``."""
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    from pruning_ir._trace.meta import _fast_meta
+
+    def m(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return torch.empty(*shape, device="meta", dtype=dtype)
+
+    ok = [((m(2, 4, 8, 16), m(2, 4, 10, 16), m(2, 4, 10, 12)), {}),
+          ((m(2, 8, 4, 16).transpose(1, 2), m(2, 10, 4, 16).transpose(1, 2), m(2, 10, 4, 16).transpose(1, 2)), {}),
+          ((m(2, 4, 8, 16), m(2, 4, 10, 16), m(2, 4, 10, 16)), {"attn_mask": m(2, 1, 8, 10, dtype=torch.bool)}),
+          ((m(2, 4, 8, 16), m(2, 4, 10, 16), m(2, 4, 10, 16), m(8, 10)), {}),
+          ((m(2, 4, 8, 16), m(2, 4, 8, 16), m(2, 4, 8, 16)), {"is_causal": True, "scale": 0.5}),
+          ((m(2, 4, 8, 16), m(2, 4, 8, 16), m(2, 4, 8, 16), None, 0.1), {}),
+          ((m(4, 8, 16, dtype=torch.float64), m(4, 10, 16, dtype=torch.float64), m(4, 10, 16, dtype=torch.float64)),
+           {})]
+    for args, kwargs in ok:
+        a, b = sdpa(*args, **kwargs), _fast_meta(sdpa, args, kwargs)
+        assert b is not None and (a.shape, a.stride(), a.dtype) == (b.shape, b.stride(), b.dtype), (args, kwargs)
+    refused = [((m(2, 4, 8, 16), m(2, 4, 10, 15), m(2, 4, 10, 16)), {}),  # a pruned head width
+               ((m(2, 4, 8, 16), m(2, 4, 10, 16), m(2, 4, 9, 16)), {}),
+               ((m(2, 4, 8, 16), m(2, 4, 10, 16), m(2, 4, 10, 16)), {"attn_mask": m(3, 10)})]
+    for args, kwargs in refused:
+        assert _fast_meta(sdpa, args, kwargs) is None
+        with pytest.raises(RuntimeError):
+            sdpa(*args, **kwargs)
+    gqa = (m(2, 4, 8, 16), m(2, 2, 10, 16), m(2, 2, 10, 16))  # the kernel's business
+    assert _fast_meta(sdpa, gqa, {"enable_gqa": True}) is None
+    assert _fast_meta(sdpa, gqa[:2] + (m(2, 2, 10, 16),), {}) is None

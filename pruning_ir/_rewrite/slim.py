@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -43,6 +42,11 @@ def slice_tensor(t: torch.Tensor, index: list[torch.Tensor | None]) -> torch.Ten
     dims = [d for d, ix in enumerate(index) if ix is not None]
     if not dims:
         return out.clone()
+    if out.is_meta:  # what index_select gives on meta (a new contiguous tensor), without its meta kernel
+        shape = list(out.shape)
+        for d in dims:
+            shape[d] = len(index[d])  # type: ignore[arg-type]  # not None: d is in dims
+        return torch.empty(shape, dtype=out.dtype, device="meta")
     for d in dims:
         ix = index[d]
         assert ix is not None
@@ -229,7 +233,7 @@ def meta_copy(model: nn.Module, *, attributes: bool = False) -> nn.Module:
     """A deep copy of ``model`` whose parameters and buffers are empty ``meta`` tensors (the
     original is untouched; tied tensors stay tied); with ``attributes``, plain tensor attributes
     of its modules too (a cache or a table held outside the buffers: no memory for them either)."""
-    memo: dict[int, Any] = {}
+    memo: dict[int, torch.Tensor] = {}
     for t in [*model.parameters(), *model.buffers()]:
         if id(t) not in memo:
             m = torch.empty_like(t, device="meta")
@@ -239,4 +243,4 @@ def meta_copy(model: nn.Module, *, attributes: bool = False) -> nn.Module:
             for v in mod.__dict__.values():
                 if isinstance(v, torch.Tensor) and id(v) not in memo:
                     memo[id(v)] = torch.empty_like(v, device="meta")
-    return copy.deepcopy(model, memo)
+    return copy_module_tree(model, memo)

@@ -254,11 +254,12 @@ def _tensor_names(model: nn.Module, graph: Graph) -> dict[int, tuple[str, str]]:
     return names
 
 
-def _module_hooks(model: nn.Module, rec: _Recorder, leaves: list[Any]) -> list[Any]:
-    """Forward hooks that keep ``rec.stack`` (the module path of every op) and record each leaf
-    module's call as one node; returns their handles."""
+def _module_hooks(model: nn.Module, named: list[tuple[str, nn.Module]], rec: _Recorder, leaves: list[Any]
+                  ) -> list[Any]:
+    """Forward hooks on the modules ``named`` (``model``'s) that keep ``rec.stack`` (the module path
+    of every op) and record each leaf module's call as one node; returns their handles."""
     handles = []
-    for mname, mod in model.named_modules():
+    for mname, mod in named:
         is_leaf = bool(leaves) and mod is not model and _leaf_match(mod, leaves)
 
         def pre(m: nn.Module, a: Any, kw: Any, _n: str = mname, _leaf: bool = is_leaf) -> None:
@@ -317,10 +318,11 @@ def _record_leaf(rec: _Recorder, module: nn.Module, path: str, out: Any) -> None
                                 leaf=type_key(type(module))))
 
 
-def _call(rec: _Recorder, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
-          modes: dict[str, bool] | None, seed: Literal["training", "never"] = "training") -> list[int]:
+def _call(rec: _Recorder, model: nn.Module, named: list[tuple[str, nn.Module]], args: tuple[Any, ...],
+          kwargs: dict[str, Any], modes: dict[str, bool] | None, seed: Literal["training", "never"] = "training"
+          ) -> list[int]:
     """Run one call under the recorder; the value ids of its tensor outputs."""
-    with in_modes(model, modes, seed), torch.no_grad(), rec, _CompositeRecorder(rec):
+    with in_modes(model, modes, seed, named), torch.no_grad(), rec, _CompositeRecorder(rec):
         out = model(*args, **kwargs)
     return [rec.current[id(t)] for t in flat_tensors(out) if id(t) in rec.current]
 
@@ -342,32 +344,31 @@ def record(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
     graph = Graph()
     rec = _Recorder(graph, _tensor_names(model, graph), observer)
     leaves = list(leaf_modules or [])
-    handles = _module_hooks(model, rec, leaves)
+    named = list(model.named_modules())  # one walk of the module tree for all below
+    handles = _module_hooks(model, named, rec, leaves)
     # tracing runs forward once: keep buffers (BN running stats in train mode) and plain
     # attributes (caches filled in forward) as they were
     buffers = contextlib.ExitStack()
     buffers.enter_context(kept_buffers(model))
-    attrs = _save_attributes(model)
+    attrs = _save_attributes([m for _, m in named])
     # stock nn.MultiheadAttention runs as explicit ops (see pruning_ir.modules); no fused fast paths
-    explicit = {p: m for p, m in model.named_modules()
-                if traces_explicitly(m) and not (leaves and _leaf_match(m, leaves))}
+    explicit = {p: m for p, m in named if traces_explicitly(m) and not (leaves and _leaf_match(m, leaves))}
     for m in explicit.values():
         m.forward = explicit_forward(m)  # type: ignore[method-assign]
-    graph.explicit_modules = set(explicit) | {p for p, m in model.named_modules()
-                                         if isinstance(m, PrunedMultiheadAttention)}
+    graph.explicit_modules = set(explicit) | {p for p, m in named if isinstance(m, PrunedMultiheadAttention)}
     _fastpath_off()
     try:
         for i, t in enumerate(pytree.tree_leaves((args, kwargs))):
             if isinstance(t, torch.Tensor):
                 graph.inputs.append(rec.new_value(t, "input", name=f"input[{i}]"))
-        graph.outputs.extend(_call(rec, model, args, kwargs, None, "training" if seeded_training else "never"))
+        graph.outputs.extend(_call(rec, model, named, args, kwargs, None, "training" if seeded_training else "never"))
         for e_args, e_kwargs, modes in extra or []:
             start = len(graph.nodes)
             for i, t in enumerate(pytree.tree_leaves((e_args, e_kwargs))):
                 if isinstance(t, torch.Tensor) and id(t) not in rec.current:
                     rec.new_value(t, "input", name=f"call{len(graph.extra_calls) + 1}.input[{i}]")
             # as verification runs it: dropout keeps everything, random decisions seeded
-            outs = _call(rec, model, e_args, e_kwargs, modes)
+            outs = _call(rec, model, named, e_args, e_kwargs, modes)
             primary_end = graph.extra_calls[0][0] if graph.extra_calls else start
             sequence, outs = merge_call(graph, start, primary_end, outs)
             graph.extra_calls.append((start, outs, sequence))
@@ -421,10 +422,11 @@ def _fastpath_restore() -> None:
 _Saved = list[tuple[nn.Module, dict[str, Any], dict[str, Any]]]
 
 
-def _save_attributes(model: nn.Module) -> _Saved:
-    """Plain attributes of every module, with shallow copies of dict/list containers."""
+def _save_attributes(modules: list[nn.Module]) -> _Saved:
+    """Plain attributes of ``modules`` (every module of a model), with shallow copies of dict/list
+    containers."""
     out: _Saved = []
-    for mod in model.modules():
+    for mod in modules:
         plain = {k: v for k, v in vars(mod).items() if not k.startswith("_")}
         contents = {k: (dict(v) if isinstance(v, dict) else list(v)) for k, v in plain.items()
                     if isinstance(v, (dict, list))}

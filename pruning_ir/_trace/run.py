@@ -35,13 +35,15 @@ def kept_buffers(model: nn.Module, enabled: bool = True) -> Iterator[None]:
 
 @contextlib.contextmanager
 def in_modes(model: nn.Module, modes: dict[str, bool] | None,
-             seed: Literal["training", "always", "never"] = "training") -> Iterator[None]:
+             seed: Literal["training", "always", "never"] = "training",
+             named: list[tuple[str, nn.Module]] | None = None) -> Iterator[None]:
     """Run the block with each module's train/eval flag from ``modes`` (``None``: as they are),
     flags put back afterwards. ``seed``: when to run under
     :func:`~pruning_ir._trace.conditions.deterministic` (RNGs seeded; dropout keeps everything
     when a module trains): with a module in training mode (a trace and its re-trace, or two
-    models, take the same path), always, or never (the user's own randomness)."""
-    modules = list(model.named_modules())
+    models, take the same path), always, or never (the user's own randomness). ``named``:
+    ``list(model.named_modules())`` when the caller has it."""
+    modules = list(model.named_modules()) if named is None else named
     before = [m.training for _, m in modules]
     if modes is not None:
         for path, m in modules:
