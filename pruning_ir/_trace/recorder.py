@@ -195,19 +195,36 @@ def type_key(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+_NO_DEFAULT = object()
+_SCHEMA_ARGS: dict[Any, tuple[tuple[str, bool, Any], ...] | None] = {}
+
+
+def _schema_args(func: Any) -> tuple[tuple[str, bool, Any], ...] | None:
+    """``(name, kwarg_only, default or _NO_DEFAULT)`` of each schema argument of ``func`` (read once
+    per overload: the schema's accessors are C++ calls), ``None`` without a schema."""
+    if func in _SCHEMA_ARGS:
+        return _SCHEMA_ARGS[func]
+    schema = getattr(func, "_schema", None)
+    out = None if schema is None else tuple(
+        (a.name, a.kwarg_only, a.default_value if a.has_default_value() else _NO_DEFAULT) for a in schema.arguments)
+    _SCHEMA_ARGS[func] = out
+    return out
+
+
 def bind(func: Any, args: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     """All arguments of an ATen call by schema name, defaults filled in."""
-    schema = getattr(func, "_schema", None)
-    if schema is None:
+    spec = _schema_args(func)
+    if spec is None:
         return {**{f"arg{i}": a for i, a in enumerate(args)}, **kwargs}
     bound: dict[str, Any] = {}
-    for i, a in enumerate(schema.arguments):
-        if i < len(args) and not a.kwarg_only:
-            bound[a.name] = args[i]
-        elif a.name in kwargs:
-            bound[a.name] = kwargs[a.name]
-        elif a.has_default_value():
-            bound[a.name] = a.default_value
+    n = len(args)
+    for i, (name, kwarg_only, default) in enumerate(spec):
+        if i < n and not kwarg_only:
+            bound[name] = args[i]
+        elif name in kwargs:
+            bound[name] = kwargs[name]
+        elif default is not _NO_DEFAULT:
+            bound[name] = list(default) if type(default) is list else default  # each node its own list
     return bound
 
 
