@@ -44,10 +44,17 @@ _SKIP = {"aten.detach", "aten._has_compatible_shallow_copy_type", "profiler._rec
 Observer = Callable[[Node, list[Any]], None]
 
 
+_OP_NAMES: dict[Any, str] = {}
+
+
 def op_name(func: Any) -> str:
     """``aten.add.Tensor`` -> ``"aten.add"`` (the overload packet)."""
-    packet = getattr(func, "overloadpacket", func)
-    return f"{getattr(packet, '__module__', 'torch.ops.aten').rsplit('.', 1)[-1]}.{packet.__name__}"
+    name = _OP_NAMES.get(func)
+    if name is None:
+        packet = getattr(func, "overloadpacket", func)
+        namespace = getattr(packet, "__module__", "torch.ops.aten").rsplit(".", 1)[-1]
+        name = _OP_NAMES[func] = f"{namespace}.{packet.__name__}"
+    return name
 
 
 class _Recorder(TorchDispatchMode):
@@ -69,7 +76,7 @@ class _Recorder(TorchDispatchMode):
     # ------------------------------------------------------------------ values
     def new_value(self, t: torch.Tensor, kind: str, name: str = "", producer: int = -1) -> int:
         vid = len(self.graph.values)
-        self.graph.values.append(Value(vid, tuple(int(s) for s in t.shape), str(t.dtype), kind, name, producer))
+        self.graph.values.append(Value(vid, tuple(t.shape), str(t.dtype), kind, name, producer))
         self.track(t, vid)
         return vid
 
@@ -102,6 +109,11 @@ class _Recorder(TorchDispatchMode):
         return vid
 
     def encode(self, obj: Any) -> Any:
+        t = type(obj)
+        if t is int or t is bool or t is float or obj is None or t is str:  # most arguments
+            return obj
+        if t is list and all(type(o) is int for o in obj):  # sizes, strides, dims
+            return list(obj)
         if isinstance(obj, torch.Tensor):
             return ValueRef(self.value_of(obj))
         if isinstance(obj, (list, tuple)):
@@ -228,16 +240,27 @@ def bind(func: Any, args: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     return bound
 
 
+_WRITTEN: dict[Any, tuple[tuple[int, str], ...]] = {}
+
+
+def _written_arguments(func: Any) -> tuple[tuple[int, str], ...]:
+    """``(position, name)`` of the arguments ``func`` writes to (read once per overload)."""
+    known = _WRITTEN.get(func)
+    if known is None:
+        schema = getattr(func, "_schema", None)
+        known = _WRITTEN[func] = () if schema is None or not schema.is_mutable else tuple(
+            (i, a.name) for i, a in enumerate(schema.arguments) if a.alias_info is not None and a.alias_info.is_write)
+    return known
+
+
 def _writes_to_view(func: Any, args: Any, kwargs: dict[str, Any]) -> list[torch.Tensor]:
     """Bases of the views an in-place op writes to (aliased mutation)."""
-    schema = getattr(func, "_schema", None)
-    if schema is None or not schema.is_mutable:
+    written = _written_arguments(func)
+    if not written:
         return []
     bases: list[torch.Tensor] = []
-    for i, a in enumerate(schema.arguments):
-        if a.alias_info is None or not a.alias_info.is_write:
-            continue
-        t = args[i] if i < len(args) else kwargs.get(a.name)
+    for i, name in written:
+        t = args[i] if i < len(args) else kwargs.get(name)
         if isinstance(t, torch.Tensor) and t._base is not None:
             bases.append(t._base)
     return bases
