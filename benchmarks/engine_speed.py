@@ -3,7 +3,8 @@
 (a) IR build: ``PruningIR(model, example_inputs=..., example_kwargs=...)`` vs Torch-Pruning's
     ``tp.DependencyGraph().build_dependency(model, example_inputs)``, median of N runs
     after one warm-up run each, in the same process, the two libraries' runs alternating
-    (``gc.collect()`` before each).
+    (``gc.collect()`` before each), under fixed malloc thresholds (:func:`steady_allocator`:
+    otherwise a case's place in the run decides whether its large buffers page-fault).
 (b) Pruning from a built graph: ``UniformLabelSelector(0.3).select(ir)`` +
     ``ir.prune(labels=..., verify=False)`` (and with ``verify=True``) from one already
     built IR, vs ``pruner.step()`` of a fresh ``tp.pruner.MagnitudePruner(pruning_ratio=0.3)``
@@ -40,6 +41,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import ctypes
 import dataclasses
 import gc
 import json
@@ -340,6 +342,23 @@ def measure_llama7b(timeout: float, threads: int) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- main
+def steady_allocator() -> str:
+    """Fix glibc malloc's thresholds for large blocks (mmap at 32 MB and above, no trimming) in
+    this process, so that every case runs under the same allocator state. By default glibc raises
+    its mmap threshold as a process frees large blocks: the first full-size model timed in a run
+    gets its big buffers (Torch-Pruning's autograd-saved activations above all) from fresh
+    mmaps, with page faults, and later ones from the reused heap (ResNet-50's
+    ``build_dependency``: ~146 ms first in a run, ~117 ms later). Returns what was done."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        if libc.mallopt(m_mmap_threshold, 32 * 2**20) and libc.mallopt(m_trim_threshold, 2**30):
+            return "glibc malloc: mmap threshold 32 MB, no trimming"
+    except (OSError, AttributeError):
+        pass
+    return "allocator as is (not glibc)"
+
+
 def warm_up(with_tp: bool) -> None:
     from pruning_ir import PruningIR, UniformLabelSelector
 
@@ -394,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
             with_tp = False
 
     t_start = time.perf_counter()
-    env = environment()
+    allocator = steady_allocator()
+    env = f"{environment()}, {allocator}"
     busy = busy_warning()
     if busy:
         print(busy, file=sys.stderr)
