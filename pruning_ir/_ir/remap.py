@@ -57,14 +57,7 @@ def remap_snapshot(snap: Snapshot, kept: dict[int, torch.Tensor]) -> Snapshot:
     nsp.parent = list(range(len(sp.size)))
     nsp.origin = list(sp.origin)
     for leaf in sp.groups():
-        if leaf in sp.rigid:
-            nsp.rigid[leaf] = sp.rigid[leaf]
-        if leaf in sp.notes:
-            nsp.notes[leaf] = list(sp.notes[leaf])
-        if leaf in sp.positional:
-            nsp.positional.add(leaf)
-        if leaf in getattr(sp, "step", {}):
-            nsp.step[leaf] = sp.step[leaf]
+        nsp.inherit(leaf, sp, leaf, step=True)
         if leaf in kept:
             nsp.size[leaf] = int(kept[leaf].sum())
     for v in values:

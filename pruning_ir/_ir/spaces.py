@@ -124,13 +124,19 @@ class SpaceTable:
 
     def _child(self, parent: int, size: int, tag: str) -> int:
         child = self._alloc(size, f"{self.origin[parent]}{tag}")
-        if parent in self.rigid:
-            self.rigid[child] = self.rigid[parent]
-        if parent in self.notes:
-            self.notes[child] = list(self.notes[parent])
-        if parent in self.positional:
-            self.positional.add(child)
+        self.inherit(child, self, parent)
         return child
+
+    def inherit(self, leaf: int, table: SpaceTable, source: int, step: bool = False) -> None:
+        """Give ``leaf`` the rigid reason, notes, positional flag (and ``step``) of ``table``'s ``source``."""
+        if source in table.rigid:
+            self.rigid[leaf] = table.rigid[source]
+        if source in table.notes:
+            self.notes[leaf] = list(table.notes[source])
+        if source in table.positional:
+            self.positional.add(leaf)
+        if step and source in getattr(table, "step", {}):  # tables pickled before steps have none
+            self.step[leaf] = table.step[source]
 
     def find(self, leaf: int) -> int:
         parent = self.parent
