@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -19,17 +20,18 @@ def free_port() -> str:
         return str(s.getsockname()[1])
 
 
-def two_ranks_and_one(worker: str, out: Path, timeout: float = 300) -> None:
-    """Run ``tests/<worker> OUT RANK WORLD PORT`` as two gloo ranks (writing ``OUT/two.<rank>``) and
-    then as one process (``OUT/one.0``); a rank that fails fails the test with its output."""
+def two_ranks_and_one(worker: str, out: Path, timeout: float = 300, args: Sequence[str] = ()) -> None:
+    """Run ``tests/<worker> OUT RANK WORLD PORT [ARGS...]`` as two gloo ranks (writing
+    ``OUT/two.<rank>``) and then as one process (``OUT/one.0``); a rank that fails fails the test
+    with its output."""
     script = str(HERE / worker)
     port = free_port()
-    procs = [subprocess.Popen([sys.executable, script, str(out / "two"), str(r), "2", port],
+    procs = [subprocess.Popen([sys.executable, script, str(out / "two"), str(r), "2", port, *args],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
     for proc in procs:
         text, _ = proc.communicate(timeout=timeout)
         assert proc.returncode == 0, text
-    subprocess.run([sys.executable, script, str(out / "one"), "0", "1", port], check=True, timeout=timeout)
+    subprocess.run([sys.executable, script, str(out / "one"), "0", "1", port, *args], check=True, timeout=timeout)
 
 
 def start(rank: int, world: int, port: str) -> None:

@@ -136,6 +136,20 @@ def test_two_gloo_ranks_write_the_one_process_file(tmp_path: Path) -> None:
     assert not list((tmp_path / "two").glob("*.part*"))
 
 
+@pytest.mark.parametrize("mode", ["order", "weights"])
+def test_ranks_whose_irs_differ_are_refused_on_every_rank(tmp_path: Path, mode: str) -> None:
+    """Oracle: the same script as one process runs. Two ranks whose IRs number the groups the other
+    way round (annealing), or whose models hold other weights (sensitivity analysis), each get the
+    refusal instead of a merge of scores of other channels under the same group ids."""
+    from gloo import two_ranks_and_one
+
+    two_ranks_and_one("dist_guard_worker.py", tmp_path, args=(mode,))
+    assert (tmp_path / "one.0").read_text() == "ran"
+    for r in range(2):
+        text = (tmp_path / f"two.{r}").read_text()
+        assert text.startswith("refused:") and "differ between ranks (rank 0 and rank(s) [1])" in text, text
+
+
 def test_sensitivity_plot_is_a_png(tmp_path: Path) -> None:
     import matplotlib.image
 

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from .._distributed import gather_objects, rank_world
+from .._distributed import gather_objects, rank_world, require_same_groups
 from ..errors import InvalidInputError
 from .objectives import Latency, Macs, Measure, Objective, Params
 from .targets import Channels, output_group
@@ -344,6 +344,7 @@ class Annealing(Allocation):
         return [got[i] for i in range(len(selections))]
 
     def allocate(self, p: Problem) -> list[Label]:
+        require_same_groups(p.groups, rank_world()[1])
         rng = random.Random(self.seed)
         self.history = []
         _, current_labels = scale_to_budget(p, {g.gid: 1.0 for g in p.groups}, "Annealing")

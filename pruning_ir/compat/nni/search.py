@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..._distributed import broadcast_object, gather_objects, rank_world
+from ..._distributed import broadcast_object, gather_objects, rank_world, require_same_groups
 from ...compose import Annealing, Params, Problem, Pruner, out_axis
 from ...criteria import Criterion, L1NormCriterion, L2NormCriterion
 from ...errors import InvalidInputError
@@ -130,6 +130,7 @@ class NetAdaptPruner(_SearchPruner):
         p = self._problem()
         groups = p.groups
         rank, world = rank_world()
+        require_same_groups(groups, world)
         current = {g.gid: 0.0 for g in groups}
         removed = 0.0
         while removed < self.sparsity - 1e-9:
