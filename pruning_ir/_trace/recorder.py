@@ -408,7 +408,8 @@ def record(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
                 if isinstance(t, torch.Tensor) and id(t) not in rec.current:
                     rec.new_value(t, "input", name=f"call{len(graph.extra_calls) + 1}.input[{i}]")
             # as verification runs it: dropout keeps everything, random decisions seeded
-            outs = _call(rec, model, named, e_args, e_kwargs, modes)
+            # listed again: a forward may have replaced modules (BigBird's attention), whose flags follow modes
+            outs = _call(rec, model, list(model.named_modules()), e_args, e_kwargs, modes)
             primary_end = graph.extra_calls[0][0] if graph.extra_calls else start
             sequence, outs = merge_call(graph, start, primary_end, outs)
             graph.extra_calls.append((start, outs, sequence))
