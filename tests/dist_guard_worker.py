@@ -4,8 +4,10 @@ tests/test_workflows.py): ``python dist_guard_worker.py OUT RANK WORLD PORT orde
 ``order``: every rank builds the same two-branch model, but rank 1's forward runs the branches the
 other way round (as a forward that iterates a Python set does under another PYTHONHASHSEED), so its
 IR numbers the groups the other way round; then the composed pruner with ``Annealing``.
-``weights``: rank 1's model holds other weights; then the sensitivity analysis. Writes ``OUT.RANK``:
-``refused: <message>`` or ``ran``."""
+``weights``: rank 1's model holds other weights; then the sensitivity analysis. ``search``: the same,
+then the one-step search. ``readback``: both ranks run the analysis of one model, then rank 0 alone
+reads it back (no collective call: it must not wait for rank 1). Writes ``OUT.RANK``: ``refused:
+<message>`` or ``ran``."""
 
 from __future__ import annotations
 
@@ -48,17 +50,35 @@ def main() -> None:
             ann = Annealing(lambda m: -float(m(x).square().mean()), start_temperature=1.0, stop_temperature=0.5,
                             cool_down_rate=0.7, population=2, seed=1)
             Pruner(Channels(), L1NormCriterion, ann, objective=Params(0.3)).run(Branches(reverse=rank == 1), x)
+        elif mode == "search":
+            from workflow_models import Fidelity, calib_batches, calibration_fn, data, make_bn_model
+
+            from pruning_ir.workflows import get_pruning_runner
+
+            model, x = make_bn_model(), data()
+            if rank == 1:
+                with torch.no_grad():
+                    next(model.parameters()).add_(1.0)
+            one = get_pruning_runner(model, (x,), "one_step", cache_dir=f"{out}.cache")
+            one.search(calibration_fn=calibration_fn, calib_args=(calib_batches(),), eval_fn=Fidelity(model, x),
+                       eval_args=(x,), num_subnet=4, removal_ratio=0.5, strategy="random")
         else:
             from workflow_models import Fidelity, data, make_model
 
             from pruning_ir.workflows import get_pruning_runner
 
             model, x = make_model(), data()
-            if rank == 1:
+            if rank == 1 and mode == "weights":
                 with torch.no_grad():
                     next(model.parameters()).add_(1.0)
             runner = get_pruning_runner(model, (x,), "iterative", cache_dir=f"{out}.cache")
-            runner.ana(Fidelity(model, x), (x,), ratios=(0.5,))
+            first = runner.ana(Fidelity(model, x), (x,), ratios=(0.5,))
+            if mode == "readback" and world > 1:
+                import torch.distributed as dist
+
+                dist.barrier()  # the file is written
+                if rank == 0:
+                    assert runner.ana(Fidelity(model, x), (x,), ratios=(0.5,)) == first
         Path(f"{out}.{rank}").write_text("ran")
     except InvalidInputError as exc:
         Path(f"{out}.{rank}").write_text(f"refused: {exc}")

@@ -101,3 +101,60 @@ def test_fast_attention_rule_equals_the_meta_path_and_declines_what_it_would_ref
     gqa = (m(2, 4, 8, 16), m(2, 2, 10, 16), m(2, 2, 10, 16))  # the kernel's business
     assert _fast_meta(sdpa, gqa, {"enable_gqa": True}) is None
     assert _fast_meta(sdpa, gqa[:2] + (m(2, 2, 10, 16),), {}) is None
+
+
+def test_fast_rules_leave_odd_strides_empty_tensors_and_bad_dropout_to_the_kernels() -> None:
+    """Oracle: the meta kernels. Inputs whose size-1 dims carry other strides than ``empty`` gives
+    (a sequence-first batch of one, a channels-last 1x1 map) and empty inputs get the kernel's own
+    answer (the rules decline them); a dropout probability outside [0, 1] is the kernel's to refuse."""
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    from pruning_ir._trace.meta import _fast_meta, meta_call
+
+    aten = torch.ops.aten
+    odd = [torch.empty_strided((7, 1, 16), (16, 112, 1), device="meta"),
+           torch.empty(1, 8, 1, 1, device="meta").to(memory_format=torch.channels_last),
+           torch.empty_strided((0, 2), (3, 2), device="meta")]
+    for x in odd:
+        for f in (aten.gelu.default, aten.relu.default):
+            a, b = f(x), meta_call(f, (x,), {})
+            assert (a.shape, a.stride(), a.dtype) == (b.shape, b.stride(), b.dtype), (f, x.stride())
+    x = odd[1]
+    w = torch.empty(8, device="meta")
+    args = (x, w, w, w, w, False, 0.1, 1e-5)
+    a, b = aten.native_batch_norm.default(*args), meta_call(aten.native_batch_norm.default, args, {})
+    assert [(t.shape, t.stride()) for t in a] == [(t.shape, t.stride()) for t in b]
+    q = torch.empty(2, 4, 8, 16, device="meta")
+    for p in (1.5, float("inf"), float("nan"), -0.1):
+        assert _fast_meta(sdpa, (q, q, q), {"dropout_p": p}) is None
+    with pytest.raises(RuntimeError):
+        sdpa(q, q, q, dropout_p=1.5)
+
+
+def test_meta_copy_of_modules_that_define_their_own_copying() -> None:
+    """A module whose ``__getstate__`` drops an uncopyable attribute (a lock) and a GraphModule are
+    copied as ``deepcopy`` copies them (a GraphModule copy gets its own class); plain modules keep
+    the fast module-tree copy. Oracle: the copies run on meta, the originals are untouched."""
+    import threading
+
+    from torch import fx, nn
+
+    from pruning_ir._rewrite.slim import meta_copy
+
+    class Locked(nn.Linear):
+        def __init__(self) -> None:
+            super().__init__(3, 4)
+            self.lock = threading.Lock()
+
+        def __getstate__(self) -> dict[str, object]:
+            state = dict(self.__dict__)
+            state.pop("lock", None)
+            return state
+
+    model = nn.Sequential(Locked(), nn.ReLU())
+    copy = meta_copy(model)
+    assert copy[0].weight.is_meta and not model[0].weight.is_meta
+    assert copy(torch.empty(2, 3, device="meta")).shape == (2, 4)
+    graph = fx.symbolic_trace(nn.Sequential(nn.Linear(3, 4)))
+    gcopy = meta_copy(graph)
+    assert type(gcopy) is not type(graph) and gcopy(torch.empty(2, 3, device="meta")).shape == (2, 4)

@@ -136,11 +136,12 @@ def test_two_gloo_ranks_write_the_one_process_file(tmp_path: Path) -> None:
     assert not list((tmp_path / "two").glob("*.part*"))
 
 
-@pytest.mark.parametrize("mode", ["order", "weights"])
+@pytest.mark.parametrize("mode", ["order", "weights", "search"])
 def test_ranks_whose_irs_differ_are_refused_on_every_rank(tmp_path: Path, mode: str) -> None:
     """Oracle: the same script as one process runs. Two ranks whose IRs number the groups the other
-    way round (annealing), or whose models hold other weights (sensitivity analysis), each get the
-    refusal instead of a merge of scores of other channels under the same group ids."""
+    way round (annealing), or whose models hold other weights (sensitivity analysis, one-step
+    search), each get the refusal instead of a merge of scores of other channels under the same
+    group ids."""
     from gloo import two_ranks_and_one
 
     two_ranks_and_one("dist_guard_worker.py", tmp_path, args=(mode,))
@@ -148,6 +149,15 @@ def test_ranks_whose_irs_differ_are_refused_on_every_rank(tmp_path: Path, mode: 
     for r in range(2):
         text = (tmp_path / f"two.{r}").read_text()
         assert text.startswith("refused:") and "differ between ranks (rank 0 and rank(s) [1])" in text, text
+
+
+def test_one_rank_reads_a_finished_analysis_back_alone(tmp_path: Path) -> None:
+    """Two ranks analyse one model; then rank 0 alone calls ``ana`` again: it reads the file back
+    (equal to what it computed) without waiting for rank 1 (a collective call there would hang)."""
+    from gloo import two_ranks_and_one
+
+    two_ranks_and_one("dist_guard_worker.py", tmp_path, args=("readback",), timeout=120)
+    assert [(tmp_path / f"{n}").read_text() for n in ("two.0", "two.1", "one.0")] == ["ran"] * 3
 
 
 def test_sensitivity_plot_is_a_png(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.fx import GraphModule
 
 from .._ir.axes import normalized_keep_mask
 from .._ir.measure import named_tensor_map
@@ -243,4 +244,23 @@ def meta_copy(model: nn.Module, *, attributes: bool = False) -> nn.Module:
             for v in mod.__dict__.values():
                 if isinstance(v, torch.Tensor) and id(v) not in memo:
                     memo[id(v)] = torch.empty_like(v, device="meta")
+    if any(_copies_itself(type(m)) for m in model.modules()):
+        return copy.deepcopy(model, memo)  # the class's own copying decides (and GraphModule's class per copy)
     return copy_module_tree(model, memo)
+
+
+_OWN_COPY = ("__deepcopy__", "__getstate__", "__reduce_ex__", "__reduce__")
+
+
+def _copies_itself(cls: type) -> bool:
+    """Whether a module class defines how it is copied or pickled (beyond ``nn.Module``'s), or is a
+    ``torch.fx.GraphModule`` (whose copies get their own generated class): such modules are copied
+    by ``deepcopy``, which honours that, not by :func:`copy_module_tree`."""
+    if issubclass(cls, GraphModule):
+        return True
+    for klass in cls.__mro__:
+        if klass in (nn.Module, object):
+            return False
+        if any(name in vars(klass) for name in _OWN_COPY):
+            return True
+    return False

@@ -72,9 +72,28 @@ _UNARY_INPLACE = {getattr(_A, n).default for n in ("relu_", "hardtanh_", "gelu_"
 """The same, in place: they return their input, and on ``meta`` write nothing."""
 
 
+def _standard_strides(shape: tuple[int, ...], order: tuple[int, ...]) -> tuple[int, ...]:
+    """The strides ``empty`` gives ``shape`` when dims are laid out innermost-last in ``order``
+    (sizes below 1 count as 1, as torch computes them)."""
+    strides = [0] * len(shape)
+    step = 1
+    for d in reversed(order):
+        strides[d] = step
+        step *= max(shape[d], 1)
+    return tuple(strides)
+
+
 def _dense(t: Any) -> bool:
-    return (isinstance(t, torch.Tensor) and t.is_meta and t.layout == torch.strided and t.is_floating_point()
-            and (t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last)))
+    """A non-empty floating meta tensor whose strides are exactly the contiguous or the
+    channels-last ones (``is_contiguous`` also accepts other strides on size-1 dims, for which
+    kernels return other strides than their input's)."""
+    if not (isinstance(t, torch.Tensor) and t.is_meta and t.layout == torch.strided and t.is_floating_point()
+            and t.numel() > 0):
+        return False
+    shape, stride = tuple(t.shape), t.stride()
+    if stride == _standard_strides(shape, tuple(range(len(shape)))):
+        return True
+    return len(shape) == 4 and stride == _standard_strides(shape, (0, 2, 3, 1))
 
 
 def _like(x: torch.Tensor) -> torch.Tensor:
@@ -118,7 +137,9 @@ def _fast_sdpa(args: Any, kwargs: dict[str, Any]) -> Any:
     if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
         return None
     dropout, scale = options.get("dropout_p", 0.0), options.get("scale")
-    if not isinstance(dropout, (int, float)) or not (scale is None or isinstance(scale, (int, float))):
+    if not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:  # the kernel refuses others (NaN too)
+        return None
+    if not (scale is None or isinstance(scale, (int, float))):
         return None
     mask, causal = options.get("attn_mask"), options.get("is_causal", False)
     if not isinstance(causal, bool) or (causal and mask is not None):

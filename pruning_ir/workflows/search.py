@@ -30,7 +30,7 @@ from typing import Any
 
 from torch import nn
 
-from .._distributed import barrier, gather_objects, rank_world, require_same_groups
+from .._distributed import barrier, gather_objects, rank_world, require_same
 from .._ir.labels import Label, LabelGroup
 from .._progress import progress_bar
 from ..cost import MacsModel
@@ -148,10 +148,11 @@ def run_search(ir: PruningIR, order: dict[int, list[int]], gids: list[int], stor
                strategy: str, progress: bool, meta: dict[str, Any]) -> list[dict[str, Any]]:
     """Evaluate ``num_subnet`` candidates (resuming what ``store`` holds); all results, in order."""
     rank, world = rank_world()
-    require_same_groups(ir.prunable_label_groups(), world)
+    found = store.load()[:num_subnet]
+    require_same((store.key, len(found)), world,
+                 "the search's fingerprints (model weights, prunable groups, settings, ranking) or resume points")
     groups = [g for g in ir.prunable_label_groups() if g.gid in gids]
     macs = MacsModel(ir)
-    found = store.load()[:num_subnet]
     plan = _Plan(num_subnet, strategy == "evolution", seed)
     bar = progress_bar(progress, "search", total=num_subnet)
     if bar is not None:

@@ -92,13 +92,11 @@ def analyse(ir: PruningIR, eval_fn: Callable[..., Any], args: Sequence[Any], rat
             gids: Sequence[int], store: SensitivityStore, order: dict[int, list[int]], progress: bool
             ) -> dict[str, Any]:
     """Run (or resume, or read back) the analysis; returns the finished file's data."""
-    rank, world = rank_world()
-    # first: ranks with different keys would read back or resume different files, then wait for
-    # each other
-    require_same(store.key, world, "the analysis' fingerprints (model weights, prunable groups, ratios, ranking)")
     finished = store.finished()
-    if finished is not None:
+    if finished is not None:  # a read-back: no collective call (one rank may read alone)
         return finished
+    rank, world = rank_world()
+    require_same(store.key, world, "the analysis' fingerprints (model weights, prunable groups, ratios, ranking)")
     groups = {g.gid: g for g in ir.prunable_label_groups()}
     tasks = [Task(gid, n) for gid in gids for n in counts(groups[gid], ratios)]
     results = store.done()
