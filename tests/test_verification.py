@@ -230,3 +230,32 @@ def test_a_size_seen_both_literal_and_computed_is_verified_on_the_final_model() 
         assert slim.model(x).shape == (2, 3)
         assert any(line.startswith("t: literal sizes") for line in slim.rewrite_log), slim.rewrite_log
         assert verify_pruning(ir, labels).exact, literal_first
+
+
+def test_a_module_that_drops_an_uncopyable_attribute_in_getstate_prunes() -> None:
+    """A module holding a lock, which its ``__getstate__`` leaves out (as ``deepcopy`` and pickle
+    honour): the slim copy is made from that state (``prune`` raised a TypeError, "cannot pickle
+    '_thread.lock'"), and the user's model keeps its lock. Oracle: slim == masked, exactly."""
+    import threading
+
+    class Locked(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 8), nn.Linear(8, 2)
+            self.lock = threading.Lock()
+
+        def __getstate__(self) -> dict[str, object]:
+            state = dict(self.__dict__)
+            state.pop("lock", None)
+            return state
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(torch.relu(self.a(x)))
+
+    torch.manual_seed(0)
+    model = Locked()
+    ir = PruningIR(model, example_inputs=(torch.randn(2, 3),))
+    labels = ir.labels(ir.prunable_label_groups()[0])[:3]
+    slim = ir.prune(labels=labels).model
+    assert slim.a.out_features == 5 and not hasattr(slim, "lock") and hasattr(model, "lock")
+    assert verify_pruning(ir, labels).exact

@@ -19,6 +19,7 @@ into one index vector per distinct layout and slices.
 from __future__ import annotations
 
 import copy
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -178,8 +179,16 @@ def copy_module_tree(model: nn.Module, tensors: dict[int, torch.Tensor]) -> nn.M
         memo[id(m)] = object.__new__(m.__class__)
     atomic = _ATOMIC
     for m in mods:
-        d = memo[id(m)].__dict__  # type: ignore[attr-defined]  # a module made by __new__: empty
-        for k, v in m.__dict__.items():
+        # a class's own __getstate__ leaves out what it does not copy (a lock), as deepcopy would;
+        # its own __setstate__ then rebuilds what it derives (an RNN's flat weights)
+        own_get, own_set = _state_methods(type(m))
+        source = m.__getstate__() if own_get else m.__dict__
+        if not isinstance(source, dict):  # a state that is no dict: the attributes as they are
+            source, own_get = m.__dict__, False
+        own_set = own_get and own_set
+        shell = memo[id(m)]
+        d: dict[str, object] = {} if own_set else shell.__dict__  # a module made by __new__: empty
+        for k, v in source.items():
             # inline fast paths for what every module holds (~20 attributes each; a function call
             # per attribute was a third of the copy): numbers, empty hook dicts
             t = type(v)
@@ -207,7 +216,25 @@ def copy_module_tree(model: nn.Module, tensors: dict[int, torch.Tensor]) -> nn.M
                 d[k] = entries
             else:
                 d[k] = _copy_attribute(v, memo)
+        if own_set:
+            shell.__setstate__(d)  # type: ignore[attr-defined]  # a module
     return memo[id(model)]  # type: ignore[return-value]
+
+
+_STATE_METHODS: weakref.WeakKeyDictionary[type, tuple[bool, bool]] = weakref.WeakKeyDictionary()
+
+
+def _state_methods(cls: type) -> tuple[bool, bool]:
+    """Whether a module class defines its own ``__getstate__`` / ``__setstate__`` (beyond
+    ``nn.Module``'s): with its own ``__getstate__`` its copies are made from that state, as
+    ``deepcopy`` makes them (a ``__setstate__`` alone, for old pickles, is not used). Known per
+    class (weakly: GraphModules have a class each)."""
+    known = _STATE_METHODS.get(cls)
+    if known is None:
+        mro = cls.__mro__[: cls.__mro__.index(nn.Module)] if nn.Module in cls.__mro__ else ()
+        known = _STATE_METHODS[cls] = (any("__getstate__" in vars(k) for k in mro),
+                                       any("__setstate__" in vars(k) for k in mro))
+    return known
 
 
 def slim_model(snap: Snapshot, model: nn.Module, removed: dict[int, torch.Tensor], inplace: bool) -> nn.Module:
