@@ -22,6 +22,7 @@ import copy
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -182,8 +183,8 @@ def copy_module_tree(model: nn.Module, tensors: dict[int, torch.Tensor]) -> nn.M
         # a class's own __getstate__ leaves out what it does not copy (a lock), as deepcopy would;
         # its own __setstate__ then rebuilds what it derives (an RNN's flat weights)
         own_get, own_set = _state_methods(type(m))
-        source = m.__getstate__() if own_get else m.__dict__
-        if not isinstance(source, dict):  # a state that is no dict: the attributes as they are
+        source = _own_state(m) if own_get else None
+        if source is None:  # none, or one that refuses (parametrized modules) or is no dict: as they are
             source, own_get = m.__dict__, False
         own_set = own_get and own_set
         shell = memo[id(m)]
@@ -219,6 +220,15 @@ def copy_module_tree(model: nn.Module, tensors: dict[int, torch.Tensor]) -> nn.M
         if own_set:
             shell.__setstate__(d)  # type: ignore[attr-defined]  # a module
     return memo[id(model)]  # type: ignore[return-value]
+
+
+def _own_state(m: nn.Module) -> dict[str, Any] | None:
+    """``m.__getstate__()`` when it gives a dict, else ``None``."""
+    try:
+        state = m.__getstate__()
+    except Exception:  # a class that forbids copying by state (torch's parametrized modules)
+        return None
+    return state if isinstance(state, dict) else None
 
 
 _STATE_METHODS: weakref.WeakKeyDictionary[type, tuple[bool, bool]] = weakref.WeakKeyDictionary()
