@@ -7,20 +7,13 @@ leaves at least one slot per group. Post: ``lint`` holds on the result.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from .axes import kept_size
-from .chains import view_chains
-from .graph import Fact, Graph, Node, Value, constant_nodes, set_path
+from .graph import Fact, Graph, Node, Value, set_path
 from .labels import build_groups
 from .snapshot import Snapshot
 from .spaces import Layout, SpaceTable
-
-_STRUCTURAL: dict[str, Callable[[Graph], object]] = {"view_chains": view_chains, "constant_nodes": constant_nodes}
-"""Functions of a graph's ops and edges alone, which remapping keeps: computed once per source
-snapshot (its cache) and handed to every snapshot remapped from it (verification reads them)."""
 
 
 def _remap_layout(sp: SpaceTable, layout: Layout, ranks: dict[int, torch.Tensor]) -> Layout:
@@ -75,8 +68,9 @@ def remap_snapshot(snap: Snapshot, kept: dict[int, torch.Tensor]) -> Snapshot:
     groups = build_groups(graph, nsp)
     new = Snapshot(snap.name, graph, nsp, groups, list(snap.issues), snap.example, snap.output_shapes,
                    modes=snap.modes, extra=list(getattr(snap, "extra", [])))
-    for key, derive in _STRUCTURAL.items():
-        new.cache[key] = snap.cache[key] if key in snap.cache else snap.cache.setdefault(key, derive(g))
+    # functions of the graph's ops and edges alone, which remapping keeps: computed once per source
+    # snapshot and handed to every snapshot remapped from it (verification reads them)
+    new.cache["view_chains"], new.cache["constant_nodes"] = snap.view_chains(), snap.constant_nodes()
     old_by_leaf = {gr.leaf: gr for gr in snap.groups}
     for gr in groups:
         old = old_by_leaf.get(gr.leaf)

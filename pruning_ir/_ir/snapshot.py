@@ -9,7 +9,8 @@ from typing import Any
 
 import torch
 
-from .graph import Graph
+from .chains import view_chains
+from .graph import Graph, constant_nodes
 from .labels import Label, LabelGroup
 from .spaces import SpaceTable
 
@@ -63,6 +64,20 @@ class Snapshot:
         state = dict(self.__dict__)
         state["cache"] = {k: v for k, v in self.cache.items() if k not in REBUILT_AFTER_LOAD}
         return state
+
+    def view_chains(self) -> dict[int, tuple[list[int], list[int]]]:
+        """:func:`~pruning_ir._ir.chains.view_chains` of the graph, computed once (cached)."""
+        if "view_chains" not in self.cache:
+            self.cache["view_chains"] = view_chains(self.graph)
+        chains: dict[int, tuple[list[int], list[int]]] = self.cache["view_chains"]
+        return chains
+
+    def constant_nodes(self) -> set[int]:
+        """:func:`~pruning_ir._ir.graph.constant_nodes` of the graph, computed once (cached)."""
+        if "constant_nodes" not in self.cache:
+            self.cache["constant_nodes"] = constant_nodes(self.graph)
+        nodes: set[int] = self.cache["constant_nodes"]
+        return nodes
 
     def calls(self) -> list[tuple[tuple[Any, ...], dict[str, Any], dict[str, bool]]]:
         """Every traced call as ``(args, kwargs, modes)``, the example call first."""

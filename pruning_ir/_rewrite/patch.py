@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .._ir.axes import kept_size
-from .._ir.chains import vanishing_nodes, view_chains
+from .._ir.chains import vanishing_nodes
 from .._ir.graph import Node
 from .._ir.snapshot import Snapshot
 from .._trace.run import run_call
@@ -100,9 +100,7 @@ def module_edits(snap: Snapshot, kept: dict[int, torch.Tensor]) -> dict[str, Mod
             edits.setdefault(op, []).append(row)
             templates.setdefault(op, []).append(args if row else {})
             nodes.setdefault(op, []).append(node)
-    chains = snap.cache.get("view_chains")
-    if chains is None:
-        chains = snap.cache["view_chains"] = view_chains(snap.graph)
+    chains = snap.view_chains()
     values = snap.graph.values
     shapes: dict[int, tuple[int, ...]] = {}
 

@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 from torch import nn
 
-from .._ir.chains import vanishing_nodes, view_chains
+from .._ir.chains import vanishing_nodes
 from .._ir.graph import Graph, Node, constant_nodes
 from .._ir.ops import COPIES, SHAPE_ONLY, value_sized
 from .._ir.snapshot import Snapshot
@@ -96,18 +96,13 @@ def verify_graph(model: nn.Module, expected: Snapshot, unresolved: list[str], le
     not enough: Python that computes ``c // 2`` from a pruned ``c`` can reshape the right number
     of elements into the wrong factorisation. ``first``: the re-trace of the example call, when
     the caller already made it on the model as it is (the forward that learns literal sizes)."""
-    chains = expected.cache.get("view_chains")
-    if chains is None:
-        chains = expected.cache["view_chains"] = view_chains(expected.graph)
+    chains = expected.view_chains()
     # ops of a view chain that is the identity at the new sizes may be skipped by the slim
     # model's code (``repeat_kv`` returns early once a query group has one head)
     vanish = vanishing_nodes(chains, lambda vid: expected.graph.values[vid].shape)
     # and results computed from factory ops alone may come from a Python cache in one run and
     # be recomputed in the other
-    consts = expected.cache.get("constant_nodes")
-    if consts is None:
-        consts = expected.cache["constant_nodes"] = constant_nodes(expected.graph)
-    vanish |= consts
+    vanish |= expected.constant_nodes()
     graph = expected.graph
     stock = _stock_paths(model)
     # every call runs (and keeps its output shapes) before any op is compared, so that a model
