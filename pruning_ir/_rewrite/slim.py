@@ -181,8 +181,10 @@ def copy_module_tree(model: nn.Module, tensors: dict[int, torch.Tensor]) -> nn.M
     atomic = _ATOMIC
     for m in mods:
         # a class's own __getstate__ leaves out what it does not copy (a lock), as deepcopy would;
-        # its own __setstate__ then rebuilds what it derives (an RNN's flat weights)
-        own_get, own_set = _state_methods(type(m))
+        # its own __setstate__ then rebuilds what it derives (an RNN's flat weights); a __setstate__
+        # alone (for old pickles) is not used
+        own = _own_copy_methods(type(m))
+        own_get, own_set = "__getstate__" in own, "__setstate__" in own
         source = _own_state(m) if own_get else None
         if source is None:  # none, or one that refuses (parametrized modules) or is no dict: as they are
             source, own_get = m.__dict__, False
@@ -231,19 +233,17 @@ def _own_state(m: nn.Module) -> dict[str, Any] | None:
     return state if isinstance(state, dict) else None
 
 
-_STATE_METHODS: weakref.WeakKeyDictionary[type, tuple[bool, bool]] = weakref.WeakKeyDictionary()
+_COPY_METHODS = ("__deepcopy__", "__getstate__", "__setstate__", "__reduce_ex__", "__reduce__")
+_OWN_COPY_METHODS: weakref.WeakKeyDictionary[type, frozenset[str]] = weakref.WeakKeyDictionary()
 
 
-def _state_methods(cls: type) -> tuple[bool, bool]:
-    """Whether a module class defines its own ``__getstate__`` / ``__setstate__`` (beyond
-    ``nn.Module``'s): with its own ``__getstate__`` its copies are made from that state, as
-    ``deepcopy`` makes them (a ``__setstate__`` alone, for old pickles, is not used). Known per
-    class (weakly: GraphModules have a class each)."""
-    known = _STATE_METHODS.get(cls)
+def _own_copy_methods(cls: type) -> frozenset[str]:
+    """Which of the copying / pickling methods a module class defines itself (beyond
+    ``nn.Module``'s). Known per class (weakly: GraphModules have a class each)."""
+    known = _OWN_COPY_METHODS.get(cls)
     if known is None:
         mro = cls.__mro__[: cls.__mro__.index(nn.Module)] if nn.Module in cls.__mro__ else ()
-        known = _STATE_METHODS[cls] = (any("__getstate__" in vars(k) for k in mro),
-                                       any("__setstate__" in vars(k) for k in mro))
+        known = _OWN_COPY_METHODS[cls] = frozenset(n for n in _COPY_METHODS if any(n in vars(k) for k in mro))
     return known
 
 
@@ -286,18 +286,8 @@ def meta_copy(model: nn.Module, *, attributes: bool = False) -> nn.Module:
     return copy_module_tree(model, memo)
 
 
-_OWN_COPY = ("__deepcopy__", "__getstate__", "__reduce_ex__", "__reduce__")
-
-
 def _copies_itself(cls: type) -> bool:
     """Whether a module class defines how it is copied or pickled (beyond ``nn.Module``'s), or is a
     ``torch.fx.GraphModule`` (whose copies get their own generated class): such modules are copied
     by ``deepcopy``, which honours that, not by :func:`copy_module_tree`."""
-    if issubclass(cls, GraphModule):
-        return True
-    for klass in cls.__mro__:
-        if klass in (nn.Module, object):
-            return False
-        if any(name in vars(klass) for name in _OWN_COPY):
-            return True
-    return False
+    return issubclass(cls, GraphModule) or bool(_own_copy_methods(cls) - {"__setstate__"})
