@@ -19,7 +19,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import nn
@@ -44,17 +44,40 @@ _SKIP = {"aten.detach", "aten._has_compatible_shallow_copy_type", "profiler._rec
 Observer = Callable[[Node, list[Any]], None]
 
 
-_OP_NAMES: dict[Any, str] = {}
+_NO_DEFAULT = object()
+
+
+class _OpInfo(NamedTuple):
+    """What the recorder reads of an ATen overload on every call, read from it once (the schema's
+    accessors are C++ calls): its packet's name (``aten.add``), ``(name, kwarg_only, default or
+    _NO_DEFAULT)`` per schema argument (``None`` without a schema), and ``(position, name)`` of
+    the arguments it writes to."""
+
+    name: str
+    args: tuple[tuple[str, bool, Any], ...] | None
+    written: tuple[tuple[int, str], ...]
+
+
+_OPS: dict[Any, _OpInfo] = {}
+
+
+def _op_info(func: Any) -> _OpInfo:
+    info = _OPS.get(func)
+    if info is None:
+        packet = getattr(func, "overloadpacket", func)
+        namespace = getattr(packet, "__module__", "torch.ops.aten").rsplit(".", 1)[-1]
+        schema = getattr(func, "_schema", None)
+        args = None if schema is None else tuple(
+            (a.name, a.kwarg_only, a.default_value if a.has_default_value() else _NO_DEFAULT) for a in schema.arguments)
+        written = () if schema is None or not schema.is_mutable else tuple(
+            (i, a.name) for i, a in enumerate(schema.arguments) if a.alias_info is not None and a.alias_info.is_write)
+        info = _OPS[func] = _OpInfo(f"{namespace}.{packet.__name__}", args, written)
+    return info
 
 
 def op_name(func: Any) -> str:
     """``aten.add.Tensor`` -> ``"aten.add"`` (the overload packet)."""
-    name = _OP_NAMES.get(func)
-    if name is None:
-        packet = getattr(func, "overloadpacket", func)
-        namespace = getattr(packet, "__module__", "torch.ops.aten").rsplit(".", 1)[-1]
-        name = _OP_NAMES[func] = f"{namespace}.{packet.__name__}"
-    return name
+    return _op_info(func).name
 
 
 class _Recorder(TorchDispatchMode):
@@ -207,25 +230,9 @@ def type_key(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-_NO_DEFAULT = object()
-_SCHEMA_ARGS: dict[Any, tuple[tuple[str, bool, Any], ...] | None] = {}
-
-
-def _schema_args(func: Any) -> tuple[tuple[str, bool, Any], ...] | None:
-    """``(name, kwarg_only, default or _NO_DEFAULT)`` of each schema argument of ``func`` (read once
-    per overload: the schema's accessors are C++ calls), ``None`` without a schema."""
-    if func in _SCHEMA_ARGS:
-        return _SCHEMA_ARGS[func]
-    schema = getattr(func, "_schema", None)
-    out = None if schema is None else tuple(
-        (a.name, a.kwarg_only, a.default_value if a.has_default_value() else _NO_DEFAULT) for a in schema.arguments)
-    _SCHEMA_ARGS[func] = out
-    return out
-
-
 def bind(func: Any, args: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     """All arguments of an ATen call by schema name, defaults filled in."""
-    spec = _schema_args(func)
+    spec = _op_info(func).args
     if spec is None:
         return {**{f"arg{i}": a for i, a in enumerate(args)}, **kwargs}
     bound: dict[str, Any] = {}
@@ -240,22 +247,9 @@ def bind(func: Any, args: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     return bound
 
 
-_WRITTEN: dict[Any, tuple[tuple[int, str], ...]] = {}
-
-
-def _written_arguments(func: Any) -> tuple[tuple[int, str], ...]:
-    """``(position, name)`` of the arguments ``func`` writes to (read once per overload)."""
-    known = _WRITTEN.get(func)
-    if known is None:
-        schema = getattr(func, "_schema", None)
-        known = _WRITTEN[func] = () if schema is None or not schema.is_mutable else tuple(
-            (i, a.name) for i, a in enumerate(schema.arguments) if a.alias_info is not None and a.alias_info.is_write)
-    return known
-
-
 def _writes_to_view(func: Any, args: Any, kwargs: dict[str, Any]) -> list[torch.Tensor]:
     """Bases of the views an in-place op writes to (aliased mutation)."""
-    written = _written_arguments(func)
+    written = _op_info(func).written
     if not written:
         return []
     bases: list[torch.Tensor] = []
