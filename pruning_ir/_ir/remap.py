@@ -16,7 +16,7 @@ from .snapshot import Snapshot
 from .spaces import Layout, SpaceTable
 
 
-def _remap_layout(sp: SpaceTable, layout: Layout, ranks: dict[int, torch.Tensor]) -> Layout:
+def _remap_layout(sp: SpaceTable, layout: Layout, ranks: dict[int, list[int]]) -> Layout:
     out = []
     for t in sp.normalize(layout):
         nt = []
@@ -26,7 +26,7 @@ def _remap_layout(sp: SpaceTable, layout: Layout, ranks: dict[int, torch.Tensor]
             if r is None:
                 nt.append((leaf, s, e))
                 continue
-            ns, ne = int(r[s]), int(r[e])
+            ns, ne = r[s], r[e]
             if ne == ns:
                 empty = True
                 break
@@ -38,10 +38,19 @@ def _remap_layout(sp: SpaceTable, layout: Layout, ranks: dict[int, torch.Tensor]
 
 def remap_snapshot(snap: Snapshot, kept: dict[int, torch.Tensor]) -> Snapshot:
     sp = snap.spaces
-    ranks = {leaf: torch.cat([torch.zeros(1, dtype=torch.long), k.long().cumsum(0)]) for leaf, k in kept.items()}
+    # rank of each slot among the kept ones (slot s of a leaf moves to ranks[leaf][s])
+    ranks = {leaf: [0, *k.long().cumsum(0).tolist()] for leaf, k in kept.items()}
     g = snap.graph
-    values = [Value(v.vid, v.shape, v.dtype, v.kind, v.name, v.producer,
-                    [_remap_layout(sp, ax, ranks) for ax in v.axes]) for v in g.values]
+    remapped: dict[Layout, Layout] = {}  # most values share their axes' layouts with others
+
+    def remap(layout: Layout) -> Layout:
+        got = remapped.get(layout)
+        if got is None:
+            got = remapped[layout] = _remap_layout(sp, layout, ranks)
+        return got
+
+    values = [Value(v.vid, v.shape, v.dtype, v.kind, v.name, v.producer, [remap(ax) for ax in v.axes])
+              for v in g.values]
     nodes = []
     for n in g.nodes:
         kwargs = n.kwargs
@@ -50,7 +59,7 @@ def remap_snapshot(snap: Snapshot, kept: dict[int, torch.Tensor]) -> Snapshot:
             size = kept_size(sp, f.layout, kept)
             if size != f.old:
                 kwargs = set_path(kwargs, f.path, size)
-            facts.append(Fact(f.path, f.kind, _remap_layout(sp, f.layout, ranks), size))
+            facts.append(Fact(f.path, f.kind, remap(f.layout), size))
         nodes.append(Node(n.nid, n.op, n.args, kwargs, n.outputs, n.out_spec, n.module_stack, n.leaf, facts))
     nsp = SpaceTable()
     nsp.size = list(sp.size)

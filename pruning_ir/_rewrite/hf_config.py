@@ -23,6 +23,7 @@ import itertools
 import json
 import logging
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -91,12 +92,11 @@ def _build_meta_shapes(model: nn.Module, config: Any) -> dict[str, tuple[int, ..
     return _shapes(ref)
 
 
-def size_changes(snap: Snapshot, kept: dict[int, torch.Tensor],
-                 model: nn.Module) -> dict[int, set[int]]:
-    """Old size -> the new sizes it became, on the slim model's parameter axes and in the sizes
-    recorded in the trace (head counts, split sizes)."""
+def size_changes(snap: Snapshot, kept: dict[int, torch.Tensor], params: Mapping[str, torch.Tensor]
+                 ) -> dict[int, set[int]]:
+    """Old size -> the new sizes it became, on the slim model's parameter axes (``params``: its
+    parameters by every name) and in the sizes recorded in the trace (head counts, split sizes)."""
     out: dict[int, set[int]] = {}
-    params = dict(model.named_parameters(remove_duplicate=False))
     for name, vid in snap.graph.params.items():
         p = params.get(name)
         if p is None:
@@ -121,12 +121,12 @@ def _layer_pattern(name: str) -> str:
 _LAYER_INDEX = re.compile(r"\.\d+\.")
 
 
-def layers_differ(snap: Snapshot, model: nn.Module) -> str | None:
+def layers_differ(snap: Snapshot, params: Mapping[str, torch.Tensor]) -> str | None:
     """An example of parameters that had one shape in every layer (the same name up to the layer
-    index) and have several now, or ``None``: then no config can describe the slim model."""
+    index) and have several now (``params``: the slim model's, by every name), or ``None``: then
+    no config can describe the slim model."""
     old: dict[str, set[tuple[int, ...]]] = {}
     new: dict[str, set[tuple[int, ...]]] = {}
-    params = dict(model.named_parameters(remove_duplicate=False))
     for name, vid in snap.graph.params.items():
         p = params.get(name)
         if p is None:
@@ -258,12 +258,12 @@ def update_hf_config(model: nn.Module, snap: Snapshot, kept: dict[int, torch.Ten
     if not _is_hf(model):
         return None
     config = model.config
-    target = _shapes(model)
-    changes = size_changes(snap, kept, model)
+    params = dict(model.named_parameters(remove_duplicate=False))
+    changes = size_changes(snap, kept, params)
     fields = {k: v for k, v in vars(config).items() if type(v) is int and size_like(k) and v in changes}
     if not fields:
         return None
-    differ = layers_differ(snap, model)
+    differ = layers_differ(snap, params)
     recomputed = _sliced_unsaved_buffers(snap, model)
     if recomputed:
         why = (f"config: buffers {recomputed[:3]} were sliced, and save_pretrained does not save them: "
@@ -275,6 +275,7 @@ def update_hf_config(model: nn.Module, snap: Snapshot, kept: dict[int, torch.Ten
         why = f"config: layers were pruned to different widths ({differ}); {UNDESCRIBED}"
         log_.append(why)
         return why
+    target = _shapes(model)
     values = _field_by_field(model, config, fields, changes, target) or _joint(model, config, fields, changes, target)
     if values is None:
         why = (f"config: no values of {', '.join(sorted(fields))} that {type(config).__name__} accepts rebuild the "

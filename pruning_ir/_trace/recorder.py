@@ -462,7 +462,7 @@ def _save_attributes(modules: list[nn.Module]) -> _Saved:
     containers."""
     out: _Saved = []
     for mod in modules:
-        plain = {k: v for k, v in vars(mod).items() if not k.startswith("_")}
+        plain = {k: v for k, v in mod.__dict__.items() if k[:1] != "_"}
         contents = {k: (dict(v) if isinstance(v, dict) else list(v)) for k, v in plain.items()
                     if isinstance(v, (dict, list))}
         out.append((mod, plain, contents))
@@ -471,15 +471,16 @@ def _save_attributes(modules: list[nn.Module]) -> _Saved:
 
 def _restore_attributes(saved: _Saved) -> None:
     for mod, plain, contents in saved:
-        for k in [k for k in vars(mod) if not k.startswith("_") and k not in plain]:
+        d = mod.__dict__
+        for k in [k for k in d if k[:1] != "_" and k not in plain]:
             delattr(mod, k)
         for k, v in plain.items():
-            if vars(mod).get(k) is not v:
-                mod.__dict__[k] = v
-            if k in contents:
-                c = contents[k]
-                if isinstance(v, dict):
-                    v.clear()
-                    v.update(c)  # type: ignore[arg-type]
-                elif isinstance(v, list):
-                    v[:] = c
+            if d.get(k) is not v:
+                d[k] = v
+        for k, c in contents.items():
+            v = plain[k]
+            if isinstance(v, dict):
+                v.clear()
+                v.update(c)  # type: ignore[arg-type]
+            elif isinstance(v, list):
+                v[:] = c

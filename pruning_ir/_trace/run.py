@@ -47,7 +47,9 @@ def in_modes(model: nn.Module, modes: dict[str, bool] | None,
     before = [m.training for _, m in modules]
     if modes is not None:
         for path, m in modules:
-            m.training = modes.get(path, m.training)
+            flag = modes.get(path, m.training)
+            if flag != m.training:  # Module.__setattr__ is slow, and most flags stay
+                m.training = flag
     training = any(m.training for _, m in modules)
     seeded = seed == "always" or (seed == "training" and training)
     try:
@@ -55,7 +57,8 @@ def in_modes(model: nn.Module, modes: dict[str, bool] | None,
             yield
     finally:
         for (_, m), flag in zip(modules, before, strict=True):
-            m.training = flag
+            if flag != m.training:
+                m.training = flag
 
 
 @contextlib.contextmanager
