@@ -113,3 +113,51 @@ def test_probe_finds_a_kernel_alignment_and_selectors_keep_to_it() -> None:
         assert rep.max_abs_diff < 1e-5, (sel, rep)
     assert removed_any
     assert UniformLabelSelector(0.3).select(ir) == []  # 12 * 0.3 -> 3, rounded to a multiple: 0
+
+
+class AliasedWeight(nn.Module):
+    """A plain attribute (a list) that holds ``fc1``'s weight, read in forward, and a random op
+    (so the probe works on a meta trace). The slim model the user gets has the sliced weight in
+    that list too (the module-tree copy maps every reference), so the hidden width prunes."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(4, hidden)
+        self.fc2 = nn.Linear(hidden, 3)
+        self.__dict__["ws"] = [self.fc1.weight]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + 0 * torch.rand_like(x)
+        return self.fc2(torch.nn.functional.linear(x, self.ws[0], self.fc1.bias).relu())
+
+
+@pytest.mark.parametrize("hidden", [7, 8])
+def test_probe_prunes_copies_as_the_user_prune_does(hidden: int) -> None:
+    # oracle: the probe's verdict agrees with the user's own prune of one label (no step, no
+    # refusal), and that prune is exact against the masked original (found in review: a probe
+    # that sliced its meta copy in place left the list's weight unsliced and gave a step of 2,
+    # or refused the odd width)
+    torch.manual_seed(0)
+    ir = PruningIR(AliasedWeight(hidden), example_inputs=(torch.randn(2, 4),))
+    g = next(g for g in ir.label_groups() if g.size == hidden)
+    assert g.prunable and g.step == 1, ir.report()
+    labels = ir.labels(g)[:1]
+    slim = ir.prune(labels=labels).model
+    assert slim.ws[0].shape == (hidden - 1, 4)
+    assert verify_pruning(ir, labels).max_abs_diff < 1e-5
+
+
+def test_inplace_prune_slices_what_plain_attributes_hold_too() -> None:
+    # oracle: the same prune made on a copy (the default) and in place give the same outputs on
+    # new inputs; in place, the list's weight is the sliced one (before, only the module's own
+    # parameter dict was updated: verification refused it, the model left half-sliced)
+    torch.manual_seed(0)
+    model = AliasedWeight(8)
+    ir = PruningIR(model, example_inputs=(torch.randn(2, 4),))
+    g = next(g for g in ir.label_groups() if g.size == 8)
+    labels = ir.labels(g)[2:5]
+    copy = ir.prune(labels=labels).model
+    same = ir.prune(labels=labels, inplace=True).model
+    assert same is model and model.ws[0] is model.fc1.weight and model.ws[0].shape == (5, 4)
+    x = torch.randn(3, 4)
+    assert torch.allclose(copy(x), same(x), atol=1e-6)

@@ -183,46 +183,18 @@ def probe_groups(model: nn.Module, snap: Snapshot, options: BuildOptions
     with the reason; and the groups (by leaf) that prune when their kept size stays a multiple
     of some step. Groups that break the model alone but run when pruned together with another
     group of their size (by the same count) are tied to it in ``snap``'s space table first."""
-    copies = None if _on_meta_device(model) else _MetaCopies(model)
-    meta_model = None if copies is None else copies.get()
-    if copies is not None and meta_model is not None and _reusable(snap):
+    meta_model = None if _on_meta_device(model) else _meta_copy_or_none(model)
+    if meta_model is not None and _reusable(snap):
         try:  # the meta copy checked against this trace: when every probe passes, no meta trace is needed
-            return _probe(snap, meta_model, _on_meta(snap), options, optimistic=True, copies=copies)
+            return _probe(snap, meta_model, _on_meta(snap), options, optimistic=True)
         except _Doubt as exc:
             log.debug("probing %s against its own trace: %s; probing on a meta trace", type(model).__name__, exc)
-        meta_model = copies.get()  # the first probe may have pruned that one
     pair = _probe_pair(model, meta_model, snap, options)
     if pair is None:
         snap.issues.append(Issue("probe", "", "", "model too large to probe for real and cannot run on meta: "
                                  "groups were not probed"))
         return [], {}
-    return _probe(snap, *pair, options, optimistic=False, copies=copies if pair[0] is meta_model else None)
-
-
-class _MetaCopies:
-    """The probe's ``meta`` copies of the user's ``model``. The first probe prunes the copy made up
-    front in place (most builds probe once: no second copy); any later use makes a new unpruned copy."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self._copy = _meta_copy_or_none(model)
-        self._made = self._copy is not None
-        self._handed = False
-
-    def get(self) -> nn.Module | None:
-        """An unpruned meta copy (kept), or ``None`` when the model has none."""
-        if self._copy is None and self._made:
-            self._copy = _meta_copy_or_none(self.model)
-        return self._copy
-
-    def take(self) -> nn.Module | None:
-        """The unpruned copy itself, to prune in place, the first time it is asked; afterwards
-        ``None`` (prune a copy of :meth:`get`'s)."""
-        if self._handed:
-            return None
-        self._handed = True
-        copy, self._copy = self.get(), None
-        return copy
+    return _probe(snap, *pair, options, optimistic=False)
 
 
 class _Doubt(Exception):
@@ -257,17 +229,16 @@ def _on_meta(snap: Snapshot) -> Snapshot:
     return replace(snap, cache={}, example=_to_meta(snap.example), extra=extra)
 
 
-def _probe(snap: Snapshot, probe_model: nn.Module, probe_snap: Snapshot, options: BuildOptions, optimistic: bool,
-           copies: _MetaCopies | None = None) -> tuple[list[tuple[LabelGroup, str]], dict[int, int]]:
+def _probe(snap: Snapshot, probe_model: nn.Module, probe_snap: Snapshot, options: BuildOptions, optimistic: bool
+           ) -> tuple[list[tuple[LabelGroup, str]], dict[int, int]]:
     """The probes of :func:`probe_groups`, run on ``probe_model`` described by ``probe_snap``;
-    ``optimistic``: raise :class:`_Doubt` at the first failure (and repair nothing); ``copies``:
-    where ``probe_model`` came from, when it is a meta copy the probes may consume."""
+    ``optimistic``: raise :class:`_Doubt` at the first failure (and repair nothing)."""
     varying = _varying_output_shapes(probe_model, probe_snap)
     if varying is not None:
         if optimistic:
             raise _Doubt(varying)
         return [(g, varying) for g in snap.prunable_groups], {}
-    return _Prober(snap, probe_model, probe_snap, options, optimistic, copies).run()
+    return _Prober(snap, probe_model, probe_snap, options, optimistic).run()
 
 
 class _Prober:
@@ -275,9 +246,8 @@ class _Prober:
     groups that break it (bisecting joint probes), their alignments and count-coupled partners."""
 
     def __init__(self, snap: Snapshot, probe_model: nn.Module, probe_snap: Snapshot, options: BuildOptions,
-                 optimistic: bool, copies: _MetaCopies | None = None) -> None:
-        self.snap, self._model, self.probe_snap, self.optimistic = snap, probe_model, probe_snap, optimistic
-        self.copies = copies
+                 optimistic: bool) -> None:
+        self.snap, self.model, self.probe_snap, self.optimistic = snap, probe_model, probe_snap, optimistic
         # a user's prune pays as many repairs; the probed model is sliced into copies
         self.prune_options = PruneOptions(leaf_modules=options.leaf_modules, repair=not optimistic)
         self.by_signature = {_signature(probe_snap, g): g for g in probe_snap.prunable_groups}
@@ -291,14 +261,6 @@ class _Prober:
         self.steps: dict[int, int] = {}
         self.step_budget = _STEP_PROBES
         self.tie_budget = _TIE_PROBES
-
-    @property
-    def model(self) -> nn.Module:
-        """The unpruned probe model (a new meta copy once the first probe consumed the one made)."""
-        fresh = None if self.copies is None else self.copies.get()
-        if fresh is not None:
-            self._model = fresh
-        return self._model
 
     def backward(self) -> bool:
         if self._baseline is None:
@@ -318,14 +280,9 @@ class _Prober:
                 return _Failure(f"group g{g.gid} has no twin in the meta trace", "other")
             n = counts.get(g.gid, count) if counts is not None else count
             labels += [Label(self.probe_snap.owner, twin.gid, twin.size - 1 - k) for k in range(n)]
-        own = self.copies.take() if self.copies is not None else None
         try:
-            if own is not None:  # the first probe: in place, on the copy made for it
-                slim = prune_snapshot(self.probe_snap, own, label_masks(self.probe_snap, labels),
-                                      replace(self.prune_options, inplace=True))
-            else:
-                slim = prune_snapshot(self.probe_snap, self.model, label_masks(self.probe_snap, labels),
-                                      self.prune_options)
+            slim = prune_snapshot(self.probe_snap, self.model, label_masks(self.probe_snap, labels),
+                                  self.prune_options)
         except VerifyFailure as exc:
             return _Failure.of(exc)
         except PruningIRError as exc:

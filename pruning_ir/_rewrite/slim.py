@@ -264,7 +264,52 @@ def slim_model(snap: Snapshot, model: nn.Module, removed: dict[int, torch.Tensor
         for k, b in m._buffers.items():
             if b is not None and id(b) in replacement:
                 m._buffers[k] = replacement[id(b)]
+        if replacement:
+            _rebind_attributes(m, replacement)
     return model
+
+
+_MODULE_STORES = frozenset({"_parameters", "_buffers", "_modules"})
+
+
+def _rebind_attributes(m: nn.Module, replacement: dict[int, torch.Tensor]) -> None:
+    """Point the plain attributes of ``m`` that hold a replaced tensor, directly or inside lists,
+    tuples and dicts (an RNN's ``_flat_weights``, a user's list of weights), at its replacement:
+    what the module-tree copy does for a copy, done in place."""
+    d = m.__dict__
+    seen: set[int] = set()
+    for k, v in list(d.items()):
+        if k not in _MODULE_STORES:
+            new = _rebound(v, replacement, seen)
+            if new is not v:
+                d[k] = new
+
+
+def _rebound(v: object, replacement: dict[int, torch.Tensor], seen: set[int]) -> object:
+    """``v`` with replaced tensors swapped in: lists and dicts edited in place (whoever shares them
+    sees the slim tensors, as the model's own references do), tuples rebuilt when they change."""
+    if isinstance(v, torch.Tensor):
+        return replacement.get(id(v), v)
+    if not isinstance(v, (list, tuple, dict)) or id(v) in seen:
+        return v
+    seen.add(id(v))
+    if isinstance(v, list):
+        for i, x in enumerate(v):
+            nx = _rebound(x, replacement, seen)
+            if nx is not x:
+                v[i] = nx
+        return v
+    if isinstance(v, dict):
+        for key, x in list(v.items()):
+            nx = _rebound(x, replacement, seen)
+            if nx is not x:
+                v[key] = nx
+        return v
+    items = [_rebound(x, replacement, seen) for x in v]
+    if all(a is b for a, b in zip(items, v, strict=True)):
+        return v
+    cls: Any = type(v)
+    return cls(*items) if hasattr(v, "_fields") else cls(items)  # a namedtuple takes fields
 
 
 def meta_copy(model: nn.Module, *, attributes: bool = False) -> nn.Module:
