@@ -153,6 +153,48 @@ def test_inplace_prune_modifies_only_when_asked() -> None:
     assert model[0].out_features == 5 and model[0].weight.shape == (5, 4)
 
 
+class WidthChecked(nn.Module):
+    """Its forward asserts a width in Python; the assertion is switched on after the IR is built
+    (as a user's edit would), so the prune's verification refuses the slim model."""
+
+    check = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(4, 8)
+        self.fc2 = nn.Linear(8, 3)
+        self.extra = [self.fc1.weight]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(x).relu()
+        assert not self.check or h.shape[1] == 8, "width changed"
+        return self.fc2(h + 0 * self.extra[0].sum())
+
+
+def test_failed_inplace_prune_leaves_model_as_it_was() -> None:
+    # oracle: the model's state (values and shapes), its parameter objects, attributes, plain
+    # attribute references and hooks are those from before the refused in-place prune, and
+    # it computes what it computed
+    torch.manual_seed(0)
+    model = WidthChecked().eval()
+    x = torch.randn(2, 4)
+    ir = PruningIR(model, example_inputs=(x,), probe=False)
+    WidthChecked.check = True
+    try:
+        params = list(model.parameters())
+        before, out = state_hash(model), model(x)
+        group = next(g for g in ir.label_groups() if g.size == 8)
+        with pytest.raises(pruning_ir.errors.PruningIRError, match="width changed"):
+            ir.prune(labels=ir.labels(group)[:2], inplace=True)
+        assert state_hash(model) == before
+        assert all(a is b for a, b in zip(model.parameters(), params, strict=True))
+        assert model.fc1.out_features == 8 and model.extra[0] is model.fc1.weight
+        assert not model.fc1._forward_hooks and not model._forward_hooks
+        assert torch.equal(model(x), out)
+    finally:
+        WidthChecked.check = False
+
+
 def test_empty_labels_returns_a_copy() -> None:
     model, x = small()
     ir = PruningIR(model, example_inputs=x)

@@ -15,7 +15,7 @@ from .._ir.remap import remap_snapshot
 from .._ir.snapshot import Snapshot
 from .._rewrite.attributes import update_attributes
 from .._rewrite.patch import module_edits, patch_literals
-from .._rewrite.slim import slim_model
+from .._rewrite.slim import restorer, slim_model
 from .._rewrite.verify import retrace
 from .options import PruneOptions, PruneResult
 from .repair import Choices, verify_or_repair
@@ -34,8 +34,21 @@ def prune_snapshot(snap: Snapshot, model: nn.Module, removed: dict[int, torch.Te
     ``options.verify`` says (which sizes are literals is learnt once per snapshot and cached in
     ``snap.cache``). With ``verify`` the slim model is re-traced and checked against the pruned
     snapshot, and repaired where that fails (:func:`~pruning_ir._pipeline.repair.verify_or_repair`);
-    without, the pruned snapshot is derived only when asked for.
+    without, the pruned snapshot is derived only when asked for. An in-place prune that fails
+    (raises) leaves ``model`` as it was.
     """
+    if not (options.inplace and removed):
+        return _prune_snapshot(snap, model, removed, options)
+    restore = restorer(model)
+    try:
+        return _prune_snapshot(snap, model, removed, options)
+    except BaseException:
+        restore()
+        raise
+
+
+def _prune_snapshot(snap: Snapshot, model: nn.Module, removed: dict[int, torch.Tensor],
+                    options: PruneOptions) -> PruneResult:
     kept = {leaf: ~m for leaf, m in removed.items()}
     slim = slim_model(snap, model, removed, options.inplace)
     guesses: dict[str, list[tuple[str, object]]] = {}

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -267,6 +268,35 @@ def slim_model(snap: Snapshot, model: nn.Module, removed: dict[int, torch.Tensor
         if replacement:
             _rebind_attributes(m, replacement)
     return model
+
+
+def restorer(model: nn.Module) -> Callable[[], None]:
+    """A function that puts ``model`` back as it is now: every module's attributes (the parameter,
+    buffer, submodule and hook dicts, and list/dict attributes, by content) and a Hugging Face
+    config's fields. An in-place prune that fails calls it, so the model it refused is unchanged
+    (the tensors are not copied: the old ones stay referenced until then)."""
+    saved = [(m, dict(m.__dict__), {k: (dict(v) if isinstance(v, dict) else list(v))
+                                    for k, v in m.__dict__.items() if isinstance(v, (dict, list))})
+             for m in model.modules()]
+    config = getattr(model, "config", None)
+    fields = dict(vars(config)) if config is not None and hasattr(config, "__dict__") else None
+
+    def restore() -> None:
+        for m, attributes, contents in saved:
+            m.__dict__.clear()
+            m.__dict__.update(attributes)
+            for k, c in contents.items():
+                v = attributes[k]
+                if isinstance(v, dict):
+                    v.clear()
+                    v.update(c)  # type: ignore[call-overload]
+                else:
+                    v[:] = c  # type: ignore[index]
+        if fields is not None:
+            vars(config).clear()
+            vars(config).update(fields)
+
+    return restore
 
 
 _MODULE_STORES = frozenset({"_parameters", "_buffers", "_modules"})
