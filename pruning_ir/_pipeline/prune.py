@@ -14,8 +14,9 @@ from .._ir.graph import Graph
 from .._ir.remap import remap_snapshot
 from .._ir.snapshot import Snapshot
 from .._rewrite.attributes import update_attributes
+from .._rewrite.inplace import Restorer
 from .._rewrite.patch import module_edits, patch_literals
-from .._rewrite.slim import restorer, slim_model
+from .._rewrite.slim import slim_model
 from .._rewrite.verify import retrace
 from .options import PruneOptions, PruneResult
 from .repair import Choices, verify_or_repair
@@ -39,18 +40,18 @@ def prune_snapshot(snap: Snapshot, model: nn.Module, removed: dict[int, torch.Te
     """
     if not (options.inplace and removed):
         return _prune_snapshot(snap, model, removed, options)
-    restore = restorer(model)
+    restore = Restorer(model)
     try:
-        return _prune_snapshot(snap, model, removed, options)
+        return _prune_snapshot(snap, model, removed, options, restore)
     except BaseException:
         restore()
         raise
 
 
 def _prune_snapshot(snap: Snapshot, model: nn.Module, removed: dict[int, torch.Tensor],
-                    options: PruneOptions) -> PruneResult:
+                    options: PruneOptions, restore: Restorer | None = None) -> PruneResult:
     kept = {leaf: ~m for leaf, m in removed.items()}
-    slim = slim_model(snap, model, removed, options.inplace)
+    slim = slim_model(snap, model, removed, options.inplace, None if restore is None else restore.rebinder)
     guesses: dict[str, list[tuple[str, object]]] = {}
     ambiguous: dict[str, list[tuple[str, int, list[int]]]] = {}
     changes, unresolved, undescribed = update_attributes(slim, snap, kept, guesses, ambiguous)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +32,7 @@ from .._ir.axes import normalized_keep_mask
 from .._ir.measure import named_tensor_map
 from .._ir.snapshot import Snapshot
 from .._ir.spaces import Layout
+from .inplace import Rebinder, slice_in_place
 
 
 def slice_tensor(t: torch.Tensor, index: list[torch.Tensor | None]) -> torch.Tensor:
@@ -248,8 +248,10 @@ def _own_copy_methods(cls: type) -> frozenset[str]:
     return known
 
 
-def slim_model(snap: Snapshot, model: nn.Module, removed: dict[int, torch.Tensor], inplace: bool) -> nn.Module:
-    """``model`` (``inplace``) or a copy of it with every tensor a removed label touches sliced."""
+def slim_model(snap: Snapshot, model: nn.Module, removed: dict[int, torch.Tensor], inplace: bool,
+               rebinder: Rebinder | None = None) -> nn.Module:
+    """``model`` (``inplace``: ``rebinder`` logs the edits to what its modules hold) or a copy of it
+    with every tensor a removed label touches sliced."""
     tensors = named_tensor_map(model)
     new = sliced_tensors(snap, model, removed, tensors)
     replacement: dict[int, torch.Tensor] = {}
@@ -258,88 +260,8 @@ def slim_model(snap: Snapshot, model: nn.Module, removed: dict[int, torch.Tensor
         replacement[id(old)] = nn.Parameter(t, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else t
     if not inplace:
         return copy_module_tree(model, replacement)
-    for m in model.modules():
-        for k, p in m._parameters.items():
-            if p is not None and id(p) in replacement:
-                m._parameters[k] = replacement[id(p)]  # type: ignore[assignment]  # a Parameter
-        for k, b in m._buffers.items():
-            if b is not None and id(b) in replacement:
-                m._buffers[k] = replacement[id(b)]
-        if replacement:
-            _rebind_attributes(m, replacement)
+    slice_in_place(model, replacement, rebinder)
     return model
-
-
-def restorer(model: nn.Module) -> Callable[[], None]:
-    """A function that puts ``model`` back as it is now: every module's attributes (the parameter,
-    buffer, submodule and hook dicts, and list/dict attributes, by content) and a Hugging Face
-    config's fields. An in-place prune that fails calls it, so the model it refused is unchanged
-    (the tensors are not copied: the old ones stay referenced until then)."""
-    saved = [(m, dict(m.__dict__), {k: (dict(v) if isinstance(v, dict) else list(v))
-                                    for k, v in m.__dict__.items() if isinstance(v, (dict, list))})
-             for m in model.modules()]
-    config = getattr(model, "config", None)
-    fields = dict(vars(config)) if config is not None and hasattr(config, "__dict__") else None
-
-    def restore() -> None:
-        for m, attributes, contents in saved:
-            m.__dict__.clear()
-            m.__dict__.update(attributes)
-            for k, c in contents.items():
-                v = attributes[k]
-                if isinstance(v, dict):
-                    v.clear()
-                    v.update(c)  # type: ignore[call-overload]
-                else:
-                    v[:] = c  # type: ignore[index]
-        if fields is not None:
-            vars(config).clear()
-            vars(config).update(fields)
-
-    return restore
-
-
-_MODULE_STORES = frozenset({"_parameters", "_buffers", "_modules"})
-
-
-def _rebind_attributes(m: nn.Module, replacement: dict[int, torch.Tensor]) -> None:
-    """Point the plain attributes of ``m`` that hold a replaced tensor, directly or inside lists,
-    tuples and dicts (an RNN's ``_flat_weights``, a user's list of weights), at its replacement:
-    what the module-tree copy does for a copy, done in place."""
-    d = m.__dict__
-    seen: set[int] = set()
-    for k, v in list(d.items()):
-        if k not in _MODULE_STORES:
-            new = _rebound(v, replacement, seen)
-            if new is not v:
-                d[k] = new
-
-
-def _rebound(v: object, replacement: dict[int, torch.Tensor], seen: set[int]) -> object:
-    """``v`` with replaced tensors swapped in: lists and dicts edited in place (whoever shares them
-    sees the slim tensors, as the model's own references do), tuples rebuilt when they change."""
-    if isinstance(v, torch.Tensor):
-        return replacement.get(id(v), v)
-    if not isinstance(v, (list, tuple, dict)) or id(v) in seen:
-        return v
-    seen.add(id(v))
-    if isinstance(v, list):
-        for i, x in enumerate(v):
-            nx = _rebound(x, replacement, seen)
-            if nx is not x:
-                v[i] = nx
-        return v
-    if isinstance(v, dict):
-        for key, x in list(v.items()):
-            nx = _rebound(x, replacement, seen)
-            if nx is not x:
-                v[key] = nx
-        return v
-    items = [_rebound(x, replacement, seen) for x in v]
-    if all(a is b for a, b in zip(items, v, strict=True)):
-        return v
-    cls: Any = type(v)
-    return cls(*items) if hasattr(v, "_fields") else cls(items)  # a namedtuple takes fields
 
 
 def meta_copy(model: nn.Module, *, attributes: bool = False) -> nn.Module:
