@@ -3,6 +3,8 @@ whatever its modules hold the parameters in; and a prune that fails leaves it as
 
 from __future__ import annotations
 
+import collections
+import functools
 import types
 from dataclasses import dataclass
 
@@ -66,6 +68,80 @@ def test_inplace_slices_every_reference_as_the_copy_does() -> None:
     assert w.shape == (5, 4)
     assert model.nested[0][0] is w and model.pair_a[0] is w and model.pair_b[0] is model.pair_a
     assert model.obj.w is w and model.ns.inner["w"] is w and w in model.scale and w in model.bag
+    y = torch.randn(5, 4)
+    assert torch.allclose(slim_c(y), slim_i(y), atol=1e-6)
+
+
+@dataclass(frozen=True)
+class FrozenKey:
+    w: torch.Tensor
+
+
+class Slotted:
+    __slots__ = ("w",)
+
+    def __init__(self, w: torch.Tensor) -> None:
+        self.w = w
+
+
+class TaggedDict(dict):  # type: ignore[type-arg]
+    tag = "x"
+
+
+class HeldMore(nn.Module):
+    """More holders (found in review): a ``__slots__`` object, a ``functools.partial``, a dict
+    subclass, a deque, a module outside the tree that shares the weight, a frozen dataclass as a
+    dict key, nesting 80 lists deep, a tuple in a cycle, and a list that also holds the unsliced
+    ``fc2`` bias (which must stay that very parameter)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(4, 8)
+        self.fc2 = nn.Linear(8, 3)
+        w = self.fc1.weight
+        self.slotted = Slotted(w)
+        self.part = functools.partial(torch.nn.functional.linear, weight=w)
+        self.tagged = TaggedDict(w=w)
+        self.queue = collections.deque([w])
+        outside = nn.Linear(4, 8)
+        outside.weight = w
+        self.outside = [outside]
+        self.keyed = {FrozenKey(w): 1.0}
+        deep: list[object] = [w]
+        for _ in range(80):
+            deep = [deep]
+        self.deep = deep
+        loop: list[object] = []
+        pair = (loop, w)
+        loop.append(pair)
+        self.pair = pair
+        self.both = [w, self.fc2.bias]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        deep = self.deep
+        while isinstance(deep, list) and len(deep) == 1 and isinstance(deep[0], list):
+            deep = deep[0]
+        ws = [self.slotted.w, self.tagged["w"], self.queue[0], self.outside[0].weight, next(iter(self.keyed)).w,
+              deep[0], self.pair[0][0][1], self.both[0]]
+        h = sum(torch.nn.functional.linear(x, w) for w in ws) + self.part(x)
+        return torch.nn.functional.linear((h / 9 + self.fc1.bias).relu(), self.fc2.weight, self.both[1])
+
+
+def test_inplace_handles_what_deepcopy_handles() -> None:
+    # oracle: the copy path's slim model (deepcopy semantics) on new inputs
+    torch.manual_seed(0)
+    copied = HeldMore()
+    model = HeldMore()
+    model.load_state_dict(copied.state_dict())
+    x = torch.randn(2, 4)
+    ir_c, ir_i = PruningIR(copied, example_inputs=(x,)), PruningIR(model, example_inputs=(x,))
+    pick = lambda ir: ir.labels(next(g for g in ir.label_groups() if g.size == 8))[1:4]  # noqa: E731
+    slim_c = ir_c.prune(labels=pick(ir_c)).model
+    bias = model.fc2.bias
+    slim_i = ir_i.prune(labels=pick(ir_i), inplace=True).model
+    assert slim_i is model and model.fc1.weight.shape == (5, 4)
+    assert model.both[1] is bias is model.fc2.bias and model.both[0] is model.fc1.weight
+    assert model.slotted.w is model.fc1.weight and model.outside[0].weight is model.fc1.weight
     y = torch.randn(5, 4)
     assert torch.allclose(slim_c(y), slim_i(y), atol=1e-6)
 

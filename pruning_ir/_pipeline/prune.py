@@ -42,16 +42,16 @@ def prune_snapshot(snap: Snapshot, model: nn.Module, removed: dict[int, torch.Te
         return _prune_snapshot(snap, model, removed, options)
     restore = Restorer(model)
     try:
-        return _prune_snapshot(snap, model, removed, options, restore)
+        return _prune_snapshot(snap, model, removed, options)
     except BaseException:
         restore()
         raise
 
 
 def _prune_snapshot(snap: Snapshot, model: nn.Module, removed: dict[int, torch.Tensor],
-                    options: PruneOptions, restore: Restorer | None = None) -> PruneResult:
+                    options: PruneOptions) -> PruneResult:
     kept = {leaf: ~m for leaf, m in removed.items()}
-    slim = slim_model(snap, model, removed, options.inplace, None if restore is None else restore.rebinder)
+    slim = slim_model(snap, model, removed, options.inplace)
     guesses: dict[str, list[tuple[str, object]]] = {}
     ambiguous: dict[str, list[tuple[str, int, list[int]]]] = {}
     changes, unresolved, undescribed = update_attributes(slim, snap, kept, guesses, ambiguous)

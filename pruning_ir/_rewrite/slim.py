@@ -32,7 +32,7 @@ from .._ir.axes import normalized_keep_mask
 from .._ir.measure import named_tensor_map
 from .._ir.snapshot import Snapshot
 from .._ir.spaces import Layout
-from .inplace import Rebinder, slice_in_place
+from .inplace import slice_in_place
 
 
 def slice_tensor(t: torch.Tensor, index: list[torch.Tensor | None]) -> torch.Tensor:
@@ -248,10 +248,8 @@ def _own_copy_methods(cls: type) -> frozenset[str]:
     return known
 
 
-def slim_model(snap: Snapshot, model: nn.Module, removed: dict[int, torch.Tensor], inplace: bool,
-               rebinder: Rebinder | None = None) -> nn.Module:
-    """``model`` (``inplace``: ``rebinder`` logs the edits to what its modules hold) or a copy of it
-    with every tensor a removed label touches sliced."""
+def slim_model(snap: Snapshot, model: nn.Module, removed: dict[int, torch.Tensor], inplace: bool) -> nn.Module:
+    """``model`` (``inplace``) or a copy of it with every tensor a removed label touches sliced."""
     tensors = named_tensor_map(model)
     new = sliced_tensors(snap, model, removed, tensors)
     replacement: dict[int, torch.Tensor] = {}
@@ -260,7 +258,7 @@ def slim_model(snap: Snapshot, model: nn.Module, removed: dict[int, torch.Tensor
         replacement[id(old)] = nn.Parameter(t, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else t
     if not inplace:
         return copy_module_tree(model, replacement)
-    slice_in_place(model, replacement, rebinder)
+    slice_in_place(model, replacement)
     return model
 
 
