@@ -146,6 +146,59 @@ def test_inplace_handles_what_deepcopy_handles() -> None:
     assert torch.allclose(slim_c(y), slim_i(y), atol=1e-6)
 
 
+class Recorder:
+    """A forward hook object that holds the weight (the user's; it must stay registered and callable)."""
+
+    def __init__(self, w: torch.Tensor) -> None:
+        self.w = w
+        self.calls = 0
+
+    def __call__(self, m: nn.Module, args: object, out: torch.Tensor) -> None:
+        self.calls += 1
+
+
+class Aliased(nn.Module):
+    """A buffer held again as a plain tensor attribute, a dict shared by an attribute that reaches a
+    sliced tensor and one that does not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(4, 8)
+        self.fc2 = nn.Linear(8, 3)
+        self.register_buffer("shift", torch.linspace(0, 1, 8))
+        self.alias = self.shift
+        self.stats = {"n": 0}
+        self.info = {"stats": self.stats, "w": self.fc1.weight}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.info["stats"]["n"] += 1
+        h = self.fc1(x) + torch.nn.functional.linear(x, self.info["w"])
+        return self.fc2(h.relu() + self.alias)
+
+
+def test_inplace_keeps_sharing_hooks_and_plain_tensor_attributes() -> None:
+    # oracle: the copy path's slim model; and the objects that reach no sliced tensor (the shared
+    # dict, the hook dict and the user's hook object) are the user's own after the prune
+    torch.manual_seed(0)
+    copied, model = Aliased(), Aliased()
+    model.load_state_dict(copied.state_dict())
+    x = torch.randn(2, 4)
+    recorder = Recorder(model.fc1.weight)
+    handle = model.fc1.register_forward_hook(recorder)
+    hooks, stats = model.fc1._forward_hooks, model.stats
+    ir_c, ir_i = PruningIR(copied, example_inputs=(x,)), PruningIR(model, example_inputs=(x,))
+    pick = lambda ir: ir.labels(next(g for g in ir.label_groups() if g.size == 8))[1:4]  # noqa: E731
+    slim_c = ir_c.prune(labels=pick(ir_c)).model
+    ir_i.prune(labels=pick(ir_i), inplace=True)
+    assert model.alias is model.shift and model.alias.shape == (5,)
+    assert model.stats is stats and model.info["stats"] is stats and model.info["w"] is model.fc1.weight
+    y = torch.randn(5, 4)
+    assert torch.allclose(slim_c(y), model(y), atol=1e-6)
+    assert model.fc1._forward_hooks is hooks and recorder.calls > 0
+    handle.remove()
+    assert not model.fc1._forward_hooks
+
+
 def test_failed_inplace_prune_puts_back_nested_references() -> None:
     _, model, x = _twins()
     ir = PruningIR(model, example_inputs=(x,), probe=False)

@@ -13,55 +13,66 @@ from typing import Any
 import torch
 from torch import nn
 
-_MODULE_STORES = frozenset({"_parameters", "_buffers", "_modules"})
-_OPAQUE = (str, bytes, int, float, bool, complex, type, types.FunctionType, types.BuiltinFunctionType,
-           types.ModuleType, torch.dtype, torch.device, torch.Tensor)
-"""What :func:`_reaches` does not look into: ``deepcopy`` keeps functions, classes and modules as
-they are (so the copy path maps no tensor inside them either), and a tensor is compared by id."""
+_KEPT = frozenset(nn.Module().__dict__) | {"_pruning_ir_patch"}
+"""Module attributes rebinding leaves alone: ``nn.Module``'s own stores (parameters, buffers and
+submodules are swapped by name; hook dicts keep their identity, which hook handles hold) and the
+engine's literal patch (its hooks are its bound methods)."""
+_ATOMIC = (str, bytes, int, float, bool, complex, type(None), type(Ellipsis), torch.dtype, torch.device)
+_OPAQUE = (*_ATOMIC, type, types.FunctionType, types.BuiltinFunctionType, types.ModuleType, torch.Tensor)
+"""What the walk does not look into: ``deepcopy`` keeps functions, classes and Python modules as
+they are (so the copy path maps no tensor inside them either); tensors are compared by id."""
 
 
 def rebind_attributes(model: nn.Module, replacement: dict[int, torch.Tensor]) -> None:
-    """Give ``model``'s modules, for each plain attribute from which a replaced tensor (by id of the
-    old one) can be reached, the attribute's ``deepcopy`` with the replacements in the memo, and the
-    model's own modules kept as they are: what ``copy_module_tree`` gives a copy, so the in-place
-    slim model computes what the copy path's does (lists, tuples, dicts and their keys, sets,
-    dataclasses, ``__slots__`` objects, ``functools.partial``, modules held outside the tree...).
-    One memo for the whole model: objects shared between attributes stay shared, and the model's
-    unsliced tensors are kept, not cloned. Attributes that reach no replaced tensor keep their
-    objects (the user's)."""
+    """Point ``model``'s modules' plain attributes at the slim tensors, with the copy path's results:
+    every object from which a replaced tensor (by id of the old one) can be reached is replaced by a
+    ``deepcopy`` (lists, tuples, dicts and their keys, sets, dataclasses, ``__slots__`` objects,
+    ``functools.partial``, modules held outside the tree, the tensor itself held as a plain
+    attribute...), with one memo in which every other object (the model's modules, its unsliced
+    tensors, whatever reaches no replaced tensor) is itself. So exactly the objects on a path to a
+    sliced tensor are new; everything else, sharing included, is the user's as before.
+
+    Reachability is the garbage collector's referents (container items, ``__dict__`` and slot
+    values, bound methods' instances), walked once over everything the modules hold, iteratively
+    (a linked structure of any length is fine), then back from the replaced tensors."""
     modules = {id(m): m for m in model.modules()}
-    memo: dict[int, Any] = dict(modules)
+    roots = [(m.__dict__, k, v) for m in modules.values() for k, v in m.__dict__.items()
+             if k not in _KEPT and not issubclass(type(v), _ATOMIC)]
+    objects: dict[int, Any] = {}
+    parents: dict[int, list[int]] = {}
+    stack = [v for _, _, v in roots]
+    while stack:
+        o = stack.pop()
+        i = id(o)
+        if i in objects:
+            continue
+        objects[i] = o
+        if i in modules or issubclass(type(o), _OPAQUE):
+            continue
+        for c in gc.get_referents(o):
+            if issubclass(type(c), _ATOMIC):
+                continue
+            parents.setdefault(id(c), []).append(i)
+            if id(c) not in objects:
+                stack.append(c)
+    dirty: set[int] = set()
+    frontier = [i for i in replacement if i in objects]
+    while frontier:
+        i = frontier.pop()
+        if i not in dirty:
+            dirty.add(i)
+            frontier.extend(parents.get(i, ()))
+    if not dirty:
+        return
+    memo: dict[int, Any] = {i: o for i, o in objects.items() if i not in dirty}
+    memo.update(modules)
     for m in modules.values():  # the model's own tensors stay themselves (tied, not cloned)
         for store in (m._parameters, m._buffers):
             memo.update((id(t), t) for t in store.values() if t is not None)
     memo.update(replacement)
-    clean: set[int] = set()  # objects known to reach no replaced tensor
-    for m in modules.values():
-        d = m.__dict__
-        for k, v in list(d.items()):
-            if k not in _MODULE_STORES and not isinstance(v, _OPAQUE) and v is not None and _reaches(
-                    v, replacement, modules, clean):
-                d[k] = copy.deepcopy(v, memo)
-
-
-def _reaches(v: Any, replacement: dict[int, torch.Tensor], modules: dict[int, nn.Module], clean: set[int]) -> bool:
-    """Whether a tensor of ``replacement`` is among the objects ``v`` refers to, at any depth (the
-    garbage collector's referents: container items, ``__dict__`` and slot values, bound methods'
-    instances), not looking into the model's own modules (walked one by one) or :data:`_OPAQUE`.
-    Iterative: a linked structure of any length is fine."""
-    stack = [v]
-    seen: set[int] = set()
-    while stack:
-        o = stack.pop()
-        i = id(o)
-        if i in replacement:
-            return True
-        if i in seen or i in clean or i in modules or isinstance(o, _OPAQUE):
-            continue
-        seen.add(i)
-        stack.extend(gc.get_referents(o))
-    clean |= seen
-    return False
+    for d, k, v in roots:
+        if id(v) in dirty:
+            d[k] = copy.deepcopy(v, memo)
 
 
 def slice_in_place(model: nn.Module, replacement: dict[int, torch.Tensor]) -> None:
