@@ -176,15 +176,28 @@ class Aliased(nn.Module):
         return self.fc2(h.relu() + self.alias)
 
 
+class Counter:
+    """A forward hook object that holds no weight (the user's: it must stay registered and called)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, m: nn.Module, args: object, out: torch.Tensor) -> None:
+        self.calls += 1
+
+
 def test_inplace_keeps_sharing_hooks_and_plain_tensor_attributes() -> None:
-    # oracle: the copy path's slim model; and the objects that reach no sliced tensor (the shared
-    # dict, the hook dict and the user's hook object) are the user's own after the prune
+    # oracle: the copy path's slim model; the objects that reach no sliced tensor (the shared dict,
+    # the hook dict, a hook object without weights) are the user's own after the prune, and a hook
+    # object that holds the weight holds the slim one (as the copy path's copy of it does)
     torch.manual_seed(0)
     copied, model = Aliased(), Aliased()
     model.load_state_dict(copied.state_dict())
     x = torch.randn(2, 4)
-    recorder = Recorder(model.fc1.weight)
-    handle = model.fc1.register_forward_hook(recorder)
+    for m in (copied, model):
+        m.fc1.register_forward_hook(Recorder(m.fc1.weight))
+    counter = Counter()
+    handle = model.fc1.register_forward_hook(counter)
     hooks, stats = model.fc1._forward_hooks, model.stats
     ir_c, ir_i = PruningIR(copied, example_inputs=(x,)), PruningIR(model, example_inputs=(x,))
     pick = lambda ir: ir.labels(next(g for g in ir.label_groups() if g.size == 8))[1:4]  # noqa: E731
@@ -194,9 +207,41 @@ def test_inplace_keeps_sharing_hooks_and_plain_tensor_attributes() -> None:
     assert model.stats is stats and model.info["stats"] is stats and model.info["w"] is model.fc1.weight
     y = torch.randn(5, 4)
     assert torch.allclose(slim_c(y), model(y), atol=1e-6)
-    assert model.fc1._forward_hooks is hooks and recorder.calls > 0
+    assert model.fc1._forward_hooks is hooks
+    recorder = next(h for h in hooks.values() if isinstance(h, Recorder))
+    assert recorder.w is model.fc1.weight
+    calls = counter.calls
+    model(y)
+    assert counter.calls == calls + 1
     handle.remove()
-    assert not model.fc1._forward_hooks
+    assert counter not in model.fc1._forward_hooks.values()
+
+
+class HookAlias(nn.Module):
+    """A plain attribute that is a submodule's hook dict."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(4, 8)
+        self.fc2 = nn.Linear(8, 3)
+        self.hooks = self.fc2._forward_hooks
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.fc1(x).relu())
+
+
+def test_tracing_leaves_no_hook_in_a_hook_dict_held_as_an_attribute() -> None:
+    # found in review: the trace saved plain attributes after installing its hooks and put the
+    # hook back into the aliased dict when it restored them; oracle: the model as before
+    torch.manual_seed(0)
+    model = HookAlias()
+    x = torch.randn(2, 4)
+    out = model(x)
+    ir = PruningIR(model, example_inputs=(x,))
+    assert not model.fc2._forward_hooks and model.hooks is model.fc2._forward_hooks
+    assert torch.equal(model(x), out)
+    ir.prune(labels=ir.labels(next(g for g in ir.label_groups() if g.size == 8))[:2], inplace=True)
+    assert model.hooks is model.fc2._forward_hooks and model(x).shape == (2, 3)
 
 
 def test_failed_inplace_prune_puts_back_nested_references() -> None:

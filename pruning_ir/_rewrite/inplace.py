@@ -14,9 +14,10 @@ import torch
 from torch import nn
 
 _KEPT = frozenset(nn.Module().__dict__) | {"_pruning_ir_patch"}
-"""Module attributes rebinding leaves alone: ``nn.Module``'s own stores (parameters, buffers and
-submodules are swapped by name; hook dicts keep their identity, which hook handles hold) and the
-engine's literal patch (its hooks are its bound methods)."""
+"""Module attributes that are not replaced: ``nn.Module``'s own stores (parameters, buffers and
+submodules are swapped by name; a hook dict keeps its identity, which hook handles hold, and only
+its hook objects are replaced where needed) and the engine's literal patch (its hooks are its
+bound methods)."""
 _ATOMIC = (str, bytes, int, float, bool, complex, type(None), type(Ellipsis), torch.dtype, torch.device)
 _OPAQUE = (*_ATOMIC, type, types.FunctionType, types.BuiltinFunctionType, types.ModuleType, torch.Tensor)
 """What the walk does not look into: ``deepcopy`` keeps functions, classes and Python modules as
@@ -36,10 +37,16 @@ def rebind_attributes(model: nn.Module, replacement: dict[int, torch.Tensor]) ->
     values, bound methods' instances), walked once over everything the modules hold, iteratively
     (a linked structure of any length is fine), then back from the replaced tensors."""
     modules = {id(m): m for m in model.modules()}
-    roots = [(m.__dict__, k, v) for m in modules.values() for k, v in m.__dict__.items()
-             if k not in _KEPT and not issubclass(type(v), _ATOMIC)]
+    roots: list[tuple[dict[Any, Any], Any, Any]] = []
+    for m in modules.values():
+        for k, v in m.__dict__.items():
+            if k not in _KEPT:
+                if not issubclass(type(v), _ATOMIC):
+                    roots.append((m.__dict__, k, v))
+            elif k.endswith("hooks") and type(v) in (dict, OrderedDict):  # hook objects, by key: the dict stays
+                roots += [(v, hk, hv) for hk, hv in v.items()]
     objects: dict[int, Any] = {}
-    parents: dict[int, list[int]] = {}
+    parents: dict[int, Any] = {}  # child id -> its parent's id, or a list of them
     stack = [v for _, _, v in roots]
     while stack:
         o = stack.pop()
@@ -52,8 +59,10 @@ def rebind_attributes(model: nn.Module, replacement: dict[int, torch.Tensor]) ->
         for c in gc.get_referents(o):
             if issubclass(type(c), _ATOMIC):
                 continue
-            parents.setdefault(id(c), []).append(i)
-            if id(c) not in objects:
+            ci = id(c)
+            known = parents.get(ci)
+            parents[ci] = i if known is None else [*known, i] if isinstance(known, list) else [known, i]
+            if ci not in objects:
                 stack.append(c)
     dirty: set[int] = set()
     frontier = [i for i in replacement if i in objects]
@@ -61,12 +70,21 @@ def rebind_attributes(model: nn.Module, replacement: dict[int, torch.Tensor]) ->
         i = frontier.pop()
         if i not in dirty:
             dirty.add(i)
-            frontier.extend(parents.get(i, ()))
+            up = parents.get(i)
+            if isinstance(up, list):
+                frontier += up
+            elif up is not None:
+                frontier.append(up)
     if not dirty:
         return
-    memo: dict[int, Any] = {i: o for i, o in objects.items() if i not in dirty}
+    memo = objects  # every object that reaches no sliced tensor is itself (the walk's own table, reused)
+    for i in dirty:
+        del memo[i]
     memo.update(modules)
-    for m in modules.values():  # the model's own tensors stay themselves (tied, not cloned)
+    for m in modules.values():
+        # nn.Module's own stores stay themselves (an attribute aliasing a hook dict keeps the alias),
+        # as do the model's own tensors (tied, not cloned)
+        memo.update((id(v), v) for k, v in m.__dict__.items() if k in _KEPT and not issubclass(type(v), _ATOMIC))
         for store in (m._parameters, m._buffers):
             memo.update((id(t), t) for t in store.values() if t is not None)
     memo.update(replacement)

@@ -379,12 +379,13 @@ def record(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
     rec = _Recorder(graph, _tensor_names(model, graph), observer)
     leaves = list(leaf_modules or [])
     named = list(model.named_modules())  # one walk of the module tree for all below
+    # tracing runs forward once: keep plain attributes (caches filled in forward; saved before the
+    # hooks go in: an attribute may be a module's hook dict) and buffers (BN running stats in
+    # train mode) as they were
+    attrs = _save_attributes([m for _, m in named])
     handles = _module_hooks(model, named, rec, leaves)
-    # tracing runs forward once: keep buffers (BN running stats in train mode) and plain
-    # attributes (caches filled in forward) as they were
     buffers = contextlib.ExitStack()
     buffers.enter_context(kept_buffers(model))
-    attrs = _save_attributes([m for _, m in named])
     # stock nn.MultiheadAttention runs as explicit ops (see pruning_ir.modules); no fused fast paths
     explicit = {p: m for p, m in named if traces_explicitly(m) and not (leaves and _leaf_match(m, leaves))}
     for m in explicit.values():
