@@ -366,3 +366,26 @@ def test_inplace_prune_of_a_model_holding_a_long_linked_structure() -> None:
     expected = ir_twin.prune(labels=pick(ir_twin)).model(x)
     assert torch.allclose(ir.prune(labels=pick(ir), inplace=True).model(x), expected, atol=1e-6)
     assert model.fc1.weight.shape == (6, 4)
+
+
+def test_tracing_keeps_a_forward_set_on_a_stock_attention_instance() -> None:
+    # found in review: the trace put back the user's instance-level forward of an
+    # nn.MultiheadAttention (a wrapper, as accelerate sets) and then deleted it with its own
+    class Attn(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mha = nn.MultiheadAttention(8, 2, batch_first=True)
+            self.out = nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(self.mha(x, x, x, need_weights=False)[0])
+
+    torch.manual_seed(0)
+    model = Attn().eval()
+    wrapper = functools.partial(nn.MultiheadAttention.forward, model.mha)
+    model.mha.forward = wrapper  # type: ignore[method-assign]
+    x = torch.randn(2, 5, 8)
+    out = model(x)
+    PruningIR(model, example_inputs=(x,))
+    assert model.mha.__dict__.get("forward") is wrapper
+    assert torch.equal(model(x), out)

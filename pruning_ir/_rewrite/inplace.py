@@ -61,7 +61,12 @@ def rebind_attributes(model: nn.Module, replacement: dict[int, torch.Tensor]) ->
                 continue
             ci = id(c)
             known = parents.get(ci)
-            parents[ci] = i if known is None else [*known, i] if isinstance(known, list) else [known, i]
+            if known is None:
+                parents[ci] = i
+            elif isinstance(known, list):
+                known.append(i)
+            else:
+                parents[ci] = [known, i]
             if ci not in objects:
                 stack.append(c)
     dirty: set[int] = set()

@@ -426,9 +426,9 @@ def record(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
         rec.refs.clear()
         rec.raised_in.clear()  # exceptions hold their frames (and tensors) alive
         buffers.close()
-        _restore_attributes(attrs)
-        for m in explicit.values():
+        for m in explicit.values():  # before the restore, which puts back a forward of the user's own
             m.__dict__.pop("forward", None)
+        _restore_attributes(attrs)
         _fastpath_restore()
     return graph
 
