@@ -18,7 +18,11 @@ _KEPT = frozenset(nn.Module().__dict__) | {"_pruning_ir_patch"}
 submodules are swapped by name; a hook dict keeps its identity, which hook handles hold, and only
 its hook objects are replaced where needed) and the engine's literal patch (its hooks are its
 bound methods)."""
-_ATOMIC = (str, bytes, int, float, bool, complex, type(None), type(Ellipsis), torch.dtype, torch.device)
+ATOMIC: frozenset[type] = frozenset({int, float, bool, complex, str, bytes, type(None), type(Ellipsis),
+                                     torch.dtype, torch.device, torch.layout, torch.memory_format})
+"""Types whose values every copy shares instead of copying (``deepcopy`` returns them as they are):
+the copy path's fast paths and the in-place walk's leaves."""
+_ATOMIC: tuple[type, ...] = tuple(ATOMIC)  # for issubclass: a str or int subclass is atomic too
 _OPAQUE = (*_ATOMIC, type, types.FunctionType, types.BuiltinFunctionType, types.ModuleType, torch.Tensor)
 """What the walk does not look into: ``deepcopy`` keeps functions, classes and Python modules as
 they are (so the copy path maps no tensor inside them either); tensors are compared by id."""
@@ -121,12 +125,13 @@ class Restorer:
     object they hold)."""
 
     def __init__(self, model: nn.Module) -> None:
+        modules = list(model.modules())
         self.saved = [(m, type(m), dict(m.__dict__),
                        {k: (dict(v) if isinstance(v, dict) else list(v))
                         for k, v in m.__dict__.items() if type(v) in (dict, list, OrderedDict)})
-                      for m in model.modules()]
+                      for m in modules]
         # a module patched by an earlier prune has its patch's edits chained by the next one
-        self.patches = [(p, dict(p.__dict__)) for m in model.modules()
+        self.patches = [(p, dict(p.__dict__)) for m in modules
                         if (p := m.__dict__.get("_pruning_ir_patch")) is not None and hasattr(p, "__dict__")]
         self.config = getattr(model, "config", None)
         self.fields = dict(vars(self.config)) if hasattr(self.config, "__dict__") else None

@@ -32,6 +32,7 @@ from .._ir.axes import normalized_keep_mask
 from .._ir.measure import named_tensor_map
 from .._ir.snapshot import Snapshot
 from .._ir.spaces import Layout
+from .inplace import ATOMIC as _ATOMIC
 from .inplace import slice_in_place
 
 
@@ -142,8 +143,6 @@ def sliced_tensors(snap: Snapshot, model: nn.Module, removed: dict[int, torch.Te
     return out
 
 
-_ATOMIC = frozenset({int, float, bool, complex, str, bytes, type(None), torch.dtype, torch.device, torch.layout,
-                     torch.memory_format})
 
 
 def _copy_attribute(v: object, memo: dict[int, object]) -> object:
