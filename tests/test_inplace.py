@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import random
 import types
 from dataclasses import dataclass
 
@@ -13,7 +14,7 @@ import torch
 from checks import state_hash
 from torch import nn
 
-from pruning_ir import PruningIR
+from pruning_ir import PruningIR, verify_pruning
 from pruning_ir.errors import PruningIRError
 
 
@@ -60,16 +61,28 @@ def test_inplace_slices_every_reference_as_the_copy_does() -> None:
     copied, model, x = _twins()
     ir_c = PruningIR(copied, example_inputs=(x,))
     ir_i = PruningIR(model, example_inputs=(x,))
-    pick = lambda ir: ir.labels(next(g for g in ir.label_groups() if g.size == 8))[1:4]  # noqa: E731
-    slim_c = ir_c.prune(labels=pick(ir_c)).model
-    slim_i = ir_i.prune(labels=pick(ir_i), inplace=True).model
+    # a random selection over every prunable group, all pruned together
+    rng = random.Random(3)
+    pick = lambda ir: [lab for g in ir.prunable_label_groups()  # noqa: E731
+                       for lab in rng.sample(ir.labels(g), 3)]
+    labels_c = pick(ir_c)
+    rng.seed(3)
+    labels_i = pick(ir_i)
+    assert verify_pruning(ir_c, labels_c).max_abs_diff < 1e-5  # the copy path itself: the masked original
+    slim_c = ir_c.prune(labels=labels_c).model
+    slim_i = ir_i.prune(labels=labels_i, inplace=True).model
     assert slim_i is model
     w = model.fc1.weight
     assert w.shape == (5, 4)
     assert model.nested[0][0] is w and model.pair_a[0] is w and model.pair_b[0] is model.pair_a
     assert model.obj.w is w and model.ns.inner["w"] is w and w in model.scale and w in model.bag
-    y = torch.randn(5, 4)
+    y = torch.randn(5, 4)  # another batch size
     assert torch.allclose(slim_c(y), slim_i(y), atol=1e-6)
+    for m in (slim_c, slim_i):  # training mode, and the gradients of a backward pass
+        m.train()
+        m(y).sum().backward()
+    assert torch.allclose(slim_c.fc1.weight.grad, slim_i.fc1.weight.grad, atol=1e-6)
+    assert torch.allclose(slim_c.fc2.weight.grad, slim_i.fc2.weight.grad, atol=1e-6)
 
 
 @dataclass(frozen=True)
